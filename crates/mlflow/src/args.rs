@@ -1,0 +1,58 @@
+use std::time::Duration;
+
+use url::Url;
+
+use crate::{Auth, Config};
+
+/// MLflow connection options, shared by every service's command line. The
+/// environment variable names are the MLflow Python client's own.
+#[derive(Clone, clap::Args)]
+pub struct MlflowArgs {
+    /// MLflow tracking server URL.
+    #[arg(long = "mlflow-url", env = "MLFLOW_TRACKING_URI", default_value = "http://127.0.0.1:5000")]
+    pub url: Url,
+    /// Basic-auth user for MLflow.
+    #[arg(long = "mlflow-username", env = "MLFLOW_TRACKING_USERNAME")]
+    pub username: Option<String>,
+    /// Basic-auth password for MLflow.
+    #[arg(long = "mlflow-password", env = "MLFLOW_TRACKING_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Bearer token for MLflow (instead of basic auth).
+    #[arg(long = "mlflow-token", env = "MLFLOW_TRACKING_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Timeout of one MLflow metadata call, in milliseconds.
+    #[arg(long = "mlflow-timeout-ms", env = "FERRY_MLFLOW_TIMEOUT_MS", default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Extra attempts for MLflow calls that fail with 5xx or no connection.
+    #[arg(long = "mlflow-retries", env = "FERRY_MLFLOW_RETRIES", default_value_t = 3)]
+    pub retries: u32,
+}
+
+impl std::fmt::Debug for MlflowArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MlflowArgs")
+            .field("url", &self.url.as_str())
+            .field("auth", &self.auth())
+            .field("timeout_ms", &self.timeout_ms)
+            .field("retries", &self.retries)
+            .finish()
+    }
+}
+
+impl MlflowArgs {
+    fn auth(&self) -> Auth {
+        match (&self.token, &self.username, &self.password) {
+            (Some(t), _, _) => Auth::Bearer(t.clone()),
+            (None, Some(u), p) => Auth::Basic { username: u.clone(), password: p.clone().unwrap_or_default() },
+            (None, None, _) => Auth::None,
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        let mut cfg = Config::new(self.url.clone());
+        cfg.auth = self.auth();
+        cfg.timeout = Duration::from_millis(self.timeout_ms);
+        cfg.retries = self.retries;
+        cfg
+    }
+}

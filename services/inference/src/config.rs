@@ -1,0 +1,67 @@
+use std::{net::SocketAddr, path::PathBuf};
+
+use ferry_mlflow::MlflowArgs;
+use ferry_telemetry::TelemetryArgs;
+
+use crate::spec::ModelSpec;
+
+/// Ferry Inference: serves ONNX models from MLflow over gRPC and REST.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "ferry-inference", version)]
+pub struct Config {
+    /// Models to serve: name:Stage, name@alias or name/version (repeat, or comma-separate).
+    #[arg(long = "model", env = "FERRY_MODELS", value_delimiter = ',', required = true)]
+    pub models: Vec<ModelSpec>,
+    /// gRPC listen address (Inference, health, reflection).
+    #[arg(long, env = "FERRY_INFERENCE_GRPC_ADDR", default_value = "127.0.0.1:50052")]
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address (REST /predict, health).
+    #[arg(long, env = "FERRY_INFERENCE_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// The registry's gRPC URL to follow WatchModels from; without it, MLflow is polled.
+    #[arg(long, env = "FERRY_REGISTRY_URL")]
+    pub registry_url: Option<String>,
+    #[command(flatten)]
+    pub mlflow: MlflowArgs,
+    /// Path of libonnxruntime.so (the one from the onnxruntime Python wheel works).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_library: PathBuf,
+    /// Where downloaded model files are kept.
+    #[arg(long, env = "FERRY_MODEL_DIR", default_value = ".ferry/models")]
+    pub model_dir: PathBuf,
+    /// ONNX Runtime sessions per model (requests that run at once).
+    #[arg(long, env = "FERRY_SESSIONS", default_value_t = 2)]
+    pub sessions: usize,
+    /// ONNX Runtime intra-op threads per session.
+    #[arg(long, env = "FERRY_INTRA_THREADS", default_value_t = 1)]
+    pub intra_threads: usize,
+    /// ONNX Runtime inter-op threads per session.
+    #[arg(long, env = "FERRY_INTER_THREADS", default_value_t = 1)]
+    pub inter_threads: usize,
+    /// Graph optimization level: 0 (off), 1 (basic), 2 (extended), 3 (all).
+    #[arg(long, env = "FERRY_OPT_LEVEL", default_value_t = 3)]
+    pub optimization_level: u8,
+    /// Warm-up runs on zero inputs before a new version is swapped in.
+    #[arg(long, env = "FERRY_WARMUP_RUNS", default_value_t = 1)]
+    pub warmup_runs: usize,
+    /// Largest model file accepted, in bytes.
+    #[arg(long, env = "FERRY_MAX_MODEL_BYTES", default_value_t = 2 << 30)]
+    pub max_model_bytes: u64,
+    /// How often to poll MLflow while the registry stream is down, in milliseconds.
+    #[arg(long, env = "FERRY_POLL_INTERVAL_MS", default_value_t = 2000)]
+    pub poll_interval_ms: u64,
+    /// Model files kept on disk per model, for fast rollback.
+    #[arg(long, env = "FERRY_KEEP_VERSIONS", default_value_t = 3)]
+    pub keep_versions: usize,
+    /// Requests in flight per model before new ones get RESOURCE_EXHAUSTED / 429.
+    #[arg(long, env = "FERRY_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// Largest request body, in bytes (gRPC and HTTP).
+    #[arg(long, env = "FERRY_MAX_REQUEST_BYTES", default_value_t = 16 << 20)]
+    pub max_request_bytes: usize,
+    /// Output REST /predict returns (default: the first float32 output).
+    #[arg(long, env = "FERRY_REST_OUTPUT")]
+    pub rest_output: Option<String>,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}

@@ -1,0 +1,343 @@
+//! Model delivery: decide which version each slot should serve, fetch it,
+//! verify it, load it, warm it up and only then swap it in.
+//!
+//! Triggers come from the registry's `WatchModels` stream. While the registry
+//! is unreachable each slot polls MLflow itself, so the data plane never
+//! depends on the control plane being up. Either way the decision is made
+//! against MLflow, the source of truth; events are only hints.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use ferry_mlflow::{ModelVersion, tags};
+use ferry_proto::registry::v1::{ChangeKind, WatchModelsRequest, model_registry_client::ModelRegistryClient};
+use sha2::{Digest, Sha256};
+use tokio::{
+    io::AsyncWriteExt,
+    sync::{Notify, watch},
+};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::{
+    engine::{Runtime, SessionOptions},
+    serving::{LoadFailure, LoadedModel, ModelSlot, Models},
+    spec::Selector,
+};
+
+#[derive(Debug, Clone)]
+pub(crate) struct DeliveryConfig {
+    pub(crate) registry_url: Option<String>,
+    pub(crate) work_dir: PathBuf,
+    pub(crate) session: SessionOptions,
+    pub(crate) warmup_runs: usize,
+    pub(crate) max_model_bytes: u64,
+    pub(crate) poll_interval: Duration,
+    /// Model files kept on disk per model (serving one included), for fast rollback.
+    pub(crate) keep_versions: usize,
+}
+
+/// Starts one delivery task per slot and, when configured, the registry subscription.
+pub(crate) fn spawn(
+    models: Arc<Models>,
+    mlflow: ferry_mlflow::Client,
+    runtime: Runtime,
+    cfg: DeliveryConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let cfg = Arc::new(cfg);
+    let (connected_tx, connected) = watch::channel(false);
+    let mut triggers = HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for slot in models.slots() {
+        let notify = Arc::new(Notify::new());
+        triggers.insert(slot.spec.name.clone(), Arc::clone(&notify));
+        let loader = Loader {
+            models: Arc::clone(&models),
+            slot: Arc::clone(slot),
+            mlflow: mlflow.clone(),
+            runtime: runtime.clone(),
+            cfg: Arc::clone(&cfg),
+        };
+        let span = info_span!("delivery", model = %slot.spec);
+        tasks.spawn(slot_task(loader, notify, connected.clone(), shutdown.clone()).instrument(span));
+    }
+    if let Some(url) = cfg.registry_url.clone() {
+        tasks.spawn(watch_registry(url, triggers, connected_tx, shutdown.clone()).instrument(info_span!("registry_watch")));
+    }
+    tokio::spawn(async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+        tasks.shutdown().await;
+    })
+}
+
+/// Reconciles one slot whenever the registry says its model changed, and on a
+/// timer: every poll interval while the registry is unreachable, and at a
+/// slower pace as a backstop while it is connected.
+async fn slot_task(loader: Loader, notify: Arc<Notify>, connected: watch::Receiver<bool>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        loader.reconcile().await;
+        let wait = if *connected.borrow() { loader.cfg.poll_interval * 15 } else { loader.cfg.poll_interval };
+        tokio::select! {
+            () = notify.notified() => {},
+            () = tokio::time::sleep(wait) => {},
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Follows `WatchModels`, resuming from the last revision after a reconnect.
+async fn watch_registry(
+    url: String,
+    triggers: HashMap<String, Arc<Notify>>,
+    connected: watch::Sender<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let names: Vec<String> = triggers.keys().cloned().collect();
+    let (mut since, mut epoch) = (0u64, String::new());
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let mut client = ModelRegistryClient::connect(url.clone()).await.map_err(|e| e.to_string())?;
+            let req = WatchModelsRequest { names: names.clone(), since_revision: since, epoch: epoch.clone() };
+            let mut stream = client.watch_models(req).await.map_err(|e| e.message().to_owned())?.into_inner();
+            info!(%url, since, "subscribed to registry changes");
+            connected.send_replace(true);
+            loop {
+                match stream.message().await {
+                    Ok(Some(change)) => {
+                        since = change.revision;
+                        epoch = change.epoch.clone();
+                        if change.kind() == ChangeKind::SnapshotEnd {
+                            triggers.values().for_each(|n| n.notify_one());
+                        } else if let Some(n) = triggers.get(&change.name) {
+                            debug!(revision = change.revision, kind = ?change.kind(), model = %change.name, version = %change.version, "model changed");
+                            n.notify_one();
+                        }
+                    }
+                    Ok(None) => return Err::<(), String>("stream ended".into()),
+                    Err(status) => return Err(status.message().to_owned()),
+                }
+            }
+        };
+        let result = tokio::select! {
+            r = attempt => r,
+            _ = shutdown.changed() => return,
+        };
+        if connected.send_replace(false) {
+            // Lost the stream: slots fall back to polling MLflow; catch up now.
+            triggers.values().for_each(|n| n.notify_one());
+            backoff = Duration::from_millis(200);
+        }
+        if let Err(e) = result {
+            warn!(%url, error = %e, "registry unreachable; polling MLflow directly until it is back");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {},
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+struct Loader {
+    models: Arc<Models>,
+    slot: Arc<ModelSlot>,
+    mlflow: ferry_mlflow::Client,
+    runtime: Runtime,
+    cfg: Arc<DeliveryConfig>,
+}
+
+/// A failed version is retried after this long, not on every trigger.
+const RETRY_FAILED_AFTER: Duration = Duration::from_secs(30);
+
+impl Loader {
+    async fn reconcile(&self) {
+        let target = match self.resolve().await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                debug!("no version designated yet");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot resolve the serving version; keeping the current one");
+                return;
+            }
+        };
+        let sha = target.tag(tags::SHA256).unwrap_or_default().to_owned();
+        if let Some(cur) = self.slot.current()
+            && cur.version == target.version
+            && (sha.is_empty() || cur.sha256 == sha)
+        {
+            return;
+        }
+        if let Ok(f) = self.slot.failure.lock()
+            && let Some(f) = f.as_ref()
+            && f.version == target.version
+            && f.sha256 == sha
+            && f.at.is_some_and(|at| at.elapsed() < RETRY_FAILED_AFTER)
+        {
+            return;
+        }
+        let started = Instant::now();
+        let span = info_span!("model.load", version = %target.version);
+        match self.load(&target).instrument(span).await {
+            Ok(model) => {
+                let file = model.file.clone();
+                let old = self.models.swap(&self.slot.spec.name, model);
+                info!(
+                    version = %target.version,
+                    previous = old.as_ref().map(|o| o.version.as_str()).unwrap_or("none"),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "now serving"
+                );
+                drop(old);
+                self.clean_files(&file).await;
+            }
+            Err(error) => {
+                warn!(version = %target.version, %error, "load failed; the current version keeps serving");
+                if let Ok(mut f) = self.slot.failure.lock() {
+                    *f = Some(LoadFailure { version: target.version.clone(), sha256: sha, error, at: Some(Instant::now()) });
+                }
+            }
+        }
+    }
+
+    /// Which version MLflow designates for this slot right now.
+    async fn resolve(&self) -> ferry_mlflow::Result<Option<ModelVersion>> {
+        let name = &self.slot.spec.name;
+        let found = match &self.slot.spec.selector {
+            Selector::Stage(stage) => return self.mlflow.latest_version_in_stage(name, stage).await,
+            Selector::Alias(alias) => self.mlflow.get_version_by_alias(name, alias).await,
+            Selector::Version(v) => self.mlflow.get_model_version(name, v).await,
+        };
+        match found {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn load(&self, target: &ModelVersion) -> Result<LoadedModel, String> {
+        let file = self.fetch(target).await?;
+        let sha = hash_file(&file).await.map_err(|e| format!("reading {}: {e}", file.display()))?;
+        let runtime = self.runtime.clone();
+        let (opts, warmups) = (self.cfg.session, self.cfg.warmup_runs);
+        let load_file = file.clone();
+        let engine = tokio::task::spawn_blocking(move || {
+            let engine = runtime.load_model(&load_file, opts)?;
+            engine.warm_up(warmups).map_err(|e| format!("warm-up failed: {e}"))?;
+            Ok::<_, String>(engine)
+        })
+        .await
+        .map_err(|e| format!("load task failed: {e}"))??;
+        Ok(LoadedModel { version: target.version.clone(), sha256: sha, file, engine, loaded_at: Instant::now() })
+    }
+
+    /// The verified model file on local disk, downloaded unless already cached.
+    async fn fetch(&self, target: &ModelVersion) -> Result<PathBuf, String> {
+        let name = &self.slot.spec.name;
+        let expected = target.tag(tags::SHA256).map(str::to_ascii_lowercase);
+        let dir = self.cfg.work_dir.join(sanitize(name));
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        if let Some(sha) = &expected {
+            let cached = dir.join(format!("v{}-{}.onnx", target.version, &sha[..sha.len().min(16)]));
+            if hash_file(&cached).await.is_ok_and(|h| &h == sha) {
+                debug!(file = %cached.display(), "using the cached file");
+                return Ok(cached);
+            }
+        }
+        let model_dir = self.mlflow.resolve_model_uri(name, &target.version).await.map_err(|e| e.to_string())?;
+        if !model_dir.starts_with("mlflow-artifacts:") {
+            return Err(format!(
+                "version {} has source {model_dir}, which is not served through MLflow's artifact proxy",
+                target.version
+            ));
+        }
+        let file_name = match target.tag(tags::ARTIFACT_PATH) {
+            Some(p) => p.to_owned(),
+            None => self.find_onnx(&model_dir).await?,
+        };
+        let uri = format!("{}/{}", model_dir.trim_end_matches('/'), file_name.trim_start_matches('/'));
+        let mut resp = self.mlflow.download_artifact(&uri).await.map_err(|e| format!("downloading {uri}: {e}"))?;
+        if let Some(len) = resp.content_length()
+            && len > self.cfg.max_model_bytes
+        {
+            return Err(format!("artifact is {len} bytes, over the limit of {}", self.cfg.max_model_bytes));
+        }
+        let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| e.to_string())?;
+        let mut out = tokio::fs::File::from_std(tmp.reopen().map_err(|e| e.to_string())?);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("downloading {uri}: {e}"))? {
+            size += chunk.len() as u64;
+            if size > self.cfg.max_model_bytes {
+                return Err(format!("artifact exceeds the limit of {} bytes", self.cfg.max_model_bytes));
+            }
+            hasher.update(&chunk);
+            out.write_all(&chunk).await.map_err(|e| e.to_string())?;
+        }
+        out.flush().await.map_err(|e| e.to_string())?;
+        let got = hex::encode(hasher.finalize());
+        match &expected {
+            Some(want) if want != &got => {
+                return Err(format!("checksum mismatch: the version's tag says sha256 {want}, the artifact hashes to {got}"));
+            }
+            Some(_) => {}
+            None => warn!(sha256 = %got, "version has no {} tag; loading it unverified", tags::SHA256),
+        }
+        let dest = dir.join(format!("v{}-{}.onnx", target.version, &got[..16]));
+        tmp.persist(&dest).map_err(|e| format!("saving {}: {e}", dest.display()))?;
+        info!(bytes = size, file = %dest.display(), "artifact downloaded and verified");
+        Ok(dest)
+    }
+
+    async fn find_onnx(&self, model_dir: &str) -> Result<String, String> {
+        let files = self.mlflow.list_artifacts(model_dir).await.map_err(|e| e.to_string())?;
+        files
+            .into_iter()
+            .find(|f| !f.is_dir && f.path.ends_with(".onnx"))
+            .map(|f| f.path.rsplit('/').next().unwrap_or(&f.path).to_owned())
+            .ok_or_else(|| format!("no .onnx file in {model_dir}"))
+    }
+
+    /// Keeps the newest `keep_versions` files of this model (the serving one always).
+    async fn clean_files(&self, serving: &Path) {
+        let Some(dir) = serving.parent() else { return };
+        let Ok(mut rd) = tokio::fs::read_dir(dir).await else { return };
+        let mut files = Vec::new();
+        while let Ok(Some(e)) = rd.next_entry().await {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "onnx") && p != serving {
+                let mtime = e.metadata().await.and_then(|m| m.modified()).ok();
+                files.push((mtime, p));
+            }
+        }
+        files.sort_by(|a, b| b.0.cmp(&a.0));
+        for (_, p) in files.into_iter().skip(self.cfg.keep_versions.saturating_sub(1)) {
+            let _ = tokio::fs::remove_file(&p).await;
+        }
+    }
+}
+
+async fn hash_file(path: &Path) -> std::io::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
+}

@@ -1,0 +1,413 @@
+//! The ONNX Runtime engine: loading a model, reading its signature, validating
+//! requests against it and running it. No transport types appear here.
+
+use std::{
+    path::Path,
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use ort::{
+    session::{Session, builder::GraphOptimizationLevel},
+    value::{DynValue, Tensor, TensorElementType, ValueType},
+};
+
+use crate::error::ServeError;
+
+/// Element types Ferry accepts and returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F64,
+    I32,
+    I64,
+    Bool,
+    Str,
+}
+
+impl DType {
+    fn from_ort(t: TensorElementType) -> Option<Self> {
+        Some(match t {
+            TensorElementType::Float32 => DType::F32,
+            TensorElementType::Float64 => DType::F64,
+            TensorElementType::Int32 => DType::I32,
+            TensorElementType::Int64 => DType::I64,
+            TensorElementType::Bool => DType::Bool,
+            TensorElementType::String => DType::Str,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::F64 => "float64",
+            DType::I32 => "int32",
+            DType::I64 => "int64",
+            DType::Bool => "bool",
+            DType::Str => "string",
+        }
+    }
+}
+
+/// One input or output of a model, as its graph declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: DType,
+    /// `-1` marks a dynamic dimension.
+    pub shape: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Signature {
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+/// Tensor elements, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    Bool(Vec<bool>),
+    Str(Vec<String>),
+}
+
+impl TensorData {
+    pub fn dtype(&self) -> DType {
+        match self {
+            TensorData::F32(_) => DType::F32,
+            TensorData::F64(_) => DType::F64,
+            TensorData::I32(_) => DType::I32,
+            TensorData::I64(_) => DType::I64,
+            TensorData::Bool(_) => DType::Bool,
+            TensorData::Str(_) => DType::Str,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::F32(v) => v.len(),
+            TensorData::F64(v) => v.len(),
+            TensorData::I32(v) => v.len(),
+            TensorData::I64(v) => v.len(),
+            TensorData::Bool(v) => v.len(),
+            TensorData::Str(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn zeros(dtype: DType, n: usize) -> Self {
+        match dtype {
+            DType::F32 => TensorData::F32(vec![0.0; n]),
+            DType::F64 => TensorData::F64(vec![0.0; n]),
+            DType::I32 => TensorData::I32(vec![0; n]),
+            DType::I64 => TensorData::I64(vec![0; n]),
+            DType::Bool => TensorData::Bool(vec![false; n]),
+            DType::Str => TensorData::Str(vec![String::new(); n]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub data: TensorData,
+}
+
+/// Session options for one model.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    /// Sessions in the pool: how many requests run the model at once.
+    pub sessions: usize,
+    pub intra_threads: usize,
+    pub inter_threads: usize,
+    pub optimization_level: u8,
+}
+
+/// The process-wide ONNX Runtime, loaded from a shared library at start.
+#[derive(Clone)]
+pub struct Runtime {
+    env: ort::environment::Environment,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Runtime")
+    }
+}
+
+impl Runtime {
+    /// Loads `libonnxruntime.so` from `library`.
+    pub fn load(library: &Path) -> Result<Self, String> {
+        let env = ort::init_from(library)
+            .map_err(|e| format!("loading ONNX Runtime from {}: {e}", library.display()))?
+            .with_name("ferry")
+            .build()
+            .map_err(|e| format!("creating the ONNX Runtime environment: {e}"))?;
+        Ok(Self { env })
+    }
+
+    /// Builds a pool of sessions for the model file and reads its signature.
+    pub fn load_model(&self, file: &Path, opts: SessionOptions) -> Result<Engine, String> {
+        let level = match opts.optimization_level {
+            0 => GraphOptimizationLevel::Disable,
+            1 => GraphOptimizationLevel::Level1,
+            2 => GraphOptimizationLevel::Level2,
+            _ => GraphOptimizationLevel::All,
+        };
+        let mut sessions = Vec::with_capacity(opts.sessions.max(1));
+        for _ in 0..opts.sessions.max(1) {
+            let session = Session::builder(&self.env)
+                .map_err(|e| e.to_string())?
+                .with_intra_threads(opts.intra_threads)
+                .and_then(|b| b.with_inter_threads(opts.inter_threads))
+                .and_then(|b| b.with_optimization_level(level))
+                .map_err(|e| e.to_string())?
+                .commit_from_file(file)
+                .map_err(|e| format!("ONNX Runtime rejected the model: {e}"))?;
+            sessions.push(Mutex::new(session));
+        }
+        let first = sessions[0].lock().map_err(|_| "session lock poisoned".to_owned())?;
+        let signature = Signature {
+            inputs: first.inputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?,
+            outputs: first.outputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?,
+        };
+        drop(first);
+        if signature.inputs.is_empty() || signature.outputs.is_empty() {
+            return Err("the model declares no inputs or no outputs".into());
+        }
+        Ok(Engine { signature, sessions, next: AtomicUsize::new(0) })
+    }
+}
+
+fn spec(name: &str, ty: &ValueType) -> Result<TensorSpec, String> {
+    match ty {
+        ValueType::Tensor { ty, shape, .. } => {
+            let dtype = DType::from_ort(*ty).ok_or_else(|| format!("{name}: tensor type {ty:?} is not supported"))?;
+            Ok(TensorSpec { name: name.to_owned(), dtype, shape: shape.iter().copied().collect() })
+        }
+        other => Err(format!("{name}: only tensor inputs and outputs are supported, not {other:?}")),
+    }
+}
+
+/// A loaded model: its signature and a pool of ONNX Runtime sessions.
+pub struct Engine {
+    pub signature: Signature,
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("signature", &self.signature).field("sessions", &self.sessions.len()).finish()
+    }
+}
+
+impl Engine {
+    /// Checks inputs against the signature: every error names the input and what was expected.
+    pub fn validate(&self, inputs: &[NamedTensor], outputs: &[String]) -> Result<(), ServeError> {
+        validate(&self.signature, inputs, outputs)
+    }
+
+    /// Runs the model (blocking; call off the async runtime). Inputs must be validated.
+    pub fn run(&self, inputs: Vec<NamedTensor>, outputs: &[String]) -> Result<Vec<NamedTensor>, ServeError> {
+        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
+        for t in inputs {
+            let shape = t.shape;
+            let v = match t.data {
+                TensorData::F32(d) => Tensor::from_array((shape, d)).map(|t| t.into_dyn()),
+                TensorData::F64(d) => Tensor::from_array((shape, d)).map(|t| t.into_dyn()),
+                TensorData::I32(d) => Tensor::from_array((shape, d)).map(|t| t.into_dyn()),
+                TensorData::I64(d) => Tensor::from_array((shape, d)).map(|t| t.into_dyn()),
+                TensorData::Bool(d) => Tensor::from_array((shape, d)).map(|t| t.into_dyn()),
+                TensorData::Str(d) => Tensor::from_string_array((shape, d.as_slice())).map(|t| t.into_dyn()),
+            }
+            .map_err(|e| ServeError::InvalidArgument(format!("input {}: {e}", t.name)))?;
+            values.push((t.name, v));
+        }
+        // Prefer a free session; wait on one only when all are busy.
+        let n = self.sessions.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut guard = (0..n)
+            .find_map(|i| self.sessions[(start + i) % n].try_lock().ok())
+            .map_or_else(|| self.sessions[start % n].lock(), Ok)
+            .map_err(|_| ServeError::Internal("a model session panicked earlier".into()))?;
+        let result = guard.run(values).map_err(|e| ServeError::Model(e.to_string()))?;
+        let wanted: Vec<&TensorSpec> = if outputs.is_empty() {
+            self.signature.outputs.iter().collect()
+        } else {
+            outputs.iter().filter_map(|o| self.signature.outputs.iter().find(|s| &s.name == o)).collect()
+        };
+        let mut out = Vec::with_capacity(wanted.len());
+        for s in wanted {
+            let v = result
+                .get(&s.name)
+                .ok_or_else(|| ServeError::Model(format!("the model produced no output {:?}", s.name)))?;
+            out.push(extract(&s.name, s.dtype, v)?);
+        }
+        Ok(out)
+    }
+
+    /// Runs the model on zero-valued inputs shaped from the signature (dynamic dims as 1).
+    pub fn warm_up(&self, runs: usize) -> Result<(), ServeError> {
+        for _ in 0..runs {
+            let inputs = self
+                .signature
+                .inputs
+                .iter()
+                .map(|s| {
+                    let shape: Vec<i64> = s.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+                    let n = shape.iter().product::<i64>().max(0) as usize;
+                    NamedTensor { name: s.name.clone(), shape, data: TensorData::zeros(s.dtype, n) }
+                })
+                .collect();
+            self.run(inputs, &[])?;
+        }
+        Ok(())
+    }
+}
+
+fn extract(name: &str, dtype: DType, v: &DynValue) -> Result<NamedTensor, ServeError> {
+    let err = |e: ort::Error| ServeError::Model(format!("output {name}: {e}"));
+    let (shape, data) = match dtype {
+        DType::F32 => v.try_extract_tensor::<f32>().map(|(s, d)| (s.clone(), TensorData::F32(d.to_vec()))),
+        DType::F64 => v.try_extract_tensor::<f64>().map(|(s, d)| (s.clone(), TensorData::F64(d.to_vec()))),
+        DType::I32 => v.try_extract_tensor::<i32>().map(|(s, d)| (s.clone(), TensorData::I32(d.to_vec()))),
+        DType::I64 => v.try_extract_tensor::<i64>().map(|(s, d)| (s.clone(), TensorData::I64(d.to_vec()))),
+        DType::Bool => v.try_extract_tensor::<bool>().map(|(s, d)| (s.clone(), TensorData::Bool(d.to_vec()))),
+        DType::Str => v.try_extract_strings().map(|(s, d)| (s.clone(), TensorData::Str(d))),
+    }
+    .map_err(err)?;
+    Ok(NamedTensor { name: name.to_owned(), shape: shape.iter().copied().collect(), data })
+}
+
+/// Request validation against a signature, separate from the session so it is unit-testable.
+pub fn validate(sig: &Signature, inputs: &[NamedTensor], outputs: &[String]) -> Result<(), ServeError> {
+    let bad = ServeError::InvalidArgument;
+    for t in inputs {
+        let Some(spec) = sig.inputs.iter().find(|s| s.name == t.name) else {
+            let names: Vec<&str> = sig.inputs.iter().map(|s| s.name.as_str()).collect();
+            return Err(bad(format!("unknown input {:?}; the model's inputs are {names:?}", t.name)));
+        };
+        if inputs.iter().filter(|o| o.name == t.name).count() > 1 {
+            return Err(bad(format!("input {:?} is given more than once", t.name)));
+        }
+        if t.data.dtype() != spec.dtype {
+            return Err(bad(format!("input {:?}: expected {}, got {}", t.name, spec.dtype.name(), t.data.dtype().name())));
+        }
+        if t.shape.len() != spec.shape.len() {
+            return Err(bad(format!(
+                "input {:?}: expected rank {} (shape {:?}), got shape {:?}",
+                t.name,
+                spec.shape.len(),
+                spec.shape,
+                t.shape
+            )));
+        }
+        for (i, (&want, &got)) in spec.shape.iter().zip(&t.shape).enumerate() {
+            if got < 0 || (want >= 0 && want != got) {
+                return Err(bad(format!(
+                    "input {:?}: dimension {i} must be {}, got {got} (expected shape {:?})",
+                    t.name,
+                    if want < 0 { "non-negative".to_owned() } else { want.to_string() },
+                    spec.shape
+                )));
+            }
+        }
+        let count = t.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d as usize));
+        if count != Some(t.data.len()) {
+            return Err(bad(format!(
+                "input {:?}: shape {:?} needs {} elements, got {}",
+                t.name,
+                t.shape,
+                count.map_or_else(|| "too many".to_owned(), |c| c.to_string()),
+                t.data.len()
+            )));
+        }
+        let non_finite = match &t.data {
+            TensorData::F32(v) => v.iter().any(|x| !x.is_finite()),
+            TensorData::F64(v) => v.iter().any(|x| !x.is_finite()),
+            TensorData::I32(_) | TensorData::I64(_) | TensorData::Bool(_) | TensorData::Str(_) => false,
+        };
+        if non_finite {
+            return Err(bad(format!("input {:?}: NaN and infinite values are not accepted", t.name)));
+        }
+    }
+    if let Some(missing) = sig.inputs.iter().find(|s| !inputs.iter().any(|t| t.name == s.name)) {
+        return Err(bad(format!(
+            "missing input {:?} ({} with shape {:?})",
+            missing.name,
+            missing.dtype.name(),
+            missing.shape
+        )));
+    }
+    if let Some(o) = outputs.iter().find(|o| !sig.outputs.iter().any(|s| &s.name == *o)) {
+        let names: Vec<&str> = sig.outputs.iter().map(|s| s.name.as_str()).collect();
+        return Err(bad(format!("unknown output {o:?}; the model's outputs are {names:?}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iris() -> Signature {
+        Signature {
+            inputs: vec![TensorSpec { name: "input".into(), dtype: DType::F32, shape: vec![-1, 4] }],
+            outputs: vec![
+                TensorSpec { name: "label".into(), dtype: DType::I64, shape: vec![-1] },
+                TensorSpec { name: "probabilities".into(), dtype: DType::F32, shape: vec![-1, 3] },
+            ],
+        }
+    }
+
+    fn input(shape: Vec<i64>, data: TensorData) -> NamedTensor {
+        NamedTensor { name: "input".into(), shape, data }
+    }
+
+    fn message(r: Result<(), ServeError>) -> String {
+        match r {
+            Err(ServeError::InvalidArgument(m)) => m,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_a_batch() {
+        let sig = iris();
+        assert!(validate(&sig, &[input(vec![2, 4], TensorData::F32(vec![1.0; 8]))], &[]).is_ok());
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        let sig = iris();
+        let m = message(validate(&sig, &[input(vec![1, 3], TensorData::F32(vec![1.0; 3]))], &[]));
+        assert!(m.contains("dimension 1 must be 4"), "{m}");
+        let m = message(validate(&sig, &[input(vec![1, 4], TensorData::I64(vec![1; 4]))], &[]));
+        assert!(m.contains("expected float32, got int64"), "{m}");
+        let m = message(validate(&sig, &[input(vec![4], TensorData::F32(vec![1.0; 4]))], &[]));
+        assert!(m.contains("expected rank 2"), "{m}");
+        let m = message(validate(&sig, &[input(vec![2, 4], TensorData::F32(vec![1.0; 4]))], &[]));
+        assert!(m.contains("needs 8 elements, got 4"), "{m}");
+        let m = message(validate(&sig, &[input(vec![1, 4], TensorData::F32(vec![1.0, f32::NAN, 0.0, 0.0]))], &[]));
+        assert!(m.contains("NaN"), "{m}");
+        let m = message(validate(&sig, &[], &[]));
+        assert!(m.contains("missing input \"input\""), "{m}");
+        let other = NamedTensor { name: "x".into(), shape: vec![1], data: TensorData::F32(vec![1.0]) };
+        let m = message(validate(&sig, &[other], &[]));
+        assert!(m.contains("unknown input \"x\""), "{m}");
+        let m = message(validate(&sig, &[input(vec![1, 4], TensorData::F32(vec![1.0; 4]))], &["nope".into()]));
+        assert!(m.contains("unknown output \"nope\""), "{m}");
+    }
+}

@@ -1,0 +1,173 @@
+//! The thin HTTP adapter for browsers and existing BFF clients. It calls the
+//! same `Models` as the gRPC service, in-process: no extra network hop.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Query, State},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::{
+    engine::{DType, NamedTensor, TensorData},
+    error::ServeError,
+    serving::{Models, PredictInput, SlotState},
+};
+
+#[derive(Debug, Clone)]
+struct AppState {
+    models: Arc<Models>,
+    rest_output: Option<String>,
+}
+
+pub(crate) fn router(models: Arc<Models>, rest_output: Option<String>, max_request_bytes: usize) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
+    Router::new()
+        .route("/predict", post(predict))
+        .route("/v1/models", get(list_models))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .layer(DefaultBodyLimit::max(max_request_bytes))
+        .layer(cors)
+        .with_state(AppState { models, rest_output })
+}
+
+/// The one mapping from serving errors to HTTP statuses.
+pub(crate) struct ApiError(ServeError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            ServeError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServeError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            ServeError::Model(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ServeError::VersionMismatch(_) => StatusCode::CONFLICT,
+            ServeError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let retry = matches!(self.0, ServeError::Overloaded(_) | ServeError::Unavailable(_));
+        let mut resp = (status, Json(json!({ "error": self.0.to_string() }))).into_response();
+        if retry {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<ServeError> for ApiError {
+    fn from(e: ServeError) -> Self {
+        ApiError(e)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PredictQuery {
+    model: Option<String>,
+    output: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PredictBody {
+    data: Vec<f64>,
+}
+
+/// `POST /predict {"data":[...]}` → `{"modelVersion","prediction"}`: one row of
+/// numbers into the model's single input, one output back (flattened).
+#[tracing::instrument(name = "http.predict", skip_all, fields(model))]
+async fn predict(State(st): State<AppState>, Query(q): Query<PredictQuery>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let bad = |m: String| ApiError(ServeError::InvalidArgument(m));
+    let body: PredictBody = serde_json::from_slice(&body)
+        .map_err(|e| bad(format!("body must be {{\"data\": [numbers...]}}: {e}")))?;
+    if body.data.is_empty() {
+        return Err(bad("\"data\" must hold at least one number".into()));
+    }
+    let model = q.model.unwrap_or_else(|| st.models.default_name().to_owned());
+    tracing::Span::current().record("model", model.as_str());
+    let slot = st.models.slot(&model)?;
+    let current = slot.current().ok_or_else(|| {
+        ServeError::Unavailable(format!("model {model:?} ({}) has no version loaded yet", slot.spec.selector))
+    })?;
+    let sig = &current.engine.signature;
+    let [input] = sig.inputs.as_slice() else {
+        return Err(bad(format!("model {model:?} has {} inputs; /predict serves single-input models", sig.inputs.len())));
+    };
+    let n = body.data.len() as i64;
+    let shape = match input.shape.len() {
+        1 => vec![n],
+        2 => vec![1, n],
+        r => return Err(bad(format!("input {:?} has rank {r}; /predict sends one row (rank 1 or 2)", input.name))),
+    };
+    let data = match input.dtype {
+        DType::F32 => TensorData::F32(body.data.iter().map(|&x| x as f32).collect()),
+        DType::F64 => TensorData::F64(body.data),
+        other => return Err(bad(format!("input {:?} is {}; /predict sends numbers", input.name, other.name()))),
+    };
+    let output = q
+        .output
+        .or_else(|| st.rest_output.clone().filter(|o| sig.outputs.iter().any(|s| &s.name == o)))
+        .or_else(|| sig.outputs.iter().find(|s| s.dtype == DType::F32).map(|s| s.name.clone()))
+        .unwrap_or_else(|| sig.outputs[0].name.clone());
+    let input_name = input.name.clone();
+    drop(current);
+    let p = st
+        .models
+        .predict(PredictInput {
+            model,
+            version: None,
+            inputs: vec![NamedTensor { name: input_name, shape, data }],
+            outputs: vec![output],
+        })
+        .await?;
+    let prediction = p.outputs.into_iter().next().map(|t| to_json(t.data)).unwrap_or(Value::Array(vec![]));
+    Ok(Json(json!({ "modelVersion": p.version, "prediction": prediction })))
+}
+
+fn to_json(d: TensorData) -> Value {
+    match d {
+        TensorData::F32(v) => json!(v),
+        TensorData::F64(v) => json!(v),
+        TensorData::I32(v) => json!(v),
+        TensorData::I64(v) => json!(v),
+        TensorData::Bool(v) => json!(v),
+        TensorData::Str(v) => json!(v),
+    }
+}
+
+async fn list_models(State(st): State<AppState>) -> Json<Value> {
+    let models: Vec<Value> = st
+        .models
+        .slots()
+        .map(|s| {
+            let s = s.status();
+            json!({
+                "name": s.name,
+                "selector": s.selector,
+                "state": match s.state {
+                    SlotState::Pending => "PENDING",
+                    SlotState::Serving => "SERVING",
+                    SlotState::Degraded => "DEGRADED",
+                    SlotState::Failed => "FAILED",
+                },
+                "servingVersion": s.serving_version,
+                "sha256": s.sha256,
+                "lastError": s.last_error,
+            })
+        })
+        .collect();
+    Json(json!({ "models": models }))
+}
+
+async fn ready(State(st): State<AppState>) -> StatusCode {
+    if st.models.all_loaded() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+}

@@ -1,0 +1,116 @@
+//! Ferry Inference, the data plane: follows the registry, loads ONNX models
+//! with ONNX Runtime and serves them over gRPC and REST.
+
+pub mod config;
+mod delivery;
+pub mod engine;
+pub mod error;
+mod grpc;
+mod http;
+pub mod serving;
+pub mod spec;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use ferry_proto::inference::v1::inference_server::InferenceServer;
+use tokio::{net::TcpListener, sync::watch};
+use tracing::info;
+
+pub use crate::config::Config;
+use crate::{
+    delivery::DeliveryConfig,
+    engine::{Runtime, SessionOptions},
+    serving::Models,
+};
+
+/// Runs the service until `shutdown` resolves, then drains and returns.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let runtime = Runtime::load(&cfg.ort_library).map_err(anyhow::Error::msg)?;
+    let models = Arc::new(Models::new(cfg.models.clone(), cfg.max_in_flight).map_err(anyhow::Error::msg)?);
+    let mlflow = ferry_mlflow::Client::new(cfg.mlflow.config()).context("MLflow client")?;
+    let grpc_listener = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
+    let http_listener = TcpListener::bind(cfg.http_addr).await.with_context(|| format!("binding {}", cfg.http_addr))?;
+
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    });
+
+    let delivery = delivery::spawn(
+        Arc::clone(&models),
+        mlflow,
+        runtime,
+        DeliveryConfig {
+            registry_url: cfg.registry_url.clone(),
+            work_dir: cfg.model_dir.clone(),
+            session: SessionOptions {
+                sessions: cfg.sessions,
+                intra_threads: cfg.intra_threads,
+                inter_threads: cfg.inter_threads,
+                optimization_level: cfg.optimization_level,
+            },
+            warmup_runs: cfg.warmup_runs,
+            max_model_bytes: cfg.max_model_bytes,
+            poll_interval: Duration::from_millis(cfg.poll_interval_ms),
+            keep_versions: cfg.keep_versions,
+        },
+        stop.clone(),
+    );
+
+    // Health: NOT_SERVING until every configured model is loaded and warm.
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_not_serving::<InferenceServer<grpc::InferenceService>>().await;
+    reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    let mut ready = models.ready();
+    tokio::spawn(async move {
+        loop {
+            let status = if *ready.borrow_and_update() {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(<InferenceServer<grpc::InferenceService> as tonic::server::NamedService>::NAME, status).await;
+            if ready.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let inference = InferenceServer::new(grpc::InferenceService { models: Arc::clone(&models) })
+        .max_decoding_message_size(cfg.max_request_bytes)
+        .max_encoding_message_size(usize::MAX);
+
+    info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, models = ?cfg.models.iter().map(ToString::to_string).collect::<Vec<_>>(), "ferry-inference listening");
+
+    let mut grpc_stop = stop.clone();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(inference)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+        });
+    let mut http_stop = stop.clone();
+    let app = http::router(Arc::clone(&models), cfg.rest_output.clone(), cfg.max_request_bytes);
+    let http = axum::serve(http_listener, app).with_graceful_shutdown(async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    });
+    let (g, h) = tokio::join!(grpc, http);
+    g.context("gRPC server")?;
+    h.context("HTTP server")?;
+    let _ = delivery.await;
+    info!("ferry-inference stopped");
+    Ok(())
+}

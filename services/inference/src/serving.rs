@@ -1,0 +1,217 @@
+//! The models this process serves, each in a slot whose loaded version is
+//! swapped atomically. A request holds an `Arc` to the version it started on,
+//! so a swap never interrupts it; the old session is dropped after the last one.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::{Semaphore, watch};
+
+use crate::{
+    engine::{Engine, NamedTensor, Signature},
+    error::ServeError,
+    spec::ModelSpec,
+};
+
+/// One version of a model, loaded and warm.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub version: String,
+    pub sha256: String,
+    pub file: PathBuf,
+    pub engine: Engine,
+    pub loaded_at: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    Pending,
+    Serving,
+    Degraded,
+    Failed,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct LoadFailure {
+    pub(crate) version: String,
+    pub(crate) sha256: String,
+    pub(crate) error: String,
+    pub(crate) at: Option<Instant>,
+}
+
+/// A serving slot for one configured model.
+#[derive(Debug)]
+pub struct ModelSlot {
+    pub spec: ModelSpec,
+    current: ArcSwapOption<LoadedModel>,
+    pub(crate) failure: Mutex<Option<LoadFailure>>,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+}
+
+/// A point-in-time view of a slot, for metadata APIs.
+#[derive(Debug, Clone)]
+pub struct SlotStatus {
+    pub name: String,
+    pub selector: String,
+    pub state: SlotState,
+    pub serving_version: Option<String>,
+    pub sha256: Option<String>,
+    pub last_error: Option<String>,
+    pub signature: Option<Signature>,
+}
+
+impl ModelSlot {
+    fn new(spec: ModelSpec, max_in_flight: usize) -> Self {
+        Self {
+            spec,
+            current: ArcSwapOption::empty(),
+            failure: Mutex::new(None),
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+        }
+    }
+
+    pub fn current(&self) -> Option<Arc<LoadedModel>> {
+        self.current.load_full()
+    }
+
+    pub fn status(&self) -> SlotStatus {
+        let current = self.current();
+        let failure = self.failure.lock().map(|f| f.as_ref().map(|f| f.error.clone())).unwrap_or(None);
+        let state = match (&current, &failure) {
+            (Some(_), None) => SlotState::Serving,
+            (Some(_), Some(_)) => SlotState::Degraded,
+            (None, Some(_)) => SlotState::Failed,
+            (None, None) => SlotState::Pending,
+        };
+        SlotStatus {
+            name: self.spec.name.clone(),
+            selector: self.spec.selector.to_string(),
+            state,
+            serving_version: current.as_ref().map(|m| m.version.clone()),
+            sha256: current.as_ref().map(|m| m.sha256.clone()),
+            last_error: failure,
+            signature: current.as_ref().map(|m| m.engine.signature.clone()),
+        }
+    }
+}
+
+/// What a caller asks of a model, independent of transport.
+#[derive(Debug)]
+pub struct PredictInput {
+    pub model: String,
+    /// When set, the request fails unless exactly this version is serving.
+    pub version: Option<String>,
+    pub inputs: Vec<NamedTensor>,
+    /// Outputs to return; empty means all.
+    pub outputs: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Prediction {
+    pub model: String,
+    pub version: String,
+    pub outputs: Vec<NamedTensor>,
+}
+
+/// Every configured model, and whether all of them are loaded.
+#[derive(Debug)]
+pub struct Models {
+    slots: BTreeMap<String, Arc<ModelSlot>>,
+    order: Vec<String>,
+    ready: watch::Sender<bool>,
+}
+
+impl Models {
+    pub fn new(specs: Vec<ModelSpec>, max_in_flight: usize) -> Result<Self, String> {
+        let mut slots = BTreeMap::new();
+        let mut order = Vec::new();
+        for spec in specs {
+            let name = spec.name.clone();
+            if slots.insert(name.clone(), Arc::new(ModelSlot::new(spec, max_in_flight))).is_some() {
+                return Err(format!("model {name:?} is configured twice"));
+            }
+            order.push(name);
+        }
+        if slots.is_empty() {
+            return Err("no model configured (use --model name:Stage, name@alias or name/version)".into());
+        }
+        let (ready, _) = watch::channel(false);
+        Ok(Self { slots, order, ready })
+    }
+
+    pub fn slot(&self, name: &str) -> Result<&Arc<ModelSlot>, ServeError> {
+        self.slots.get(name).ok_or_else(|| {
+            ServeError::NotFound(format!("model {name:?} is not served here; served models: {:?}", self.order))
+        })
+    }
+
+    /// The first configured model: what REST `/predict` serves when no model is named.
+    pub fn default_name(&self) -> &str {
+        &self.order[0]
+    }
+
+    pub fn slots(&self) -> impl Iterator<Item = &Arc<ModelSlot>> {
+        self.order.iter().filter_map(|n| self.slots.get(n))
+    }
+
+    /// True once every configured model has a loaded, warm version.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    pub fn all_loaded(&self) -> bool {
+        self.slots.values().all(|s| s.current().is_some())
+    }
+
+    /// Makes `model` the serving version of `name`. Requests already running
+    /// keep the version they started with.
+    pub fn swap(&self, name: &str, model: LoadedModel) -> Option<Arc<LoadedModel>> {
+        let slot = self.slots.get(name)?;
+        let old = slot.current.swap(Some(Arc::new(model)));
+        if let Ok(mut f) = slot.failure.lock() {
+            *f = None;
+        }
+        self.ready.send_replace(self.all_loaded());
+        old
+    }
+
+    /// Runs a prediction on the serving version of the named model.
+    pub async fn predict(&self, req: PredictInput) -> Result<Prediction, ServeError> {
+        let slot = self.slot(&req.model)?;
+        // Backpressure at the door: a bounded number in flight, never an unbounded queue.
+        let permit = Arc::clone(&slot.in_flight).try_acquire_owned().map_err(|_| {
+            ServeError::Overloaded(format!("model {:?} has {} requests in flight; retry shortly", req.model, slot.max_in_flight))
+        })?;
+        let Some(model) = slot.current() else {
+            return Err(ServeError::Unavailable(format!(
+                "model {:?} ({}) has no version loaded yet",
+                req.model, slot.spec.selector
+            )));
+        };
+        if let Some(v) = req.version.as_deref().filter(|v| !v.is_empty())
+            && v != model.version
+        {
+            return Err(ServeError::VersionMismatch(format!(
+                "model {:?} serves version {}, not {v}",
+                req.model, model.version
+            )));
+        }
+        model.engine.validate(&req.inputs, &req.outputs)?;
+        let name = req.model;
+        let run_model = Arc::clone(&model);
+        let outputs = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            run_model.engine.run(req.inputs, &req.outputs)
+        })
+        .await
+        .map_err(|e| ServeError::Internal(format!("inference task failed: {e}")))??;
+        Ok(Prediction { model: name, version: model.version.clone(), outputs })
+    }
+}

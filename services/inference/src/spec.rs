@@ -1,0 +1,94 @@
+//! Which version of which registered model to serve.
+
+use std::{fmt, str::FromStr};
+
+/// How a model's serving version is chosen in MLflow.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Selector {
+    /// The newest version in a stage (`Production`, `Staging`, ...).
+    Stage(String),
+    /// The version an alias points at (`champion`).
+    Alias(String),
+    /// A pinned version number.
+    Version(String),
+}
+
+/// `name:Stage`, `name@alias` or `name/version`, e.g. `iris:Production`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelSpec {
+    pub name: String,
+    pub selector: Selector,
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Selector::Stage(s) => write!(f, "stage:{s}"),
+            Selector::Alias(a) => write!(f, "alias:{a}"),
+            Selector::Version(v) => write!(f, "version:{v}"),
+        }
+    }
+}
+
+impl fmt::Display for ModelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.selector {
+            Selector::Stage(s) => write!(f, "{}:{s}", self.name),
+            Selector::Alias(a) => write!(f, "{}@{a}", self.name),
+            Selector::Version(v) => write!(f, "{}/{v}", self.name),
+        }
+    }
+}
+
+/// MLflow's stage names, in their canonical spelling.
+pub fn canonical_stage(s: &str) -> Option<&'static str> {
+    ["None", "Staging", "Production", "Archived"].into_iter().find(|c| c.eq_ignore_ascii_case(s))
+}
+
+impl FromStr for ModelSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (name, selector) = if let Some((n, a)) = s.split_once('@') {
+            (n, Selector::Alias(a.to_owned()))
+        } else if let Some((n, st)) = s.split_once(':') {
+            let stage = canonical_stage(st)
+                .ok_or_else(|| format!("{s:?}: unknown stage {st:?} (use None, Staging, Production or Archived)"))?;
+            (n, Selector::Stage(stage.to_owned()))
+        } else if let Some((n, v)) = s.rsplit_once('/') {
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("{s:?}: version {v:?} is not a number"));
+            }
+            (n, Selector::Version(v.to_owned()))
+        } else {
+            return Err(format!("{s:?}: expected name:Stage, name@alias or name/version"));
+        };
+        let ok = |x: &str| !x.is_empty() && !x.chars().any(char::is_whitespace);
+        let sel_ok = match &selector {
+            Selector::Stage(x) | Selector::Alias(x) | Selector::Version(x) => ok(x),
+        };
+        if !ok(name) || !sel_ok {
+            return Err(format!("{s:?}: empty or blank name or selector"));
+        }
+        Ok(ModelSpec { name: name.to_owned(), selector })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_form() {
+        let p = |s: &str| s.parse::<ModelSpec>().unwrap();
+        assert_eq!(p("iris:production").selector, Selector::Stage("Production".into()));
+        assert_eq!(p("iris@champion").selector, Selector::Alias("champion".into()));
+        assert_eq!(p("iris/3").selector, Selector::Version("3".into()));
+        assert_eq!(p("iris:Production").to_string(), "iris:Production");
+        assert!("iris".parse::<ModelSpec>().is_err());
+        assert!("iris:Prod".parse::<ModelSpec>().is_err());
+        assert!("iris/x".parse::<ModelSpec>().is_err());
+        assert!("@a".parse::<ModelSpec>().is_err());
+    }
+}

@@ -1,0 +1,32 @@
+use std::{net::SocketAddr, path::PathBuf};
+
+use ferry_mlflow::MlflowArgs;
+use ferry_telemetry::TelemetryArgs;
+
+/// Ferry Registry: the ModelRegistry gRPC service over MLflow.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "ferry-registry", version)]
+pub struct Config {
+    /// gRPC listen address (ModelRegistry, health, reflection).
+    #[arg(long, env = "FERRY_REGISTRY_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    #[command(flatten)]
+    pub mlflow: MlflowArgs,
+    /// MLflow experiment that holds the runs registrations create.
+    #[arg(long, env = "FERRY_EXPERIMENT", default_value = "ferry-registrations")]
+    pub experiment: String,
+    /// How often to reconcile with MLflow, in milliseconds.
+    #[arg(long, env = "FERRY_POLL_INTERVAL_MS", default_value_t = 2000)]
+    pub poll_interval_ms: u64,
+    /// Changes kept for subscribers that reconnect.
+    #[arg(long, env = "FERRY_HISTORY", default_value_t = 10_000)]
+    pub history: usize,
+    /// Largest model file accepted, in bytes.
+    #[arg(long, env = "FERRY_MAX_MODEL_BYTES", default_value_t = 2 << 30)]
+    pub max_model_bytes: u64,
+    /// Where uploads are spooled while they stream in.
+    #[arg(long, env = "FERRY_UPLOAD_DIR", default_value_os_t = std::env::temp_dir())]
+    pub upload_dir: PathBuf,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}

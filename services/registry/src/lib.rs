@@ -1,0 +1,78 @@
+//! Ferry Registry, the control plane: registers ONNX models in MLflow, moves
+//! versions through stages and aliases, and streams every change.
+
+pub mod config;
+mod convert;
+pub mod error;
+mod grpc;
+pub mod hub;
+mod onnx;
+pub mod register;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use ferry_proto::registry::v1::model_registry_server::ModelRegistryServer;
+use tokio::{net::TcpListener, sync::watch};
+use tracing::info;
+
+pub use crate::config::Config;
+use crate::hub::Hub;
+
+/// Runs the service until `shutdown` resolves.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let mlflow = ferry_mlflow::Client::new(cfg.mlflow.config()).context("MLflow client")?;
+    let listener = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
+
+    let hub = Hub::new(cfg.history, 4096);
+    let (healthy_tx, mut healthy) = watch::channel(false);
+    let reconciler = tokio::spawn(Arc::clone(&hub).run(mlflow.clone(), Duration::from_millis(cfg.poll_interval_ms), healthy_tx));
+
+    // Health follows MLflow reachability: without it the registry can do nothing.
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_not_serving::<ModelRegistryServer<grpc::RegistryService>>().await;
+    tokio::spawn(async move {
+        loop {
+            let status = if *healthy.borrow_and_update() {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status(<ModelRegistryServer<grpc::RegistryService> as tonic::server::NamedService>::NAME, status)
+                .await;
+            if healthy.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let service = grpc::RegistryService {
+        mlflow,
+        hub,
+        experiment: cfg.experiment.clone(),
+        max_model_bytes: cfg.max_model_bytes,
+        upload_dir: cfg.upload_dir.clone(),
+    };
+    info!(grpc = %listener.local_addr()?, mlflow = %cfg.mlflow.url, "ferry-registry listening");
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ModelRegistryServer::new(service).max_decoding_message_size(8 << 20))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+        .context("gRPC server")?;
+    reconciler.abort();
+    info!("ferry-registry stopped");
+    Ok(())
+}
