@@ -1,0 +1,282 @@
+//! The whole path, real at every step: a real MLflow server, the registry and
+//! inference binaries; register → promote → serve → register v2 → promote →
+//! inference switches to it. Predictions are checked against Python onnxruntime.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context, ensure};
+use ferry_e2e::{Mlflow, Proc, ferry, free_port, ort_library, reference_predict, train_iris, wait_for};
+use ferry_proto::{
+    inference::v1::{DataType, PredictRequest, PredictResponse, Tensor, inference_client::InferenceClient},
+    registry::v1::{
+        ChangeKind, ModelChanged, RegisterModelMetadata, RegisterModelRequest, RegisterModelResponse, Stage,
+        TransitionStageRequest, WatchModelsRequest, model_registry_client::ModelRegistryClient,
+        register_model_request::Payload,
+    },
+};
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+const ROW: [f32; 4] = [5.9, 3.0, 5.1, 1.8];
+
+async fn register(client: &mut ModelRegistryClient<Channel>, name: &str, file: &Path) -> anyhow::Result<RegisterModelResponse> {
+    let bytes = std::fs::read(file)?;
+    let first = RegisterModelRequest {
+        payload: Some(Payload::Metadata(RegisterModelMetadata {
+            name: name.into(),
+            description: "iris logistic regression".into(),
+            tags: [("team".to_owned(), "e2e".to_owned())].into(),
+            expected_sha256: String::new(),
+        })),
+    };
+    // Small chunks, so the upload really streams.
+    let chunks: Vec<RegisterModelRequest> =
+        bytes.chunks(256).map(|c| RegisterModelRequest { payload: Some(Payload::Chunk(c.to_vec())) }).collect();
+    let stream = futures_iter(std::iter::once(first).chain(chunks));
+    Ok(client.register_model(stream).await?.into_inner())
+}
+
+fn futures_iter<I: Iterator<Item = RegisterModelRequest> + Send + 'static>(
+    it: I,
+) -> impl tokio_stream::Stream<Item = RegisterModelRequest> + Send + 'static {
+    tokio_stream::iter(it)
+}
+
+fn predict_request(model: &str, row: &[f32]) -> PredictRequest {
+    PredictRequest {
+        model: model.into(),
+        inputs: vec![Tensor {
+            name: "input".into(),
+            dtype: DataType::Float32.into(),
+            shape: vec![1, row.len() as i64],
+            float_data: row.to_vec(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn output<'a>(resp: &'a PredictResponse, name: &str) -> anyhow::Result<&'a Tensor> {
+    resp.outputs.iter().find(|t| t.name == name).with_context(|| format!("no output {name} in {resp:?}"))
+}
+
+fn assert_close(got: &[f32], want: &serde_json::Value) -> anyhow::Result<()> {
+    let want: Vec<f64> = serde_json::from_value(want.clone())?;
+    ensure!(got.len() == want.len(), "length {} != {}", got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        ensure!((f64::from(*g) - w).abs() < 1e-5, "got {got:?}, Python onnxruntime says {want:?}");
+    }
+    Ok(())
+}
+
+async fn transition(client: &mut ModelRegistryClient<Channel>, name: &str, version: &str) -> anyhow::Result<()> {
+    client
+        .transition_stage(TransitionStageRequest {
+            name: name.into(),
+            version: version.into(),
+            stage: Stage::Production.into(),
+            archive_existing_versions: true,
+        })
+        .await?;
+    Ok(())
+}
+
+async fn next_change(
+    stream: &mut tonic::Streaming<ModelChanged>,
+    want: impl Fn(&ModelChanged) -> bool,
+) -> anyhow::Result<ModelChanged> {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let e = stream.message().await?.context("watch stream ended")?;
+            if want(&e) {
+                return Ok(e);
+            }
+        }
+    })
+    .await
+    .context("no matching change within 20 s")?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let (v1, v2) = (d.join("iris-v1.onnx"), d.join("iris-v2.onnx"));
+    train_iris(&v1, 1.0)?;
+    train_iris(&v2, 0.05)?;
+
+    let registry_port = free_port();
+    let registry = ferry(
+        "ferry-registry",
+        d,
+        &[],
+        &[
+            ("FERRY_REGISTRY_GRPC_ADDR", format!("127.0.0.1:{registry_port}")),
+            ("MLFLOW_TRACKING_URI", mlflow.url.clone()),
+            ("FERRY_POLL_INTERVAL_MS", "300".into()),
+        ],
+    )?;
+    let registry_url = format!("http://127.0.0.1:{registry_port}");
+    let mut reg = wait_for("the registry", Duration::from_secs(30), || {
+        let url = registry_url.clone();
+        async move { Ok(ModelRegistryClient::connect(url).await.ok()) }
+    })
+    .await
+    .with_context(|| registry.log_tail())?;
+
+    // Register v1 through the client-streaming upload.
+    let r1 = register(&mut reg, "iris", &v1).await?;
+    let mv1 = r1.version.clone().context("no version")?;
+    ensure!(r1.created && mv1.version == "1", "unexpected {r1:?}");
+    let sha1 = sha256_hex(&std::fs::read(&v1)?);
+    ensure!(mv1.sha256 == sha1, "sha256 tag {} != {sha1}", mv1.sha256);
+    // The same bytes again: the existing version, no duplicate.
+    let again = register(&mut reg, "iris", &v1).await?;
+    ensure!(!again.created && again.version.as_ref().map(|v| v.version.as_str()) == Some("1"), "not idempotent: {again:?}");
+    // Garbage is refused before anything is written.
+    let junk = d.join("junk.onnx");
+    std::fs::write(&junk, b"this is not an onnx model")?;
+    let err = register(&mut reg, "iris", &junk).await.expect_err("junk must be refused");
+    let status = err.downcast_ref::<tonic::Status>().context("a gRPC status")?;
+    ensure!(status.code() == Code::InvalidArgument, "junk gave {status:?}");
+
+    // The version really is in MLflow, with its bytes in the artifact store.
+    let http = reqwest::Client::new();
+    let got: serde_json::Value = http
+        .get(format!("{}/api/2.0/mlflow/model-versions/get?name=iris&version=1", mlflow.url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let tags = got["model_version"]["tags"].as_array().context("tags")?;
+    ensure!(tags.iter().any(|t| t["key"] == "ferry.sha256" && t["value"] == sha1.as_str()), "sha tag missing: {got}");
+    let source = got["model_version"]["source"].as_str().context("source")?;
+    let rel = source.strip_prefix("mlflow-artifacts:/").context("proxied source")?;
+    let stored = http
+        .get(format!("{}/api/2.0/mlflow-artifacts/artifacts/{rel}/model.onnx", mlflow.url))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    ensure!(sha256_hex(&stored) == sha1, "stored artifact differs from the upload");
+
+    // Start inference before anything is in Production: it must say so clearly.
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let model_dir = d.join("models");
+    let mut inference = ferry(
+        "ferry-inference",
+        d,
+        &[],
+        &[
+            ("FERRY_MODELS", "iris:Production".into()),
+            ("FERRY_INFERENCE_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
+            ("FERRY_INFERENCE_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            ("FERRY_REGISTRY_URL", registry_url.clone()),
+            ("MLFLOW_TRACKING_URI", mlflow.url.clone()),
+            ("ORT_DYLIB_PATH", ort_library()?.display().to_string()),
+            ("FERRY_MODEL_DIR", model_dir.display().to_string()),
+            ("FERRY_POLL_INTERVAL_MS", "500".into()),
+        ],
+    )?;
+    let grpc_url = format!("http://127.0.0.1:{grpc_port}");
+    let channel = wait_for("inference gRPC", Duration::from_secs(30), || {
+        let url = grpc_url.clone();
+        async move { Ok(Channel::from_shared(url)?.connect().await.ok()) }
+    })
+    .await
+    .with_context(|| inference.log_tail())?;
+    let mut inf = InferenceClient::new(channel.clone());
+    let mut health = HealthClient::new(channel);
+    let check = |h: &mut HealthClient<Channel>| {
+        let mut h = h.clone();
+        async move {
+            let s = h.check(HealthCheckRequest { service: "ferry.inference.v1.Inference".into() }).await?;
+            anyhow::Ok(s.into_inner().status())
+        }
+    };
+    ensure!(check(&mut health).await? == ServingStatus::NotServing, "healthy before any model is loaded");
+    let err = inf.predict(predict_request("iris", &ROW)).await.expect_err("nothing is loaded yet");
+    ensure!(err.code() == Code::Unavailable, "before load: {err:?}");
+    let rest = format!("http://127.0.0.1:{http_port}/predict");
+    let r = http.post(&rest).json(&serde_json::json!({"data": ROW})).send().await?;
+    ensure!(r.status() == 503, "REST before load: {}", r.status());
+
+    // Subscribe to changes, then promote v1.
+    let mut watch = reg.watch_models(WatchModelsRequest { names: vec!["iris".into()], ..Default::default() }).await?.into_inner();
+    next_change(&mut watch, |e| e.kind() == ChangeKind::SnapshotEnd).await?;
+    transition(&mut reg, "iris", "1").await?;
+    let e = next_change(&mut watch, |e| e.kind() == ChangeKind::StageChanged && e.version == "1").await?;
+    ensure!(e.model_version.as_ref().map(|v| v.stage()) == Some(Stage::Production), "event {e:?}");
+
+    let resp = wait_for("v1 to serve", Duration::from_secs(60), || {
+        let mut inf = inf.clone();
+        async move { Ok(inf.predict(predict_request("iris", &ROW)).await.ok().map(|r| r.into_inner())) }
+    })
+    .await
+    .with_context(|| inference.log_tail())?;
+    ensure!(resp.model_version == "1", "serving {}", resp.model_version);
+    let want = reference_predict(&v1, &ROW)?;
+    assert_close(&output(&resp, "probabilities")?.float_data, &want["probabilities"])?;
+    ensure!(serde_json::json!(output(&resp, "label")?.int64_data) == want["label"], "labels differ");
+    ensure!(check(&mut health).await? == ServingStatus::Serving, "not healthy while serving");
+
+    // REST /predict, as existing BFF clients call it.
+    let body: serde_json::Value =
+        http.post(&rest).json(&serde_json::json!({"data": ROW})).send().await?.error_for_status()?.json().await?;
+    ensure!(body["modelVersion"] == "1", "REST said {body}");
+    let pred: Vec<f32> = serde_json::from_value(body["prediction"].clone())?;
+    assert_close(&pred, &want["probabilities"])?;
+
+    // Malformed input gets 400 / INVALID_ARGUMENT naming the problem; unknown model 404 / NOT_FOUND.
+    let r = http.post(&rest).body("{not json").send().await?;
+    ensure!(r.status() == 400, "bad JSON gave {}", r.status());
+    let r = http.post(&rest).json(&serde_json::json!({"data": [1.0, 2.0]})).send().await?;
+    let status = r.status();
+    let text = r.text().await?;
+    ensure!(status == 400 && text.contains("dimension 1 must be 4"), "short row gave {status}: {text}");
+    let err = inf.predict(predict_request("iris", &[1.0, 2.0, 3.0])).await.expect_err("wrong shape");
+    ensure!(err.code() == Code::InvalidArgument && err.message().contains("input"), "{err:?}");
+    let err = inf.predict(predict_request("nope", &ROW)).await.expect_err("unknown model");
+    ensure!(err.code() == Code::NotFound, "{err:?}");
+    let r = http.post(format!("{rest}?model=nope")).json(&serde_json::json!({"data": ROW})).send().await?;
+    ensure!(r.status() == 404, "unknown model over REST gave {}", r.status());
+
+    // Version 2: register, promote, and inference switches.
+    let r2 = register(&mut reg, "iris", &v2).await?;
+    ensure!(r2.created && r2.version.as_ref().map(|v| v.version.as_str()) == Some("2"), "{r2:?}");
+    next_change(&mut watch, |e| e.kind() == ChangeKind::VersionCreated && e.version == "2").await?;
+    transition(&mut reg, "iris", "2").await?;
+    let resp = wait_for("v2 to serve", Duration::from_secs(60), || {
+        let mut inf = inf.clone();
+        async move {
+            let r = inf.predict(predict_request("iris", &ROW)).await?.into_inner();
+            Ok((r.model_version == "2").then_some(r))
+        }
+    })
+    .await
+    .with_context(|| inference.log_tail())?;
+    let want2 = reference_predict(&v2, &ROW)?;
+    assert_close(&output(&resp, "probabilities")?.float_data, &want2["probabilities"])?;
+    ensure!(want2["probabilities"] != want["probabilities"], "the two versions should differ");
+    // v1 was archived by the promotion.
+    let got: serde_json::Value = http
+        .get(format!("{}/api/2.0/mlflow/model-versions/get?name=iris&version=1", mlflow.url))
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(got["model_version"]["current_stage"] == "Archived", "v1 is {}", got["model_version"]["current_stage"]);
+
+    // SIGTERM stops the service cleanly.
+    let status = inference.terminate(Duration::from_secs(15))?;
+    ensure!(status.success(), "inference exited with {status}\n{}", inference.log_tail());
+    drop::<Proc>(registry);
+    drop(mlflow);
+    Ok(())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
