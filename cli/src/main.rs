@@ -95,14 +95,25 @@ async fn main() -> anyhow::Result<()> {
                 tag_map.insert(k.to_owned(), v.to_owned());
             }
             let first = RegisterModelRequest {
-                payload: Some(Payload::Metadata(RegisterModelMetadata { name, description, tags: tag_map, expected_sha256: sha })),
+                payload: Some(Payload::Metadata(RegisterModelMetadata {
+                    name,
+                    description,
+                    tags: tag_map,
+                    expected_sha256: sha,
+                })),
             };
-            let chunks: Vec<RegisterModelRequest> =
-                bytes.chunks(CHUNK).map(|c| RegisterModelRequest { payload: Some(Payload::Chunk(c.to_vec())) }).collect();
+            let chunks: Vec<RegisterModelRequest> = bytes
+                .chunks(CHUNK)
+                .map(|c| RegisterModelRequest { payload: Some(Payload::Chunk(c.to_vec())) })
+                .collect();
             let mut client = ModelRegistryClient::connect(cli.registry).await?;
-            let resp = client.register_model(futures::stream::iter(std::iter::once(first).chain(chunks))).await?.into_inner();
+            let resp =
+                client.register_model(futures::stream::iter(std::iter::once(first).chain(chunks))).await?.into_inner();
             let v = resp.version.unwrap_or_default();
-            println!("{}", serde_json::json!({"name": v.name, "version": v.version, "sha256": v.sha256, "created": resp.created}));
+            println!(
+                "{}",
+                serde_json::json!({"name": v.name, "version": v.version, "sha256": v.sha256, "created": resp.created})
+            );
         }
         Cmd::Stage { name, version, stage, archive_existing } => {
             let stage = match stage.to_ascii_lowercase().as_str() {
@@ -113,18 +124,29 @@ async fn main() -> anyhow::Result<()> {
                 other => bail!("unknown stage {other:?}"),
             };
             let mut client = ModelRegistryClient::connect(cli.registry).await?;
-            let req = TransitionStageRequest { name, version, stage: stage.into(), archive_existing_versions: archive_existing };
+            let req = TransitionStageRequest {
+                name,
+                version,
+                stage: stage.into(),
+                archive_existing_versions: archive_existing,
+            };
             let v = client.transition_stage(req).await?.into_inner().version.unwrap_or_default();
             println!("{}", serde_json::json!({"name": v.name, "version": v.version, "stage": v.stage().as_str_name()}));
         }
         Cmd::Alias { name, alias, version } => {
             let mut client = ModelRegistryClient::connect(cli.registry).await?;
-            let v = client.set_alias(SetAliasRequest { name, alias, version }).await?.into_inner().version.unwrap_or_default();
+            let v = client
+                .set_alias(SetAliasRequest { name, alias, version })
+                .await?
+                .into_inner()
+                .version
+                .unwrap_or_default();
             println!("{}", serde_json::json!({"name": v.name, "version": v.version, "aliases": v.aliases}));
         }
         Cmd::Watch { names } => {
             let mut client = ModelRegistryClient::connect(cli.registry).await?;
-            let mut stream = client.watch_models(WatchModelsRequest { names, ..Default::default() }).await?.into_inner();
+            let mut stream =
+                client.watch_models(WatchModelsRequest { names, ..Default::default() }).await?.into_inner();
             while let Some(e) = stream.message().await? {
                 let v = e.model_version.clone().unwrap_or_default();
                 println!(
@@ -162,7 +184,10 @@ async fn main() -> anyhow::Result<()> {
                     (t.name, v)
                 })
                 .collect();
-            println!("{}", serde_json::json!({"model": resp.model, "modelVersion": resp.model_version, "outputs": outputs}));
+            println!(
+                "{}",
+                serde_json::json!({"model": resp.model, "modelVersion": resp.model_version, "outputs": outputs})
+            );
         }
     }
     Ok(())

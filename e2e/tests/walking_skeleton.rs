@@ -19,7 +19,11 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 
 const ROW: [f32; 4] = [5.9, 3.0, 5.1, 1.8];
 
-async fn register(client: &mut ModelRegistryClient<Channel>, name: &str, file: &Path) -> anyhow::Result<RegisterModelResponse> {
+async fn register(
+    client: &mut ModelRegistryClient<Channel>,
+    name: &str,
+    file: &Path,
+) -> anyhow::Result<RegisterModelResponse> {
     let bytes = std::fs::read(file)?;
     let first = RegisterModelRequest {
         payload: Some(Payload::Metadata(RegisterModelMetadata {
@@ -133,7 +137,10 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
     ensure!(mv1.sha256 == sha1, "sha256 tag {} != {sha1}", mv1.sha256);
     // The same bytes again: the existing version, no duplicate.
     let again = register(&mut reg, "iris", &v1).await?;
-    ensure!(!again.created && again.version.as_ref().map(|v| v.version.as_str()) == Some("1"), "not idempotent: {again:?}");
+    ensure!(
+        !again.created && again.version.as_ref().map(|v| v.version.as_str()) == Some("1"),
+        "not idempotent: {again:?}"
+    );
     // Garbage is refused before anything is written.
     let junk = d.join("junk.onnx");
     std::fs::write(&junk, b"this is not an onnx model")?;
@@ -203,7 +210,8 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
     ensure!(r.status() == 503, "REST before load: {}", r.status());
 
     // Subscribe to changes, then promote v1.
-    let mut watch = reg.watch_models(WatchModelsRequest { names: vec!["iris".into()], ..Default::default() }).await?.into_inner();
+    let mut watch =
+        reg.watch_models(WatchModelsRequest { names: vec!["iris".into()], ..Default::default() }).await?.into_inner();
     next_change(&mut watch, |e| e.kind() == ChangeKind::SnapshotEnd).await?;
     transition(&mut reg, "iris", "1").await?;
     let e = next_change(&mut watch, |e| e.kind() == ChangeKind::StageChanged && e.version == "1").await?;

@@ -19,7 +19,10 @@ const ARTIFACTS: &str = "api/2.0/mlflow-artifacts/artifacts";
 pub enum Auth {
     #[default]
     None,
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     Bearer(String),
 }
 
@@ -103,7 +106,14 @@ impl Client {
     }
 
     /// One JSON call, retried with backoff when `idempotent` and the failure is transient.
-    async fn call(&self, method: Method, endpoint: &str, query: &[(&str, &str)], body: Body<'_>, idempotent: bool) -> Result<Value> {
+    async fn call(
+        &self,
+        method: Method,
+        endpoint: &str,
+        query: &[(&str, &str)],
+        body: Body<'_>,
+        idempotent: bool,
+    ) -> Result<Value> {
         let url = self.url(&format!("{API}/{endpoint}"))?;
         let attempts = if idempotent { self.cfg.retries + 1 } else { 1 };
         let mut last = None;
@@ -365,7 +375,11 @@ impl Client {
     }
 
     #[instrument(skip(self))]
-    pub async fn search_registered_models(&self, filter: Option<&str>, page_token: Option<&str>) -> Result<Page<RegisteredModel>> {
+    pub async fn search_registered_models(
+        &self,
+        filter: Option<&str>,
+        page_token: Option<&str>,
+    ) -> Result<Page<RegisteredModel>> {
         #[derive(serde::Deserialize, Default)]
         #[serde(default)]
         struct R {
@@ -466,7 +480,13 @@ impl Client {
     }
 
     #[instrument(skip(self))]
-    pub async fn transition_stage(&self, name: &str, version: &str, stage: &str, archive_existing: bool) -> Result<ModelVersion> {
+    pub async fn transition_stage(
+        &self,
+        name: &str,
+        version: &str,
+        stage: &str,
+        archive_existing: bool,
+    ) -> Result<ModelVersion> {
         #[derive(serde::Deserialize)]
         struct R {
             model_version: ModelVersion,
@@ -569,7 +589,9 @@ fn parse<T: DeserializeOwned>(v: Value) -> Result<T> {
 /// Exponential backoff with a little jitter: 100 ms, 200 ms, 400 ms … capped at 2 s.
 fn backoff(attempt: u32) -> Duration {
     let base = 100u64.saturating_mul(1 << attempt.min(5)).min(2000);
-    let jitter = u64::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos()) % 50;
+    let jitter = u64::from(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos(),
+    ) % 50;
     Duration::from_millis(base + jitter)
 }
 

@@ -6,11 +6,7 @@ use std::time::Duration;
 pub enum Error {
     /// MLflow answered with an error body (`{"error_code", "message"}`).
     #[error("MLflow {status}: {code}: {message}")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Api { status: u16, code: String, message: String },
     /// MLflow could not be reached, or kept failing with 5xx after retries.
     #[error("MLflow unavailable: {0}")]
     Unavailable(String),

@@ -42,7 +42,10 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber: a fmt layer (text or JSON) and, when an
 /// endpoint is configured, an OpenTelemetry layer exporting over OTLP/gRPC.
-pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<TelemetryGuard, Box<dyn std::error::Error + Send + Sync>> {
+pub fn init(
+    service: &'static str,
+    args: &TelemetryArgs,
+) -> Result<TelemetryGuard, Box<dyn std::error::Error + Send + Sync>> {
     let filter = EnvFilter::try_new(&args.log)?;
     let fmt = if args.log_json {
         tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true).boxed()
@@ -56,7 +59,9 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> Result<TelemetryGuar
                 .with_batch_exporter(exporter)
                 .with_resource(Resource::builder().with_service_name(service).build())
                 .build();
-            opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
             let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer(service)).boxed();
             (Some(layer), Some(provider))
         }

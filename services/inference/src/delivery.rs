@@ -66,7 +66,9 @@ pub(crate) fn spawn(
         tasks.spawn(slot_task(loader, notify, connected.clone(), shutdown.clone()).instrument(span));
     }
     if let Some(url) = cfg.registry_url.clone() {
-        tasks.spawn(watch_registry(url, triggers, connected_tx, shutdown.clone()).instrument(info_span!("registry_watch")));
+        tasks.spawn(
+            watch_registry(url, triggers, connected_tx, shutdown.clone()).instrument(info_span!("registry_watch")),
+        );
     }
     tokio::spawn(async move {
         let _ = shutdown.wait_for(|s| *s).await;
@@ -77,7 +79,12 @@ pub(crate) fn spawn(
 /// Reconciles one slot whenever the registry says its model changed, and on a
 /// timer: every poll interval while the registry is unreachable, and at a
 /// slower pace as a backstop while it is connected.
-async fn slot_task(loader: Loader, notify: Arc<Notify>, connected: watch::Receiver<bool>, mut shutdown: watch::Receiver<bool>) {
+async fn slot_task(
+    loader: Loader,
+    notify: Arc<Notify>,
+    connected: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         loader.reconcile().await;
         let wait = if *connected.borrow() { loader.cfg.poll_interval * 15 } else { loader.cfg.poll_interval };
@@ -200,7 +207,12 @@ impl Loader {
             Err(error) => {
                 warn!(version = %target.version, %error, "load failed; the current version keeps serving");
                 if let Ok(mut f) = self.slot.failure.lock() {
-                    *f = Some(LoadFailure { version: target.version.clone(), sha256: sha, error, at: Some(Instant::now()) });
+                    *f = Some(LoadFailure {
+                        version: target.version.clone(),
+                        sha256: sha,
+                        error,
+                        at: Some(Instant::now()),
+                    });
                 }
             }
         }
@@ -284,7 +296,9 @@ impl Loader {
         let got = hex::encode(hasher.finalize());
         match &expected {
             Some(want) if want != &got => {
-                return Err(format!("checksum mismatch: the version's tag says sha256 {want}, the artifact hashes to {got}"));
+                return Err(format!(
+                    "checksum mismatch: the version's tag says sha256 {want}, the artifact hashes to {got}"
+                ));
             }
             Some(_) => {}
             None => warn!(sha256 = %got, "version has no {} tag; loading it unverified", tags::SHA256),

@@ -303,7 +303,12 @@ pub fn validate(sig: &Signature, inputs: &[NamedTensor], outputs: &[String]) -> 
             return Err(bad(format!("input {:?} is given more than once", t.name)));
         }
         if t.data.dtype() != spec.dtype {
-            return Err(bad(format!("input {:?}: expected {}, got {}", t.name, spec.dtype.name(), t.data.dtype().name())));
+            return Err(bad(format!(
+                "input {:?}: expected {}, got {}",
+                t.name,
+                spec.dtype.name(),
+                t.data.dtype().name()
+            )));
         }
         if t.shape.len() != spec.shape.len() {
             return Err(bad(format!(

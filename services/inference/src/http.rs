@@ -85,10 +85,14 @@ struct PredictBody {
 /// `POST /predict {"data":[...]}` → `{"modelVersion","prediction"}`: one row of
 /// numbers into the model's single input, one output back (flattened).
 #[tracing::instrument(name = "http.predict", skip_all, fields(model))]
-async fn predict(State(st): State<AppState>, Query(q): Query<PredictQuery>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn predict(
+    State(st): State<AppState>,
+    Query(q): Query<PredictQuery>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let bad = |m: String| ApiError(ServeError::InvalidArgument(m));
-    let body: PredictBody = serde_json::from_slice(&body)
-        .map_err(|e| bad(format!("body must be {{\"data\": [numbers...]}}: {e}")))?;
+    let body: PredictBody =
+        serde_json::from_slice(&body).map_err(|e| bad(format!("body must be {{\"data\": [numbers...]}}: {e}")))?;
     if body.data.is_empty() {
         return Err(bad("\"data\" must hold at least one number".into()));
     }
@@ -100,7 +104,10 @@ async fn predict(State(st): State<AppState>, Query(q): Query<PredictQuery>, body
     })?;
     let sig = &current.engine.signature;
     let [input] = sig.inputs.as_slice() else {
-        return Err(bad(format!("model {model:?} has {} inputs; /predict serves single-input models", sig.inputs.len())));
+        return Err(bad(format!(
+            "model {model:?} has {} inputs; /predict serves single-input models",
+            sig.inputs.len()
+        )));
     };
     let n = body.data.len() as i64;
     let shape = match input.shape.len() {

@@ -72,7 +72,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 tonic_health::ServingStatus::NotServing
             };
             reporter.set_service_status("", status).await;
-            reporter.set_service_status(<InferenceServer<grpc::InferenceService> as tonic::server::NamedService>::NAME, status).await;
+            reporter
+                .set_service_status(
+                    <InferenceServer<grpc::InferenceService> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
             if ready.changed().await.is_err() {
                 return;
             }

@@ -187,7 +187,10 @@ impl Models {
         let slot = self.slot(&req.model)?;
         // Backpressure at the door: a bounded number in flight, never an unbounded queue.
         let permit = Arc::clone(&slot.in_flight).try_acquire_owned().map_err(|_| {
-            ServeError::Overloaded(format!("model {:?} has {} requests in flight; retry shortly", req.model, slot.max_in_flight))
+            ServeError::Overloaded(format!(
+                "model {:?} has {} requests in flight; retry shortly",
+                req.model, slot.max_in_flight
+            ))
         })?;
         let Some(model) = slot.current() else {
             return Err(ServeError::Unavailable(format!(

@@ -6,8 +6,8 @@ use ferry_mlflow::Client;
 use ferry_proto::registry::v1::{
     self as pb, DeleteAliasRequest, DeleteAliasResponse, GetModelRequest, GetModelResponse, ModelChanged,
     RegisterModelRequest, RegisterModelResponse, ResolveVersionRequest, ResolveVersionResponse, SetAliasRequest,
-    SetAliasResponse, TransitionStageRequest, TransitionStageResponse, WatchModelsRequest, model_registry_server::ModelRegistry,
-    register_model_request::Payload, resolve_version_request::Selector,
+    SetAliasResponse, TransitionStageRequest, TransitionStageResponse, WatchModelsRequest,
+    model_registry_server::ModelRegistry, register_model_request::Payload, resolve_version_request::Selector,
 };
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
@@ -64,7 +64,9 @@ impl ModelRegistry for RegistryService {
         let mut stream = request.into_inner();
         let meta = match stream.message().await? {
             Some(RegisterModelRequest { payload: Some(Payload::Metadata(m)) }) => m,
-            _ => return Err(Status::invalid_argument("the first message must carry metadata (name, description, tags)")),
+            _ => {
+                return Err(Status::invalid_argument("the first message must carry metadata (name, description, tags)"));
+            }
         };
         tracing::Span::current().record("model", meta.name.as_str());
         register::validate_name(&meta.name).map_err(status)?;
@@ -102,12 +104,16 @@ impl ModelRegistry for RegistryService {
                 meta.expected_sha256
             )));
         }
-        let reg = Registration { name: meta.name, description: meta.description, tags: meta.tags.into_iter().collect() };
+        let reg =
+            Registration { name: meta.name, description: meta.description, tags: meta.tags.into_iter().collect() };
         let done = register::register(&self.mlflow, &self.experiment, &reg, Upload { path: tmp.path(), sha256, size })
             .await
             .map_err(status)?;
         self.hub.poke();
-        Ok(Response::new(RegisterModelResponse { version: Some(convert::version(&done.version, None)), created: done.created }))
+        Ok(Response::new(RegisterModelResponse {
+            version: Some(convert::version(&done.version, None)),
+            created: done.created,
+        }))
     }
 
     #[instrument(name = "grpc.transition_stage", skip_all, fields(model = %request.get_ref().name, version = %request.get_ref().version))]
@@ -119,11 +125,9 @@ impl ModelRegistry for RegistryService {
         required("name", &r.name)?;
         required("version", &r.version)?;
         let stage = convert::stage_to_mlflow(r.stage()).map_err(status)?;
-        let v = self
-            .mlflow
-            .transition_stage(&r.name, &r.version, stage, r.archive_existing_versions)
-            .await
-            .map_err(|e| status(RegistryError::mlflow(format!("moving {} version {} to {stage}", r.name, r.version), e)))?;
+        let v = self.mlflow.transition_stage(&r.name, &r.version, stage, r.archive_existing_versions).await.map_err(
+            |e| status(RegistryError::mlflow(format!("moving {} version {} to {stage}", r.name, r.version), e)),
+        )?;
         info!(model = %r.name, version = %r.version, stage, "stage changed");
         self.hub.poke();
         Ok(Response::new(TransitionStageResponse { version: Some(convert::version(&v, None)) }))
@@ -136,13 +140,23 @@ impl ModelRegistry for RegistryService {
         required("alias", &r.alias)?;
         required("version", &r.version)?;
         let ctx = format!("pointing alias {:?} of {} at version {}", r.alias, r.name, r.version);
-        self.mlflow.set_alias(&r.name, &r.alias, &r.version).await.map_err(|e| status(RegistryError::mlflow(&ctx, e)))?;
-        let v = self.mlflow.get_model_version(&r.name, &r.version).await.map_err(|e| status(RegistryError::mlflow(&ctx, e)))?;
+        self.mlflow
+            .set_alias(&r.name, &r.alias, &r.version)
+            .await
+            .map_err(|e| status(RegistryError::mlflow(&ctx, e)))?;
+        let v = self
+            .mlflow
+            .get_model_version(&r.name, &r.version)
+            .await
+            .map_err(|e| status(RegistryError::mlflow(&ctx, e)))?;
         self.hub.poke();
         Ok(Response::new(SetAliasResponse { version: Some(convert::version(&v, None)) }))
     }
 
-    async fn delete_alias(&self, request: Request<DeleteAliasRequest>) -> Result<Response<DeleteAliasResponse>, Status> {
+    async fn delete_alias(
+        &self,
+        request: Request<DeleteAliasRequest>,
+    ) -> Result<Response<DeleteAliasResponse>, Status> {
         let r = request.into_inner();
         required("name", &r.name)?;
         required("alias", &r.alias)?;
@@ -174,7 +188,8 @@ impl ModelRegistry for RegistryService {
         let name = r.name.as_str();
         let v = match r.selector {
             Some(Selector::Stage(s)) => {
-                let stage = convert::stage_to_mlflow(pb::Stage::try_from(s).unwrap_or(pb::Stage::Unspecified)).map_err(status)?;
+                let stage = convert::stage_to_mlflow(pb::Stage::try_from(s).unwrap_or(pb::Stage::Unspecified))
+                    .map_err(status)?;
                 self.mlflow
                     .latest_version_in_stage(name, stage)
                     .await
@@ -193,11 +208,10 @@ impl ModelRegistry for RegistryService {
                 .map_err(|e| status(RegistryError::mlflow(format!("model {name:?} version {v}"), e)))?,
             None => return Err(Status::invalid_argument("one of stage, alias or version is required")),
         };
-        let dir = self
-            .mlflow
-            .resolve_model_uri(name, &v.version)
-            .await
-            .map_err(|e| status(RegistryError::mlflow(format!("download URI of {name:?} version {}", v.version), e)))?;
+        let dir =
+            self.mlflow.resolve_model_uri(name, &v.version).await.map_err(|e| {
+                status(RegistryError::mlflow(format!("download URI of {name:?} version {}", v.version), e))
+            })?;
         let file = v.tag(ferry_mlflow::tags::ARTIFACT_PATH).unwrap_or("model.onnx");
         let download_uri = format!("{}/{}", dir.trim_end_matches('/'), file);
         Ok(Response::new(ResolveVersionResponse { version: Some(convert::version(&v, None)), download_uri }))
@@ -205,7 +219,10 @@ impl ModelRegistry for RegistryService {
 
     type WatchModelsStream = ChangeStream;
 
-    async fn watch_models(&self, request: Request<WatchModelsRequest>) -> Result<Response<Self::WatchModelsStream>, Status> {
+    async fn watch_models(
+        &self,
+        request: Request<WatchModelsRequest>,
+    ) -> Result<Response<Self::WatchModelsStream>, Status> {
         let r = request.into_inner();
         if !self.hub.wait_initialized(Duration::from_secs(15)).await {
             return Err(Status::unavailable("the registry has not been able to read MLflow yet; retry shortly"));

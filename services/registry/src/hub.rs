@@ -282,11 +282,13 @@ mod tests {
 
     #[test]
     fn detects_every_kind_of_change() {
-        let old = view(&[mv("m", "1", "Production"), mv("m", "2", "None")], &[("m", "champion", "1"), ("m", "old", "1")]);
+        let old =
+            view(&[mv("m", "1", "Production"), mv("m", "2", "None")], &[("m", "champion", "1"), ("m", "old", "1")]);
         let mut v2 = mv("m", "2", "Production");
         v2.tags.push(ferry_mlflow::Tag { key: "k".into(), value: "v".into() });
         let new = view(&[mv("m", "1", "Archived"), v2, mv("m", "3", "None")], &[("m", "champion", "2")]);
-        let kinds: Vec<(ChangeKind, u64, String)> = diff(&old, &new).into_iter().map(|(k, key, a)| (k, key.1, a)).collect();
+        let kinds: Vec<(ChangeKind, u64, String)> =
+            diff(&old, &new).into_iter().map(|(k, key, a)| (k, key.1, a)).collect();
         assert!(kinds.contains(&(ChangeKind::StageChanged, 1, String::new())));
         assert!(kinds.contains(&(ChangeKind::StageChanged, 2, String::new())));
         assert!(kinds.contains(&(ChangeKind::TagsChanged, 2, String::new())));

@@ -26,7 +26,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 
     let hub = Hub::new(cfg.history, 4096);
     let (healthy_tx, mut healthy) = watch::channel(false);
-    let reconciler = tokio::spawn(Arc::clone(&hub).run(mlflow.clone(), Duration::from_millis(cfg.poll_interval_ms), healthy_tx));
+    let reconciler =
+        tokio::spawn(Arc::clone(&hub).run(mlflow.clone(), Duration::from_millis(cfg.poll_interval_ms), healthy_tx));
 
     // Health follows MLflow reachability: without it the registry can do nothing.
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -40,7 +41,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             };
             reporter.set_service_status("", status).await;
             reporter
-                .set_service_status(<ModelRegistryServer<grpc::RegistryService> as tonic::server::NamedService>::NAME, status)
+                .set_service_status(
+                    <ModelRegistryServer<grpc::RegistryService> as tonic::server::NamedService>::NAME,
+                    status,
+                )
                 .await;
             if healthy.changed().await.is_err() {
                 return;

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The first command: set up, build, and run the whole system on the embedded
+# default (MLflow on sqlite + local artifacts), register the sample model,
+# promote it to Production, show a prediction over REST and gRPC, and keep
+# running until Ctrl-C, which stops every process this script started.
+#
+# Ports (override with env): MLFLOW_PORT=5000 REGISTRY_PORT=50051
+# INFERENCE_GRPC_PORT=50052 INFERENCE_HTTP_PORT=8080. State lives in .ferry/.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$ROOT"
+
+MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+REGISTRY_PORT="${REGISTRY_PORT:-50051}"
+INFERENCE_GRPC_PORT="${INFERENCE_GRPC_PORT:-50052}"
+INFERENCE_HTTP_PORT="${INFERENCE_HTTP_PORT:-8080}"
+STATE="$ROOT/.ferry"
+mkdir -p "$STATE/logs"
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$MLFLOW_PORT" "$REGISTRY_PORT" "$INFERENCE_GRPC_PORT" "$INFERENCE_HTTP_PORT"; do
+  port_free "$p" || { echo "up: port $p is in use; set MLFLOW_PORT / REGISTRY_PORT / INFERENCE_GRPC_PORT / INFERENCE_HTTP_PORT" >&2; exit 1; }
+done
+
+"$ROOT/scripts/setup.sh"
+echo "up: building Ferry (release)..."
+cargo build --release --bins -q
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+ORT="$(ort_library)"
+
+PIDS=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo; echo "up: stopping..."
+  for pid in "${PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  sleep 2
+  for pid in "${PIDS[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+}
+trap cleanup INT TERM EXIT
+start() { # name, command...: run in its own process group, log to .ferry/logs
+  local name=$1; shift
+  setsid "$@" >"$STATE/logs/$name.log" 2>&1 &
+  PIDS+=($!)
+}
+wait_until() { # what, seconds, command...
+  local what=$1 secs=$2; shift 2
+  for _ in $(seq $((secs * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  echo "up: $what did not come up; see $STATE/logs/" >&2; exit 1
+}
+
+echo "up: starting MLflow on :$MLFLOW_PORT (sqlite $STATE/mlflow.db, artifacts $STATE/artifacts)..."
+MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false start mlflow "$FERRY_VENV/bin/mlflow" server \
+  --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
+  --backend-store-uri "sqlite:///$STATE/mlflow.db" --artifacts-destination "$STATE/artifacts"
+wait_until "MLflow" 180 curl -sf "http://127.0.0.1:$MLFLOW_PORT/health"
+
+export MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"
+export FERRY_REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
+export FERRY_INFERENCE_URL="http://127.0.0.1:$INFERENCE_GRPC_PORT"
+
+echo "up: starting ferry-registry on :$REGISTRY_PORT..."
+FERRY_REGISTRY_GRPC_ADDR="127.0.0.1:$REGISTRY_PORT" start registry "$BIN/ferry-registry"
+wait_until "ferry-registry" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REGISTRY_PORT"
+
+echo "up: training the sample model (scikit-learn LogisticRegression on iris → ONNX)..."
+"$FERRY_VENV/bin/python" python/train_iris.py --out "$STATE/iris.onnx"
+echo "up: registering it through ModelRegistry.RegisterModel..."
+reg=$("$BIN/ferryctl" register --name iris --file "$STATE/iris.onnx" --description "iris logistic regression (sample)")
+echo "    $reg"
+version=$(echo "$reg" | "$FERRY_VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["version"])')
+echo "up: promoting version $version to Production..."
+echo "    $("$BIN/ferryctl" stage --name iris --version "$version" --stage Production --archive-existing)"
+
+echo "up: starting ferry-inference (gRPC :$INFERENCE_GRPC_PORT, HTTP :$INFERENCE_HTTP_PORT) serving iris:Production..."
+FERRY_MODELS="iris:Production" ORT_DYLIB_PATH="$ORT" FERRY_MODEL_DIR="$STATE/models" \
+FERRY_INFERENCE_GRPC_ADDR="127.0.0.1:$INFERENCE_GRPC_PORT" FERRY_INFERENCE_HTTP_ADDR="127.0.0.1:$INFERENCE_HTTP_PORT" \
+  start inference "$BIN/ferry-inference"
+wait_until "ferry-inference to load the model" 60 curl -sf "http://127.0.0.1:$INFERENCE_HTTP_PORT/readyz"
+
+echo
+echo "REST  POST /predict {\"data\":[5.9,3.0,5.1,1.8]}:"
+echo "    $(curl -s -X POST "http://127.0.0.1:$INFERENCE_HTTP_PORT/predict" -H 'content-type: application/json' -d '{"data":[5.9,3.0,5.1,1.8]}')"
+echo "gRPC  ferry.inference.v1.Inference/Predict:"
+echo "    $("$BIN/ferryctl" predict --model iris --data 5.9,3.0,5.1,1.8)"
+cat <<EOM
+
+Ferry is running (Ctrl-C stops everything; logs in $STATE/logs/):
+  MLflow UI / REST        http://127.0.0.1:$MLFLOW_PORT
+  ModelRegistry (gRPC)    127.0.0.1:$REGISTRY_PORT
+  Inference (gRPC)        127.0.0.1:$INFERENCE_GRPC_PORT
+  Inference (REST)        http://127.0.0.1:$INFERENCE_HTTP_PORT/predict
+Try:  $BIN/ferryctl watch          (changes as they happen)
+      $BIN/ferryctl stage --name iris --version $version --stage Archived
+EOM
+wait
