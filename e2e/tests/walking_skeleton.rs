@@ -73,6 +73,17 @@ fn assert_close(got: &[f32], want: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A model version as MLflow's REST API reports it.
+async fn mlflow_version(
+    http: &reqwest::Client,
+    url: &str,
+    name: &str,
+    version: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{url}/api/2.0/mlflow/model-versions/get?name={name}&version={version}");
+    Ok(http.get(url).send().await?.error_for_status()?.json().await?)
+}
+
 async fn transition(client: &mut ModelRegistryClient<Channel>, name: &str, version: &str) -> anyhow::Result<()> {
     client
         .transition_stage(TransitionStageRequest {
@@ -150,12 +161,7 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
 
     // The version really is in MLflow, with its bytes in the artifact store.
     let http = reqwest::Client::new();
-    let got: serde_json::Value = http
-        .get(format!("{}/api/2.0/mlflow/model-versions/get?name=iris&version=1", mlflow.url))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let got = mlflow_version(&http, &mlflow.url, "iris", "1").await?;
     let tags = got["model_version"]["tags"].as_array().context("tags")?;
     ensure!(tags.iter().any(|t| t["key"] == "ferry.sha256" && t["value"] == sha1.as_str()), "sha tag missing: {got}");
     let source = got["model_version"]["source"].as_str().context("source")?;
@@ -268,12 +274,7 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
     assert_close(&output(&resp, "probabilities")?.float_data, &want2["probabilities"])?;
     ensure!(want2["probabilities"] != want["probabilities"], "the two versions should differ");
     // v1 was archived by the promotion.
-    let got: serde_json::Value = http
-        .get(format!("{}/api/2.0/mlflow/model-versions/get?name=iris&version=1", mlflow.url))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let got = mlflow_version(&http, &mlflow.url, "iris", "1").await?;
     ensure!(got["model_version"]["current_stage"] == "Archived", "v1 is {}", got["model_version"]["current_stage"]);
 
     // SIGTERM stops the service cleanly.

@@ -65,7 +65,9 @@ impl ModelRegistry for RegistryService {
         let meta = match stream.message().await? {
             Some(RegisterModelRequest { payload: Some(Payload::Metadata(m)) }) => m,
             _ => {
-                return Err(Status::invalid_argument("the first message must carry metadata (name, description, tags)"));
+                return Err(Status::invalid_argument(
+                    "the first message must carry metadata (name, description, tags)",
+                ));
             }
         };
         tracing::Span::current().record("model", meta.name.as_str());

@@ -1,0 +1,177 @@
+//! MLflow is the source of truth: changes made with the official MLflow Python
+//! client reach `WatchModels` subscribers and the inference service, and
+//! delivery goes on by polling MLflow while the registry is down. What Ferry
+//! registers loads with `mlflow.onnx` and `mlflow.pyfunc`.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context, ensure};
+use ferry_e2e::{Mlflow, ferry, free_port, ort_library, python, reference_predict, train_iris, wait_for};
+use ferry_proto::{
+    inference::v1::{DataType, PredictRequest, Tensor, inference_client::InferenceClient},
+    registry::v1::{
+        ChangeKind, ModelChanged, RegisterModelMetadata, RegisterModelRequest, WatchModelsRequest,
+        model_registry_client::ModelRegistryClient, register_model_request::Payload,
+    },
+};
+use tonic::transport::Channel;
+
+const ROW: [f32; 4] = [6.1, 2.8, 4.7, 1.2];
+
+async fn register(client: &mut ModelRegistryClient<Channel>, file: &Path) -> anyhow::Result<String> {
+    let first = RegisterModelRequest {
+        payload: Some(Payload::Metadata(RegisterModelMetadata { name: "iris".into(), ..Default::default() })),
+    };
+    let chunk = RegisterModelRequest { payload: Some(Payload::Chunk(std::fs::read(file)?)) };
+    let resp = client.register_model(tokio_stream::iter([first, chunk])).await?.into_inner();
+    Ok(resp.version.context("no version")?.version)
+}
+
+/// Moves an alias with the official MLflow Python client, as a data scientist would.
+fn python_set_alias(tracking_uri: &str, alias: &str, version: &str) -> anyhow::Result<()> {
+    python(
+        &format!(
+            "from mlflow import MlflowClient; MlflowClient().set_registered_model_alias('iris', '{alias}', '{version}')"
+        ),
+        &[("MLFLOW_TRACKING_URI", tracking_uri)],
+    )?;
+    Ok(())
+}
+
+async fn serving_version(inf: &InferenceClient<Channel>) -> anyhow::Result<Option<String>> {
+    let req = PredictRequest {
+        model: "iris".into(),
+        inputs: vec![Tensor {
+            name: "input".into(),
+            dtype: DataType::Float32.into(),
+            shape: vec![1, 4],
+            float_data: ROW.to_vec(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Ok(inf.clone().predict(req).await.ok().map(|r| r.into_inner().model_version))
+}
+
+async fn wait_serving(inf: &InferenceClient<Channel>, version: &str, timeout: Duration) -> anyhow::Result<()> {
+    wait_for(&format!("version {version} to serve"), timeout, || async {
+        Ok(serving_version(inf).await?.filter(|v| v == version).map(|_| ()))
+    })
+    .await
+}
+
+async fn next_change(
+    stream: &mut tonic::Streaming<ModelChanged>,
+    want: impl Fn(&ModelChanged) -> bool,
+) -> anyhow::Result<ModelChanged> {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let e = stream.message().await?.context("watch stream ended")?;
+            if want(&e) {
+                return Ok(e);
+            }
+        }
+    })
+    .await
+    .context("no matching change within 20 s")?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_changes_reach_subscribers_and_inference() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let (f1, f2) = (d.join("v1.onnx"), d.join("v2.onnx"));
+    train_iris(&f1, 1.0)?;
+    train_iris(&f2, 0.05)?;
+
+    let registry_port = free_port();
+    let registry = ferry(
+        "ferry-registry",
+        d,
+        &[],
+        &[
+            ("FERRY_REGISTRY_GRPC_ADDR", format!("127.0.0.1:{registry_port}")),
+            ("MLFLOW_TRACKING_URI", mlflow.url.clone()),
+            ("FERRY_POLL_INTERVAL_MS", "300".into()),
+        ],
+    )?;
+    let registry_url = format!("http://127.0.0.1:{registry_port}");
+    let mut reg = wait_for("the registry", Duration::from_secs(30), || {
+        let url = registry_url.clone();
+        async move { Ok(ModelRegistryClient::connect(url).await.ok()) }
+    })
+    .await
+    .with_context(|| registry.log_tail())?;
+    ensure!(register(&mut reg, &f1).await? == "1");
+    ensure!(register(&mut reg, &f2).await? == "2");
+
+    // What Ferry registered is a proper MLflow model: mlflow.onnx and pyfunc load it.
+    let want = reference_predict(&f1, &ROW)?;
+    let code = format!(
+        "import json, mlflow, mlflow.onnx, numpy as np, onnxruntime as ort\n\
+         m = mlflow.onnx.load_model('models:/iris/1')\n\
+         s = ort.InferenceSession(m.SerializeToString(), providers=['CPUExecutionProvider'])\n\
+         x = np.array([{ROW:?}], dtype=np.float32)\n\
+         p = mlflow.pyfunc.load_model('models:/iris/1')\n\
+         out = p.predict({{'input': x}})\n\
+         print(json.dumps({{'onnx': s.run(['probabilities'], {{'input': x}})[0].ravel().tolist(),\n\
+                            'pyfunc': np.asarray(out['probabilities']).ravel().tolist(),\n\
+                            'signature': p.metadata.get_input_schema().to_dict()}}))"
+    );
+    let out: serde_json::Value = serde_json::from_str(python(&code, &[("MLFLOW_TRACKING_URI", &mlflow.url)])?.trim())?;
+    for key in ["onnx", "pyfunc"] {
+        let got: Vec<f64> = serde_json::from_value(out[key].clone())?;
+        let exp: Vec<f64> = serde_json::from_value(want["probabilities"].clone())?;
+        ensure!(got.iter().zip(&exp).all(|(a, b)| (a - b).abs() < 1e-5), "{key} predicted {got:?}, expected {exp:?}");
+    }
+    ensure!(out["signature"].to_string().contains("\"input\""), "signature not readable: {}", out["signature"]);
+
+    // An inference service that follows an alias.
+    let grpc_port = free_port();
+    let mut inference = ferry(
+        "ferry-inference",
+        d,
+        &[],
+        &[
+            ("FERRY_MODELS", "iris@champion".into()),
+            ("FERRY_INFERENCE_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
+            ("FERRY_INFERENCE_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("FERRY_REGISTRY_URL", registry_url.clone()),
+            ("MLFLOW_TRACKING_URI", mlflow.url.clone()),
+            ("ORT_DYLIB_PATH", ort_library()?.display().to_string()),
+            ("FERRY_MODEL_DIR", d.join("models").display().to_string()),
+            ("FERRY_POLL_INTERVAL_MS", "500".into()),
+        ],
+    )?;
+    let url = format!("http://127.0.0.1:{grpc_port}");
+    let inf = wait_for("inference gRPC", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move { Ok(InferenceClient::connect(url).await.ok()) }
+    })
+    .await
+    .with_context(|| inference.log_tail())?;
+
+    // The Python client points the alias at v1: the registry reports it, inference loads it.
+    let mut watch =
+        reg.watch_models(WatchModelsRequest { names: vec!["iris".into()], ..Default::default() }).await?.into_inner();
+    next_change(&mut watch, |e| e.kind() == ChangeKind::SnapshotEnd).await?;
+    python_set_alias(&mlflow.url, "champion", "1")?;
+    let e = next_change(&mut watch, |e| e.kind() == ChangeKind::AliasSet).await?;
+    ensure!(e.alias == "champion" && e.version == "1", "event {e:?}");
+    wait_serving(&inf, "1", Duration::from_secs(30)).await.with_context(|| inference.log_tail())?;
+
+    // Moving it is reported as a new ALIAS_SET with the new version.
+    python_set_alias(&mlflow.url, "champion", "2")?;
+    let e = next_change(&mut watch, |e| e.kind() == ChangeKind::AliasSet).await?;
+    ensure!(e.alias == "champion" && e.version == "2", "event {e:?}");
+    wait_serving(&inf, "2", Duration::from_secs(30)).await.with_context(|| inference.log_tail())?;
+
+    // With the registry gone, inference polls MLflow itself and still follows.
+    drop(registry);
+    python_set_alias(&mlflow.url, "champion", "1")?;
+    wait_serving(&inf, "1", Duration::from_secs(30)).await.with_context(|| inference.log_tail())?;
+
+    ensure!(inference.is_running(), "inference died\n{}", inference.log_tail());
+    Ok(())
+}
