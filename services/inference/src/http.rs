@@ -11,7 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tower_http::cors::{Any, CorsLayer};
 
@@ -89,7 +89,7 @@ async fn predict(
     State(st): State<AppState>,
     Query(q): Query<PredictQuery>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PredictReply>, ApiError> {
     let bad = |m: String| ApiError(ServeError::InvalidArgument(m));
     let body: PredictBody =
         serde_json::from_slice(&body).map_err(|e| bad(format!("body must be {{\"data\": [numbers...]}}: {e}")))?;
@@ -136,18 +136,40 @@ async fn predict(
             outputs: vec![output],
         })
         .await?;
-    let prediction = p.outputs.into_iter().next().map(|t| to_json(t.data)).unwrap_or(Value::Array(vec![]));
-    Ok(Json(json!({ "modelVersion": p.version, "prediction": prediction })))
+    let prediction = p.outputs.into_iter().next().map_or(Elements::F32(Vec::new()), |t| Elements::from(t.data));
+    Ok(Json(PredictReply { model_version: p.version, prediction }))
 }
 
-fn to_json(d: TensorData) -> Value {
-    match d {
-        TensorData::F32(v) => json!(v),
-        TensorData::F64(v) => json!(v),
-        TensorData::I32(v) => json!(v),
-        TensorData::I64(v) => json!(v),
-        TensorData::Bool(v) => json!(v),
-        TensorData::Str(v) => json!(v),
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PredictReply {
+    model_version: String,
+    prediction: Elements,
+}
+
+/// Tensor elements as a JSON array. Serialized straight from the typed vector,
+/// so float32 values print as float32 (0.7647375), not widened to f64 digits.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Elements {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    Bool(Vec<bool>),
+    Str(Vec<String>),
+}
+
+impl From<TensorData> for Elements {
+    fn from(d: TensorData) -> Self {
+        match d {
+            TensorData::F32(v) => Elements::F32(v),
+            TensorData::F64(v) => Elements::F64(v),
+            TensorData::I32(v) => Elements::I32(v),
+            TensorData::I64(v) => Elements::I64(v),
+            TensorData::Bool(v) => Elements::Bool(v),
+            TensorData::Str(v) => Elements::Str(v),
+        }
     }
 }
 
