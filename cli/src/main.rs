@@ -22,8 +22,31 @@ struct Cli {
     /// The inference service's gRPC URL.
     #[arg(long, env = "FERRY_INFERENCE_URL", default_value = "http://127.0.0.1:50052", global = true)]
     inference: String,
+    /// Bearer token for the registry's mutating calls.
+    #[arg(long, env = "FERRY_REGISTRY_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Wraps a message with the bearer token, when one is configured.
+fn authed<T>(token: Option<&str>, msg: T) -> anyhow::Result<tonic::Request<T>> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(t) = token {
+        req.metadata_mut().insert("authorization", format!("Bearer {t}").parse()?);
+    }
+    Ok(req)
+}
+
+fn pairs(items: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|t| {
+            t.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("{what} {t:?} is not key=value"))
+        })
+        .collect()
 }
 
 #[derive(Debug, Subcommand)]
@@ -39,6 +62,12 @@ enum Cmd {
         /// key=value, repeatable.
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Training-run metric, key=number, repeatable.
+        #[arg(long = "metric")]
+        metrics: Vec<String>,
+        /// Training-run param, key=value, repeatable.
+        #[arg(long = "param")]
+        params: Vec<String>,
     },
     /// Move a version to a stage (None, Staging, Production, Archived).
     Stage {
@@ -86,29 +115,34 @@ const CHUNK: usize = 1 << 20;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Register { name, file, description, tags } => {
+        Cmd::Register { name, file, description, tags, metrics, params } => {
             let bytes = tokio::fs::read(&file).await.with_context(|| format!("reading {}", file.display()))?;
             let sha = hex::encode(Sha256::digest(&bytes));
-            let mut tag_map = std::collections::HashMap::new();
-            for t in tags {
-                let Some((k, v)) = t.split_once('=') else { bail!("tag {t:?} is not key=value") };
-                tag_map.insert(k.to_owned(), v.to_owned());
-            }
-            let first = RegisterModelRequest {
-                payload: Some(Payload::Metadata(RegisterModelMetadata {
-                    name,
-                    description,
-                    tags: tag_map,
-                    expected_sha256: sha,
-                })),
+            let metrics = pairs(&metrics, "metric")?
+                .into_iter()
+                .map(|(k, v)| Ok((k, v.parse::<f64>().with_context(|| format!("metric value {v:?}"))?)))
+                .collect::<anyhow::Result<_>>()?;
+            let meta = RegisterModelMetadata {
+                name,
+                description,
+                tags: pairs(&tags, "tag")?.into_iter().collect(),
+                expected_sha256: sha,
+                metrics,
+                params: pairs(&params, "param")?.into_iter().collect(),
             };
+            let first = RegisterModelRequest { payload: Some(Payload::Metadata(meta)) };
             let chunks: Vec<RegisterModelRequest> = bytes
                 .chunks(CHUNK)
                 .map(|c| RegisterModelRequest { payload: Some(Payload::Chunk(c.to_vec())) })
                 .collect();
             let mut client = ModelRegistryClient::connect(cli.registry).await?;
-            let resp =
-                client.register_model(futures::stream::iter(std::iter::once(first).chain(chunks))).await?.into_inner();
+            let resp = client
+                .register_model(authed(
+                    cli.token.as_deref(),
+                    futures::stream::iter(std::iter::once(first).chain(chunks)),
+                )?)
+                .await?
+                .into_inner();
             let v = resp.version.unwrap_or_default();
             println!(
                 "{}",
@@ -130,7 +164,12 @@ async fn main() -> anyhow::Result<()> {
                 stage: stage.into(),
                 archive_existing_versions: archive_existing,
             };
-            let v = client.transition_stage(req).await?.into_inner().version.unwrap_or_default();
+            let v = client
+                .transition_stage(authed(cli.token.as_deref(), req)?)
+                .await?
+                .into_inner()
+                .version
+                .unwrap_or_default();
             println!("{}", serde_json::json!({"name": v.name, "version": v.version, "stage": v.stage().as_str_name()}));
         }
         Cmd::Alias { name, alias, version } => {
@@ -145,8 +184,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Watch { names } => {
             let mut client = ModelRegistryClient::connect(cli.registry).await?;
-            let mut stream =
-                client.watch_models(WatchModelsRequest { names, ..Default::default() }).await?.into_inner();
+            let mut stream = client
+                .watch_models(authed(cli.token.as_deref(), WatchModelsRequest { names, ..Default::default() })?)
+                .await?
+                .into_inner();
             while let Some(e) = stream.message().await? {
                 let v = e.model_version.clone().unwrap_or_default();
                 println!(

@@ -150,16 +150,47 @@ pub struct Mlflow {
     pub proc: Proc,
 }
 
+/// How to run MLflow; the default is the embedded sqlite + local-artifacts setup.
+#[derive(Debug, Default, Clone)]
+pub struct MlflowOptions {
+    pub backend_store_uri: Option<String>,
+    pub artifacts_destination: Option<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl MlflowOptions {
+    /// Lets MLflow deliver webhooks to loopback receivers, as tests need.
+    pub fn with_webhooks(mut self) -> anyhow::Result<Self> {
+        let key = python("from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())", &[])?;
+        for (k, v) in [
+            ("MLFLOW_WEBHOOK_ALLOWED_SCHEMES", "http,https"),
+            ("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true"),
+            ("MLFLOW_WEBHOOK_CACHE_TTL", "1"),
+            ("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", key.trim()),
+        ] {
+            self.env.push((k.to_owned(), v.to_owned()));
+        }
+        Ok(self)
+    }
+}
+
 impl Mlflow {
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, MlflowOptions::default()).await
+    }
+
+    pub async fn start_with(dir: &Path, opts: MlflowOptions) -> anyhow::Result<Self> {
         let port = free_port();
         let mut cmd = Command::new(venv().join("bin/mlflow"));
         cmd.args(["server", "--host", "127.0.0.1", "--port", &port.to_string(), "--workers", "1"])
             .arg("--backend-store-uri")
-            .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
+            .arg(opts.backend_store_uri.unwrap_or_else(|| format!("sqlite:///{}", dir.join("mlflow.db").display())))
             .arg("--artifacts-destination")
-            .arg(dir.join("artifacts"))
+            .arg(opts.artifacts_destination.unwrap_or_else(|| dir.join("artifacts").display().to_string()))
             .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false");
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
         let proc = Proc::spawn("mlflow", &mut cmd, dir)?;
         let url = format!("http://127.0.0.1:{port}");
         let health = format!("{url}/health");

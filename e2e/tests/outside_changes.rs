@@ -92,6 +92,7 @@ async fn python_client_changes_reach_subscribers_and_inference() -> anyhow::Resu
         &[],
         &[
             ("FERRY_REGISTRY_GRPC_ADDR", format!("127.0.0.1:{registry_port}")),
+            ("FERRY_REGISTRY_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
             ("MLFLOW_TRACKING_URI", mlflow.url.clone()),
             ("FERRY_POLL_INTERVAL_MS", "300".into()),
         ],

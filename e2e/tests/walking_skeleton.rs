@@ -30,7 +30,7 @@ async fn register(
             name: name.into(),
             description: "iris logistic regression".into(),
             tags: [("team".to_owned(), "e2e".to_owned())].into(),
-            expected_sha256: String::new(),
+            ..Default::default()
         })),
     };
     // Small chunks, so the upload really streams.
@@ -128,6 +128,7 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
         &[],
         &[
             ("FERRY_REGISTRY_GRPC_ADDR", format!("127.0.0.1:{registry_port}")),
+            ("FERRY_REGISTRY_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
             ("MLFLOW_TRACKING_URI", mlflow.url.clone()),
             ("FERRY_POLL_INTERVAL_MS", "300".into()),
         ],

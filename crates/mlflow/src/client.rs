@@ -8,7 +8,7 @@ use url::Url;
 
 use crate::{
     error::{Error, Result},
-    types::{Experiment, FileInfo, ModelVersion, Page, RegisteredModel, RunInfo, RunStatus, Tag},
+    types::{Experiment, FileInfo, ModelVersion, Page, RegisteredModel, RunInfo, RunStatus, Tag, Webhook},
 };
 
 const API: &str = "api/2.0/mlflow";
@@ -378,6 +378,7 @@ impl Client {
     pub async fn search_registered_models(
         &self,
         filter: Option<&str>,
+        max_results: u32,
         page_token: Option<&str>,
     ) -> Result<Page<RegisteredModel>> {
         #[derive(serde::Deserialize, Default)]
@@ -386,8 +387,9 @@ impl Client {
             registered_models: Vec<RegisteredModel>,
             next_page_token: Option<String>,
         }
-        let mut q = vec![("max_results", "1000")];
-        if let Some(f) = filter {
+        let max = max_results.clamp(1, 1000).to_string();
+        let mut q = vec![("max_results", max.as_str())];
+        if let Some(f) = filter.filter(|f| !f.is_empty()) {
             q.push(("filter", f));
         }
         if let Some(t) = page_token {
@@ -538,6 +540,64 @@ impl Client {
         Ok(r.model_version)
     }
 
+    // ---- webhooks ---------------------------------------------------------------
+
+    /// Every webhook registered in MLflow.
+    #[instrument(skip(self))]
+    pub async fn list_webhooks(&self) -> Result<Vec<Webhook>> {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct R {
+            webhooks: Vec<Webhook>,
+            next_page_token: Option<String>,
+        }
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut q = vec![("max_results", "1000")];
+            if let Some(t) = token.as_deref() {
+                q.push(("page_token", t));
+            }
+            let r: R = self.get("webhooks", &q).await?;
+            out.extend(r.webhooks);
+            match r.next_page_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Creates a webhook for `events` (`(ENTITY, ACTION)` pairs in MLflow's upper-case names).
+    #[instrument(skip(self, secret))]
+    pub async fn create_webhook(
+        &self,
+        name: &str,
+        url: &str,
+        events: &[(&str, &str)],
+        secret: &str,
+    ) -> Result<Webhook> {
+        #[derive(serde::Deserialize)]
+        struct R {
+            webhook: Webhook,
+        }
+        let body =
+            json!({ "name": name, "url": url, "events": webhook_events(events), "secret": secret, "status": "ACTIVE" });
+        let r: R = self.post("webhooks", &body, false).await?;
+        Ok(r.webhook)
+    }
+
+    /// Rewrites an existing webhook's URL, events and secret, and re-activates it.
+    #[instrument(skip(self, secret))]
+    pub async fn update_webhook(&self, id: &str, url: &str, events: &[(&str, &str)], secret: &str) -> Result<Webhook> {
+        #[derive(serde::Deserialize)]
+        struct R {
+            webhook: Webhook,
+        }
+        let body = json!({ "url": url, "events": webhook_events(events), "secret": secret, "status": "ACTIVE" });
+        let v = self.with_body(Method::PATCH, &format!("webhooks/{id}"), body).await?;
+        Ok(parse::<R>(v)?.webhook)
+    }
+
     /// `GET /health`: whether the server answers at all.
     pub async fn health(&self) -> Result<()> {
         let url = self.url("health")?;
@@ -554,6 +614,10 @@ impl Client {
             Err(Error::Unavailable(format!("health answered {}", resp.status())))
         }
     }
+}
+
+fn webhook_events(events: &[(&str, &str)]) -> Vec<Value> {
+    events.iter().map(|(entity, action)| json!({ "entity": entity, "action": action })).collect()
 }
 
 /// Turns an HTTP answer into JSON or a classified error.

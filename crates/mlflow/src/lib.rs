@@ -14,7 +14,10 @@ mod types;
 pub use args::MlflowArgs;
 pub use client::{Auth, Client, Config, artifact_rel_path, escape_filter};
 pub use error::{Error, ErrorKind, Result};
-pub use types::{AliasEntry, Experiment, FileInfo, ModelVersion, Page, RegisteredModel, RunInfo, RunStatus, Tag};
+pub use types::{
+    AliasEntry, Experiment, FileInfo, ModelVersion, Page, RegisteredModel, RunInfo, RunStatus, Tag, Webhook,
+    WebhookEvent,
+};
 
 /// Model-version tags Ferry writes and reads.
 pub mod tags {
@@ -24,4 +27,9 @@ pub mod tags {
     pub const SIZE: &str = "ferry.size_bytes";
     /// Path of the ONNX file inside the model directory.
     pub const ARTIFACT_PATH: &str = "ferry.artifact_path";
+}
+
+/// MLflow's stage names in their canonical spelling (MLflow itself matches case-insensitively).
+pub fn canonical_stage(s: &str) -> Option<&'static str> {
+    ["None", "Staging", "Production", "Archived"].into_iter().find(|c| c.eq_ignore_ascii_case(s))
 }

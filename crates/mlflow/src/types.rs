@@ -126,3 +126,21 @@ pub struct Page<T> {
     pub items: Vec<T>,
     pub next_page_token: Option<String>,
 }
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct WebhookEvent {
+    pub entity: String,
+    pub action: String,
+}
+
+/// A registry webhook. MLflow never returns the secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Webhook {
+    pub webhook_id: String,
+    pub name: String,
+    pub url: String,
+    pub events: Vec<WebhookEvent>,
+    pub status: String,
+}

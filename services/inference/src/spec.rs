@@ -2,6 +2,8 @@
 
 use std::{fmt, str::FromStr};
 
+use ferry_mlflow::canonical_stage;
+
 /// How a model's serving version is chosen in MLflow.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Selector {
@@ -38,11 +40,6 @@ impl fmt::Display for ModelSpec {
             Selector::Version(v) => write!(f, "{}/{v}", self.name),
         }
     }
-}
-
-/// MLflow's stage names, in their canonical spelling.
-pub fn canonical_stage(s: &str) -> Option<&'static str> {
-    ["None", "Staging", "Production", "Archived"].into_iter().find(|c| c.eq_ignore_ascii_case(s))
 }
 
 impl FromStr for ModelSpec {

@@ -10,8 +10,27 @@ pub struct Config {
     /// gRPC listen address (ModelRegistry, health, reflection).
     #[arg(long, env = "FERRY_REGISTRY_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
+    /// HTTP listen address (MLflow webhooks, /register-model, /set-model-stage).
+    #[arg(long, env = "FERRY_REGISTRY_HTTP_ADDR", default_value = "127.0.0.1:8081")]
+    pub http_addr: SocketAddr,
     #[command(flatten)]
     pub mlflow: MlflowArgs,
+    /// Bearer token required by mutating calls (gRPC and HTTP); unset means open.
+    #[arg(long, env = "FERRY_REGISTRY_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// Require the token for reads too (GetModel, ListModels, WatchModels, ...).
+    #[arg(long, env = "FERRY_PROTECT_READS", default_value_t = false)]
+    pub protect_reads: bool,
+    /// Secret shared with MLflow to sign webhook deliveries; enables /webhooks/mlflow.
+    #[arg(long, env = "FERRY_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// This registry's HTTP base URL as MLflow reaches it (e.g. http://registry:8081).
+    /// With a webhook secret, the registry creates or repairs its webhook in MLflow.
+    #[arg(long, env = "FERRY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Accepted clock difference for webhook timestamps, in seconds.
+    #[arg(long, env = "FERRY_WEBHOOK_WINDOW_S", default_value_t = 300)]
+    pub webhook_window_s: u64,
     /// MLflow experiment that holds the runs registrations create.
     #[arg(long, env = "FERRY_EXPERIMENT", default_value = "ferry-registrations")]
     pub experiment: String,

@@ -240,7 +240,7 @@ async fn read_view(mlflow: &Client) -> ferry_mlflow::Result<View> {
     let mut view = View::default();
     let mut token: Option<String> = None;
     loop {
-        let page = mlflow.search_registered_models(None, token.as_deref()).await?;
+        let page = mlflow.search_registered_models(None, 1000, token.as_deref()).await?;
         for m in &page.items {
             for a in &m.aliases {
                 view.aliases.insert((m.name.clone(), a.alias.clone()), a.version.clone());

@@ -1,13 +1,17 @@
 //! Ferry Registry, the control plane: registers ONNX models in MLflow, moves
 //! versions through stages and aliases, and streams every change.
 
+pub mod auth;
 pub mod config;
 mod convert;
 pub mod error;
 mod grpc;
+mod http;
 pub mod hub;
 mod onnx;
 pub mod register;
+pub mod service;
+pub mod webhook;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -23,6 +27,7 @@ use crate::hub::Hub;
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let mlflow = ferry_mlflow::Client::new(cfg.mlflow.config()).context("MLflow client")?;
     let listener = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
+    let http_listener = TcpListener::bind(cfg.http_addr).await.with_context(|| format!("binding {}", cfg.http_addr))?;
 
     let hub = Hub::new(cfg.history, 4096);
     let (healthy_tx, mut healthy) = watch::channel(false);
@@ -60,22 +65,52 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let service = grpc::RegistryService {
-        mlflow,
+    let registry = service::Registry {
+        mlflow: mlflow.clone(),
         hub,
         experiment: cfg.experiment.clone(),
         max_model_bytes: cfg.max_model_bytes,
         upload_dir: cfg.upload_dir.clone(),
     };
-    info!(grpc = %listener.local_addr()?, mlflow = %cfg.mlflow.url, "ferry-registry listening");
-    tonic::transport::Server::builder()
+    let auth = auth::Auth::new(cfg.auth_token.as_deref(), cfg.protect_reads);
+    let verifier = cfg
+        .webhook_secret
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| Arc::new(webhook::Verifier::new(s, Duration::from_secs(cfg.webhook_window_s))));
+    match (&cfg.webhook_secret, &cfg.public_url) {
+        (Some(secret), Some(public)) if !secret.is_empty() => {
+            let url = format!("{}/webhooks/mlflow", public.trim_end_matches('/'));
+            tokio::spawn(webhook::ensure(mlflow, url, secret.clone()));
+        }
+        _ => info!("no webhook secret and public URL: changes are picked up by polling MLflow only"),
+    }
+
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    });
+    info!(grpc = %listener.local_addr()?, http = %http_listener.local_addr()?, mlflow = %cfg.mlflow.url, "ferry-registry listening");
+    let mut grpc_stop = stop.clone();
+    let grpc = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ModelRegistryServer::new(service).max_decoding_message_size(8 << 20))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-        .await
-        .context("gRPC server")?;
+        .add_service(
+            ModelRegistryServer::new(grpc::RegistryService { registry: registry.clone(), auth: auth.clone() })
+                .max_decoding_message_size(8 << 20),
+        )
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+        });
+    let mut http_stop = stop.clone();
+    let http = axum::serve(http_listener, http::router(registry, auth, verifier)).with_graceful_shutdown(async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    });
+    let (g, h) = tokio::join!(grpc, http);
+    g.context("gRPC server")?;
+    h.context("HTTP server")?;
     reconciler.abort();
     info!("ferry-registry stopped");
     Ok(())

@@ -18,6 +18,9 @@ pub struct Registration {
     pub name: String,
     pub description: String,
     pub tags: BTreeMap<String, String>,
+    /// Metrics and params of the training run, logged on the MLflow run.
+    pub metrics: BTreeMap<String, f64>,
+    pub params: BTreeMap<String, String>,
 }
 
 /// The uploaded file, already on local disk, hashed while it streamed in.
@@ -53,8 +56,13 @@ pub async fn register(mlflow: &Client, experiment: &str, reg: &Registration, upl
     // Validate before writing anything to MLflow: a bad file leaves no trace.
     let path = upload.path.to_owned();
     let info = tokio::task::spawn_blocking(move || {
-        let bytes = std::fs::read(&path).map_err(|e| RegistryError::Internal(format!("reading upload: {e}")))?;
-        onnx::inspect(&bytes).map_err(|e| RegistryError::InvalidArgument(format!("invalid ONNX model: {e}")))
+        let file = std::fs::File::open(&path).map_err(|e| RegistryError::Internal(format!("reading upload: {e}")))?;
+        // Mapped, not read: a model of hundreds of MB is parsed from the page
+        // cache, and the weights are skipped, never copied onto the heap.
+        // SAFETY: the spool file is private to this request and not modified while mapped.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| RegistryError::Internal(format!("mapping upload: {e}")))?;
+        onnx::inspect(&map).map_err(|e| RegistryError::InvalidArgument(format!("invalid ONNX model: {e}")))
     })
     .await
     .map_err(|e| RegistryError::Internal(e.to_string()))??;
@@ -76,7 +84,21 @@ pub async fn register(mlflow: &Client, experiment: &str, reg: &Registration, upl
         .await
         .map_err(|e| RegistryError::mlflow(ctx("create run"), e))?;
 
-    match register_in_run(mlflow, reg, &upload, &info, &run.run_id, &run.artifact_uri).await {
+    let logged = if reg.metrics.is_empty() && reg.params.is_empty() {
+        Ok(())
+    } else {
+        let metrics: Vec<(String, f64)> = reg.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let params: Vec<(String, String)> = reg.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        mlflow
+            .log_batch(&run.run_id, &metrics, &params)
+            .await
+            .map_err(|e| RegistryError::mlflow(ctx("log metrics and params"), e))
+    };
+    let result = match logged {
+        Ok(()) => register_in_run(mlflow, reg, &upload, &info, &run.run_id, &run.artifact_uri).await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(version) => {
             if let Err(e) = mlflow.finish_run(&run.run_id, RunStatus::Finished).await {
                 warn!(run_id = %run.run_id, error = %e, "could not mark the run FINISHED");

@@ -1,0 +1,201 @@
+//! HTTP adapter: MLflow's webhook deliveries and the seed-compatible control
+//! endpoints for CI pipelines (`POST /register-model`, `PUT /set-model-stage`).
+
+use std::{path::PathBuf, sync::Arc, time::SystemTime};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::{debug, warn};
+
+use crate::{
+    auth::{Access, Auth},
+    error::RegistryError,
+    register::Registration,
+    service::Registry,
+    webhook::{Verdict, Verifier},
+};
+
+#[derive(Debug, Clone)]
+struct AppState {
+    registry: Registry,
+    auth: Auth,
+    webhooks: Option<Arc<Verifier>>,
+}
+
+pub(crate) fn router(registry: Registry, auth: Auth, webhooks: Option<Arc<Verifier>>) -> Router {
+    Router::new()
+        .route("/webhooks/mlflow", post(webhook))
+        .route("/register-model", post(register_model))
+        .route("/set-model-stage", put(set_model_stage))
+        .route("/healthz", get(|| async { "ok" }))
+        // Uploads stream to disk; the registry's own size limit applies.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(AppState { registry, auth, webhooks })
+}
+
+/// The one mapping from registry errors to HTTP statuses.
+pub(crate) struct ApiError(RegistryError);
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            RegistryError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+            RegistryError::AlreadyExists(_) => StatusCode::CONFLICT,
+            RegistryError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            RegistryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RegistryError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            RegistryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(json!({ "error": self.0.to_string() }))).into_response()
+    }
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+}
+
+async fn webhook(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(verifier) = &st.webhooks else {
+        return (StatusCode::NOT_FOUND, "webhooks are not configured (set FERRY_WEBHOOK_SECRET)").into_response();
+    };
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+    match verifier.verify(h("x-mlflow-delivery-id"), h("x-mlflow-timestamp"), h("x-mlflow-signature"), &body, now) {
+        Ok(Verdict::Accepted) => {
+            debug!(delivery = h("x-mlflow-delivery-id").unwrap_or_default(), "webhook accepted");
+            // A hint: re-read MLflow now rather than trusting the payload.
+            st.registry.hub.poke();
+            (StatusCode::OK, "accepted").into_response()
+        }
+        Ok(Verdict::Duplicate) => (StatusCode::OK, "duplicate").into_response(),
+        Err(e) => {
+            warn!(error = %e, "webhook delivery rejected");
+            (StatusCode::UNAUTHORIZED, e.to_string()).into_response()
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RegisterParams {
+    #[serde(alias = "name")]
+    model_name: Option<String>,
+    description: Option<String>,
+    /// A file the server can read (for CI pipelines that share a volume).
+    path: Option<PathBuf>,
+}
+
+/// `POST /register-model`: multipart (`modelName`/`name`, `description`, `file`),
+/// or JSON / query `{"modelName", "path", "description"}` naming a server-side file.
+async fn register_model(
+    State(st): State<AppState>,
+    Query(q): Query<RegisterParams>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    st.auth.check(authorization(req.headers()), Access::Write)?;
+    let bad = |m: &str| ApiError(RegistryError::InvalidArgument(m.to_owned()));
+    let is_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("multipart/form-data"));
+    let mut params = q;
+    let mut spooled = None;
+    if is_multipart {
+        let mut form = Multipart::from_request(req, &()).await.map_err(|e| bad(&format!("bad multipart body: {e}")))?;
+        while let Some(mut field) = form.next_field().await.map_err(|e| bad(&format!("bad multipart body: {e}")))? {
+            match field.name().unwrap_or_default() {
+                "file" | "model" => {
+                    let mut spool = st.registry.spool().await?;
+                    while let Some(chunk) = field.chunk().await.map_err(|e| bad(&format!("reading upload: {e}")))? {
+                        spool.write(&chunk).await?;
+                    }
+                    spooled = Some(spool.finish("").await?);
+                }
+                "modelName" | "name" => params.model_name = Some(field.text().await.map_err(|e| bad(&e.to_string()))?),
+                "description" => params.description = Some(field.text().await.map_err(|e| bad(&e.to_string()))?),
+                _ => {}
+            }
+        }
+    } else {
+        let body = Bytes::from_request(req, &()).await.map_err(|e| bad(&e.to_string()))?;
+        if !body.is_empty() {
+            let p: RegisterParams = serde_json::from_slice(&body).map_err(|e| bad(&format!("bad JSON body: {e}")))?;
+            params = RegisterParams {
+                model_name: p.model_name.or(params.model_name),
+                description: p.description.or(params.description),
+                path: p.path.or(params.path),
+            };
+        }
+    }
+    let name = params.model_name.ok_or_else(|| bad("modelName is required"))?;
+    let upload = match (spooled, params.path) {
+        (Some(s), _) => s,
+        (None, Some(path)) => {
+            let mut file =
+                tokio::fs::File::open(&path).await.map_err(|e| bad(&format!("cannot read {}: {e}", path.display())))?;
+            let mut spool = st.registry.spool().await?;
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                use tokio::io::AsyncReadExt;
+                let n = file.read(&mut buf).await.map_err(|e| bad(&format!("reading {}: {e}", path.display())))?;
+                if n == 0 {
+                    break;
+                }
+                spool.write(&buf[..n]).await?;
+            }
+            spool.finish("").await?
+        }
+        (None, None) => {
+            return Err(bad("send the model as a multipart \"file\" field, or a \"path\" the server can read"));
+        }
+    };
+    let reg = Registration { name, description: params.description.unwrap_or_default(), ..Default::default() };
+    let done = st.registry.register(&reg, upload).await?;
+    let v = &done.version;
+    let status = if done.created { StatusCode::CREATED } else { StatusCode::OK };
+    let body = json!({
+        "modelName": v.name, "version": v.version, "sha256": v.tag(ferry_mlflow::tags::SHA256),
+        "created": done.created, "source": v.source,
+    });
+    Ok((status, Json(body)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StageParams {
+    model_name: String,
+    version: String,
+    stage: String,
+    #[serde(default)]
+    archive_existing: bool,
+}
+
+/// `PUT /set-model-stage?modelName=&version=&stage=[&archiveExisting=true]`
+async fn set_model_stage(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<StageParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    st.auth.check(authorization(&headers), Access::Write)?;
+    let Query(q) = q.map_err(|e| {
+        ApiError(RegistryError::InvalidArgument(format!("modelName, version and stage are required: {e}")))
+    })?;
+    let v = st.registry.transition(&q.model_name, &q.version, &q.stage, q.archive_existing).await?;
+    Ok(Json(json!({ "modelName": v.name, "version": v.version, "stage": v.current_stage })))
+}

@@ -1,0 +1,227 @@
+//! The registry's operations, free of any transport: the gRPC service and the
+//! HTTP adapter both call these, and map `RegistryError` once each.
+
+use std::{path::PathBuf, sync::Arc};
+
+use ferry_mlflow::{Client, ModelVersion, RegisteredModel, canonical_stage, escape_filter, tags};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tracing::info;
+
+use crate::{
+    error::{RegistryError, Result},
+    hub::Hub,
+    register::{self, Registered, Registration, Upload},
+};
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub(crate) mlflow: Client,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) experiment: String,
+    pub(crate) max_model_bytes: u64,
+    pub(crate) upload_dir: PathBuf,
+}
+
+/// How a caller designates a version.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    Stage(String),
+    Alias(String),
+    Version(String),
+}
+
+/// An upload being written to disk, hashed as it streams in, with a size limit.
+#[derive(Debug)]
+pub struct Spool {
+    tmp: tempfile::NamedTempFile,
+    file: tokio::fs::File,
+    hasher: Sha256,
+    size: u64,
+    max: u64,
+}
+
+impl Spool {
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.size += bytes.len() as u64;
+        if self.size > self.max {
+            return Err(RegistryError::InvalidArgument(format!("model file exceeds the limit of {} bytes", self.max)));
+        }
+        self.hasher.update(bytes);
+        self.file.write_all(bytes).await.map_err(|e| RegistryError::Internal(format!("spooling upload: {e}")))
+    }
+
+    /// The complete upload; `expected_sha256` (if any) must match.
+    pub async fn finish(mut self, expected_sha256: &str) -> Result<Spooled> {
+        self.file.flush().await.map_err(|e| RegistryError::Internal(format!("spooling upload: {e}")))?;
+        if self.size == 0 {
+            return Err(RegistryError::InvalidArgument("no model bytes were uploaded".into()));
+        }
+        let sha256 = hex::encode(self.hasher.finalize());
+        if !expected_sha256.is_empty() && !expected_sha256.eq_ignore_ascii_case(&sha256) {
+            return Err(RegistryError::InvalidArgument(format!(
+                "upload is corrupt: expected sha256 {expected_sha256}, received bytes hash to {sha256}"
+            )));
+        }
+        Ok(Spooled { tmp: self.tmp, sha256, size: self.size })
+    }
+}
+
+/// A complete, hashed upload on local disk (deleted when dropped).
+#[derive(Debug)]
+pub struct Spooled {
+    tmp: tempfile::NamedTempFile,
+    pub sha256: String,
+    pub size: u64,
+}
+
+fn page_size(n: i32) -> u32 {
+    if n <= 0 { 100 } else { n.min(1000) as u32 }
+}
+
+impl Registry {
+    /// Starts spooling an upload to disk.
+    pub async fn spool(&self) -> Result<Spool> {
+        let internal = |e: std::io::Error| RegistryError::Internal(format!("upload directory: {e}"));
+        tokio::fs::create_dir_all(&self.upload_dir).await.map_err(internal)?;
+        let tmp = tempfile::NamedTempFile::new_in(&self.upload_dir).map_err(internal)?;
+        let file = tokio::fs::File::from_std(tmp.reopen().map_err(internal)?);
+        Ok(Spool { tmp, file, hasher: Sha256::new(), size: 0, max: self.max_model_bytes })
+    }
+
+    pub async fn register(&self, reg: &Registration, upload: Spooled) -> Result<Registered> {
+        let up = Upload { path: upload.tmp.path(), sha256: upload.sha256.clone(), size: upload.size };
+        let done = register::register(&self.mlflow, &self.experiment, reg, up).await?;
+        self.hub.poke();
+        Ok(done)
+    }
+
+    pub async fn transition(
+        &self,
+        name: &str,
+        version: &str,
+        stage: &str,
+        archive_existing: bool,
+    ) -> Result<ModelVersion> {
+        required("name", name)?;
+        required("version", version)?;
+        let stage = canonical_stage(stage).ok_or_else(|| {
+            RegistryError::InvalidArgument(format!(
+                "unknown stage {stage:?}; use None, Staging, Production or Archived"
+            ))
+        })?;
+        let v = self
+            .mlflow
+            .transition_stage(name, version, stage, archive_existing)
+            .await
+            .map_err(|e| RegistryError::mlflow(format!("moving {name} version {version} to {stage}"), e))?;
+        info!(model = %name, version, stage, archive_existing, "stage changed");
+        self.hub.poke();
+        Ok(v)
+    }
+
+    pub async fn set_alias(&self, name: &str, alias: &str, version: &str) -> Result<ModelVersion> {
+        required("name", name)?;
+        required("alias", alias)?;
+        required("version", version)?;
+        let ctx = format!("pointing alias {alias:?} of {name} at version {version}");
+        self.mlflow.set_alias(name, alias, version).await.map_err(|e| RegistryError::mlflow(&ctx, e))?;
+        info!(model = %name, alias, version, "alias set");
+        self.hub.poke();
+        self.mlflow.get_model_version(name, version).await.map_err(|e| RegistryError::mlflow(&ctx, e))
+    }
+
+    pub async fn delete_alias(&self, name: &str, alias: &str) -> Result<()> {
+        required("name", name)?;
+        required("alias", alias)?;
+        self.mlflow
+            .delete_alias(name, alias)
+            .await
+            .map_err(|e| RegistryError::mlflow(format!("deleting alias {alias:?} of {name}"), e))?;
+        info!(model = %name, alias, "alias deleted");
+        self.hub.poke();
+        Ok(())
+    }
+
+    pub async fn get_model(&self, name: &str) -> Result<RegisteredModel> {
+        required("name", name)?;
+        self.mlflow.get_registered_model(name).await.map_err(|e| RegistryError::mlflow(format!("model {name:?}"), e))
+    }
+
+    pub async fn list_models(
+        &self,
+        filter: &str,
+        page_size: i32,
+        token: &str,
+    ) -> Result<(Vec<RegisteredModel>, String)> {
+        let page = self
+            .mlflow
+            .search_registered_models(Some(filter), self::page_size(page_size), Some(token).filter(|t| !t.is_empty()))
+            .await
+            .map_err(|e| RegistryError::mlflow("listing models", e))?;
+        Ok((page.items, page.next_page_token.unwrap_or_default()))
+    }
+
+    /// One page of versions, newest first, with their aliases filled in
+    /// (MLflow's version search leaves them out).
+    pub async fn list_versions(&self, name: &str, page_size: i32, token: &str) -> Result<(Vec<ModelVersion>, String)> {
+        let model = self.get_model(name).await?;
+        let aliases = model.alias_map();
+        let filter = format!("name = '{}'", escape_filter(name));
+        let page = self
+            .mlflow
+            .search_model_versions(&filter, self::page_size(page_size), Some(token).filter(|t| !t.is_empty()))
+            .await
+            .map_err(|e| RegistryError::mlflow(format!("listing versions of {name:?}"), e))?;
+        let versions = page
+            .items
+            .into_iter()
+            .map(|mut v| {
+                v.aliases = aliases.iter().filter(|(_, ver)| **ver == v.version).map(|(a, _)| a.clone()).collect();
+                v
+            })
+            .collect();
+        Ok((versions, page.next_page_token.unwrap_or_default()))
+    }
+
+    /// The version a selector designates, and where its ONNX file downloads from.
+    pub async fn resolve(&self, name: &str, selector: &Selector) -> Result<(ModelVersion, String)> {
+        required("name", name)?;
+        let v = match selector {
+            Selector::Stage(s) => {
+                let stage =
+                    canonical_stage(s).ok_or_else(|| RegistryError::InvalidArgument(format!("unknown stage {s:?}")))?;
+                self.mlflow
+                    .latest_version_in_stage(name, stage)
+                    .await
+                    .map_err(|e| RegistryError::mlflow(format!("model {name:?}"), e))?
+                    .ok_or_else(|| RegistryError::NotFound(format!("model {name:?} has no version in stage {stage}")))?
+            }
+            Selector::Alias(a) => self
+                .mlflow
+                .get_version_by_alias(name, a)
+                .await
+                .map_err(|e| RegistryError::mlflow(format!("alias {a:?} of model {name:?}"), e))?,
+            Selector::Version(v) => self
+                .mlflow
+                .get_model_version(name, v)
+                .await
+                .map_err(|e| RegistryError::mlflow(format!("model {name:?} version {v}"), e))?,
+        };
+        let dir = self
+            .mlflow
+            .resolve_model_uri(name, &v.version)
+            .await
+            .map_err(|e| RegistryError::mlflow(format!("download URI of {name:?} version {}", v.version), e))?;
+        let file = v.tag(tags::ARTIFACT_PATH).unwrap_or("model.onnx");
+        let uri = format!("{}/{}", dir.trim_end_matches('/'), file);
+        Ok((v, uri))
+    }
+}
+
+pub(crate) fn required(field: &str, v: &str) -> Result<()> {
+    if v.trim().is_empty() {
+        return Err(RegistryError::InvalidArgument(format!("{field} is required")));
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! MLflow webhooks: verification of deliveries and provisioning of Ferry's own
+//! webhook. A delivery is only a hint that something changed; the hub then
+//! re-reads MLflow, so a lost, late or repeated delivery never corrupts state.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tracing::{info, warn};
+
+use crate::auth::constant_time_eq;
+
+/// The registry events MLflow can deliver that matter to serving.
+pub const EVENTS: &[(&str, &str)] = &[
+    ("REGISTERED_MODEL", "CREATED"),
+    ("MODEL_VERSION", "CREATED"),
+    ("MODEL_VERSION_TAG", "SET"),
+    ("MODEL_VERSION_TAG", "DELETED"),
+    ("MODEL_VERSION_ALIAS", "CREATED"),
+    ("MODEL_VERSION_ALIAS", "DELETED"),
+];
+
+/// The name of the webhook Ferry creates and repairs in MLflow.
+pub const WEBHOOK_NAME: &str = "ferry-registry";
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    #[error("bad signature")]
+    BadSignature,
+    #[error("timestamp outside the accepted window")]
+    Stale,
+}
+
+/// What to do with a verified delivery.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    /// Seen before (MLflow retries with the same delivery id).
+    Duplicate,
+}
+
+/// Verifies `X-MLflow-Signature: v1,<base64(HMAC-SHA256(secret, "{id}.{ts}.{body}"))>`,
+/// rejects timestamps outside `window` of now, and drops repeated delivery ids.
+#[derive(Debug)]
+pub struct Verifier {
+    secret: Vec<u8>,
+    window: Duration,
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl Verifier {
+    pub fn new(secret: &str, window: Duration) -> Self {
+        Self { secret: secret.as_bytes().to_vec(), window, seen: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn verify(
+        &self,
+        delivery_id: Option<&str>,
+        timestamp: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+        now_unix: u64,
+    ) -> Result<Verdict, Rejection> {
+        let id = delivery_id.ok_or(Rejection::MissingHeader("X-MLflow-Delivery-Id"))?;
+        let ts = timestamp.ok_or(Rejection::MissingHeader("X-MLflow-Timestamp"))?;
+        let sig = signature.ok_or(Rejection::MissingHeader("X-MLflow-Signature"))?;
+        let expected = sign(&self.secret, id, ts, body);
+        // Several signatures may be listed, space-separated (Standard Webhooks).
+        if !sig.split(' ').any(|s| constant_time_eq(s.as_bytes(), expected.as_bytes())) {
+            return Err(Rejection::BadSignature);
+        }
+        let ts: u64 = ts.parse().map_err(|_| Rejection::Stale)?;
+        if now_unix.abs_diff(ts) > self.window.as_secs() {
+            return Err(Rejection::Stale);
+        }
+        let mut seen = self.seen.lock().expect("webhook dedup lock poisoned; this is a bug");
+        // Anything older than the window can no longer pass the timestamp check.
+        let horizon = self.window * 2;
+        seen.retain(|_, at| at.elapsed() < horizon);
+        if seen.insert(id.to_owned(), Instant::now()).is_some() {
+            return Ok(Verdict::Duplicate);
+        }
+        Ok(Verdict::Accepted)
+    }
+}
+
+/// The signature header value MLflow sends for a delivery.
+pub fn sign(secret: &[u8], delivery_id: &str, timestamp: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    mac.update(delivery_id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// Creates Ferry's webhook in MLflow, or repairs it (URL, events, secret,
+/// status), retrying until MLflow answers.
+pub async fn ensure(mlflow: ferry_mlflow::Client, url: String, secret: String) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let result = async {
+            let existing = mlflow.list_webhooks().await?;
+            match existing.iter().find(|w| w.name == WEBHOOK_NAME) {
+                // The secret is never returned, so always rewrite it along with the rest.
+                Some(w) => mlflow.update_webhook(&w.webhook_id, &url, EVENTS, &secret).await,
+                None => mlflow.create_webhook(WEBHOOK_NAME, &url, EVENTS, &secret).await,
+            }
+        }
+        .await;
+        match result {
+            Ok(w) => {
+                info!(webhook_id = %w.webhook_id, %url, "MLflow webhook in place");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot set up the MLflow webhook yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifies_signs_and_deduplicates() {
+        let v = Verifier::new("s3cr3t", Duration::from_secs(300));
+        let body = br#"{"entity":"model_version_alias"}"#;
+        let sig = sign(b"s3cr3t", "d1", "1000", body);
+        assert_eq!(v.verify(Some("d1"), Some("1000"), Some(&sig), body, 1010), Ok(Verdict::Accepted));
+        assert_eq!(v.verify(Some("d1"), Some("1000"), Some(&sig), body, 1011), Ok(Verdict::Duplicate));
+        assert_eq!(v.verify(Some("d1"), Some("1000"), Some(&sig), b"tampered", 1010), Err(Rejection::BadSignature));
+        let wrong = sign(b"other", "d2", "1000", body);
+        assert_eq!(v.verify(Some("d2"), Some("1000"), Some(&wrong), body, 1010), Err(Rejection::BadSignature));
+        let old = sign(b"s3cr3t", "d3", "1000", body);
+        assert_eq!(v.verify(Some("d3"), Some("1000"), Some(&old), body, 2000), Err(Rejection::Stale));
+        assert_eq!(
+            v.verify(None, Some("1000"), Some(&old), body, 1000),
+            Err(Rejection::MissingHeader("X-MLflow-Delivery-Id"))
+        );
+    }
+}
