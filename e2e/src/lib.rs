@@ -11,6 +11,14 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use ferry_proto::{
+    inference::v1::{DataType, PredictRequest, PredictResponse, Tensor, inference_client::InferenceClient},
+    registry::v1::{
+        RegisterModelMetadata, RegisterModelRequest, RegisterModelResponse, Stage, TransitionStageRequest,
+        model_registry_client::ModelRegistryClient, register_model_request::Payload,
+    },
+};
+use tonic::transport::Channel;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -262,4 +270,263 @@ pub fn python(code: &str, env: &[(&str, &str)]) -> anyhow::Result<String> {
         bail!("python failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A private PostgreSQL cluster on a loopback port (trust auth, loopback only),
+/// made with the machine's PostgreSQL binaries; stopped on drop.
+#[derive(Debug)]
+pub struct Postgres {
+    pub port: u16,
+    bin: PathBuf,
+    data: PathBuf,
+    as_postgres: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub fn start() -> anyhow::Result<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .context("PostgreSQL is not installed (apt-get install postgresql)")?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max_by_key(|p| {
+                p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok())
+            })
+            .context("no initdb under /usr/lib/postgresql")?;
+        // PostgreSQL refuses to run as root: as root, run it as the postgres user.
+        let as_postgres = Command::new("id").arg("-u").output()?.stdout.starts_with(b"0\n");
+        let dir = tempfile::Builder::new().prefix("ferry-pg").tempdir_in("/tmp")?;
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data)?;
+        if as_postgres {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+            let uid: u32 =
+                String::from_utf8(Command::new("id").args(["-u", "postgres"]).output()?.stdout)?.trim().parse()?;
+            let gid: u32 =
+                String::from_utf8(Command::new("id").args(["-g", "postgres"]).output()?.stdout)?.trim().parse()?;
+            std::os::unix::fs::chown(&data, Some(uid), Some(gid))?;
+        }
+        let pg = Self { port: free_port(), bin, data, as_postgres, _dir: dir };
+        pg.run("initdb", &["-D", &pg.data_str(), "-U", "postgres", "--auth=trust", "-E", "UTF8"])?;
+        let opts = format!("-p {} -c listen_addresses=127.0.0.1 -k {}", pg.port, pg.data_str());
+        let log = format!("{}/server.log", pg.data_str());
+        pg.run("pg_ctl", &["-D", &pg.data_str(), "-l", &log, "-w", "-o", &opts, "start"])?;
+        let psql = Command::new(pg.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "-v", "ON_ERROR_STOP=1"])
+            .args(["-c", "CREATE DATABASE mlflow"])
+            .output()?;
+        if !psql.status.success() {
+            bail!("creating the database: {}", String::from_utf8_lossy(&psql.stderr));
+        }
+        Ok(pg)
+    }
+
+    fn data_str(&self) -> String {
+        self.data.display().to_string()
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
+        let path = self.bin.join(tool);
+        let out = if self.as_postgres {
+            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&path).args(args).output()?
+        } else {
+            Command::new(&path).args(args).output()?
+        };
+        if !out.status.success() {
+            bail!("{tool} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// The SQLAlchemy URI MLflow needs: psycopg2 explicitly (plain postgresql:// means psycopg 3).
+    pub fn mlflow_uri(&self) -> String {
+        format!("postgresql+psycopg2://postgres@127.0.0.1:{}/mlflow", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.run("pg_ctl", &["-D", &self.data_str(), "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+/// An S3-compatible object store (moto) with one bucket, standing in for DigitalOcean Spaces.
+#[derive(Debug)]
+pub struct S3 {
+    pub endpoint: String,
+    pub bucket: String,
+    pub proc: Proc,
+}
+
+impl S3 {
+    pub async fn start(dir: &Path, bucket: &str) -> anyhow::Result<Self> {
+        let port = free_port();
+        let mut cmd = Command::new(venv().join("bin/moto_server"));
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let proc = Proc::spawn("moto", &mut cmd, dir)?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let bucket_url = format!("{endpoint}/{bucket}");
+        wait_for("moto", Duration::from_secs(30), || {
+            let (http, url) = (http.clone(), bucket_url.clone());
+            async move { Ok(http.put(&url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())) }
+        })
+        .await?;
+        Ok(Self { endpoint, bucket: bucket.to_owned(), proc })
+    }
+
+    /// The environment MLflow's server needs to use this store.
+    pub fn mlflow_env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("MLFLOW_S3_ENDPOINT_URL", self.endpoint.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    /// Keys of every object in the bucket (one ListObjectsV2 page).
+    pub async fn keys(&self) -> anyhow::Result<Vec<String>> {
+        let xml = reqwest::get(format!("{}/{}?list-type=2", self.endpoint, self.bucket)).await?.text().await?;
+        Ok(xml.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned).collect())
+    }
+}
+
+/// A running registry and a connected client.
+#[derive(Debug)]
+pub struct Registry {
+    pub proc: Proc,
+    pub url: String,
+    pub http: String,
+    pub client: ModelRegistryClient<Channel>,
+}
+
+pub async fn start_registry(dir: &Path, mlflow_url: &str, extra: &[(&str, String)]) -> anyhow::Result<Registry> {
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let mut env = vec![
+        ("FERRY_REGISTRY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
+        ("FERRY_REGISTRY_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+        ("MLFLOW_TRACKING_URI", mlflow_url.to_owned()),
+        ("FERRY_POLL_INTERVAL_MS", "300".to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    let proc = ferry("ferry-registry", dir, &[], &env)?;
+    let url = format!("http://127.0.0.1:{grpc_port}");
+    let client = wait_for("the registry", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move { Ok(ModelRegistryClient::connect(url).await.ok()) }
+    })
+    .await
+    .with_context(|| proc.log_tail())?;
+    Ok(Registry { proc, url, http: format!("http://127.0.0.1:{http_port}"), client })
+}
+
+/// A running inference service and a connected gRPC client.
+#[derive(Debug)]
+pub struct Inference {
+    pub proc: Proc,
+    pub http: String,
+    pub client: InferenceClient<Channel>,
+}
+
+pub async fn start_inference(
+    dir: &Path,
+    mlflow_url: &str,
+    registry_url: Option<&str>,
+    models: &str,
+    extra: &[(&str, String)],
+) -> anyhow::Result<Inference> {
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let mut env = vec![
+        ("FERRY_MODELS", models.to_owned()),
+        ("FERRY_INFERENCE_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
+        ("FERRY_INFERENCE_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+        ("MLFLOW_TRACKING_URI", mlflow_url.to_owned()),
+        ("ORT_DYLIB_PATH", ort_library()?.display().to_string()),
+        ("FERRY_MODEL_DIR", dir.join(format!("models-{grpc_port}")).display().to_string()),
+        ("FERRY_POLL_INTERVAL_MS", "500".to_owned()),
+    ];
+    if let Some(r) = registry_url {
+        env.push(("FERRY_REGISTRY_URL", r.to_owned()));
+    }
+    env.extend(extra.iter().cloned());
+    let proc = ferry("ferry-inference", dir, &[], &env)?;
+    let url = format!("http://127.0.0.1:{grpc_port}");
+    let client = wait_for("inference gRPC", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move { Ok(InferenceClient::connect(url).await.ok()) }
+    })
+    .await
+    .with_context(|| proc.log_tail())?;
+    Ok(Inference { proc, http: format!("http://127.0.0.1:{http_port}"), client })
+}
+
+/// Uploads a file through `RegisterModel` in 64 KiB chunks.
+pub async fn register_file(
+    client: &mut ModelRegistryClient<Channel>,
+    name: &str,
+    file: &Path,
+) -> anyhow::Result<RegisterModelResponse> {
+    let bytes = std::fs::read(file)?;
+    let first = RegisterModelRequest {
+        payload: Some(Payload::Metadata(RegisterModelMetadata { name: name.into(), ..Default::default() })),
+    };
+    let chunks: Vec<RegisterModelRequest> =
+        bytes.chunks(64 << 10).map(|c| RegisterModelRequest { payload: Some(Payload::Chunk(c.to_vec())) }).collect();
+    Ok(client.register_model(tokio_stream::iter(std::iter::once(first).chain(chunks))).await?.into_inner())
+}
+
+pub async fn promote(client: &mut ModelRegistryClient<Channel>, name: &str, version: &str) -> anyhow::Result<()> {
+    let req = TransitionStageRequest {
+        name: name.into(),
+        version: version.into(),
+        stage: Stage::Production.into(),
+        archive_existing_versions: true,
+    };
+    client.transition_stage(req).await?;
+    Ok(())
+}
+
+/// A batch-1 float32 request for input `input`.
+pub fn predict_row(model: &str, row: &[f32]) -> PredictRequest {
+    PredictRequest {
+        model: model.into(),
+        inputs: vec![Tensor {
+            name: "input".into(),
+            dtype: DataType::Float32.into(),
+            shape: vec![1, row.len() as i64],
+            float_data: row.to_vec(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Waits until `version` of `model` answers, and returns that answer.
+pub async fn wait_serving(
+    client: &InferenceClient<Channel>,
+    model: &str,
+    version: &str,
+    row: &[f32],
+    timeout: Duration,
+) -> anyhow::Result<PredictResponse> {
+    wait_for(&format!("{model} version {version} to serve"), timeout, || {
+        let mut c = client.clone();
+        let req = predict_row(model, row);
+        async move { Ok(c.predict(req).await.ok().map(|r| r.into_inner()).filter(|r| r.model_version == version)) }
+    })
+    .await
+}
+
+/// Checks float32 outputs against Python onnxruntime's, to 1e-5.
+pub fn assert_close(got: &[f32], want: &serde_json::Value) -> anyhow::Result<()> {
+    let want: Vec<f64> = serde_json::from_value(want.clone())?;
+    if got.len() != want.len() || got.iter().zip(&want).any(|(g, w)| (f64::from(*g) - w).abs() > 1e-5) {
+        bail!("got {got:?}, Python onnxruntime says {want:?}");
+    }
+    Ok(())
 }
