@@ -55,9 +55,14 @@ pub fn bin_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("FERRY_BIN_DIR") {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test-exe> → target/<profile>
+    // target/<profile>/deps/<test-exe> or target/<profile>/<bench-exe> → target/<profile>
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent().and_then(Path::parent).expect("target dir").to_owned()
+    let dir = exe.parent().expect("exe dir");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target dir").to_owned()
+    } else {
+        dir.to_owned()
+    }
 }
 
 pub fn free_port() -> u16 {
