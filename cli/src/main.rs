@@ -11,6 +11,7 @@ use ferry_proto::{
         WatchModelsRequest, model_registry_client::ModelRegistryClient, register_model_request::Payload,
     },
 };
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Parser)]
@@ -111,13 +112,26 @@ enum Cmd {
 
 const CHUNK: usize = 1 << 20;
 
+async fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Register { name, file, description, tags, metrics, params } => {
-            let bytes = tokio::fs::read(&file).await.with_context(|| format!("reading {}", file.display()))?;
-            let sha = hex::encode(Sha256::digest(&bytes));
+            let sha = sha256_file(&file).await.with_context(|| format!("reading {}", file.display()))?;
             let metrics = pairs(&metrics, "metric")?
                 .into_iter()
                 .map(|(k, v)| Ok((k, v.parse::<f64>().with_context(|| format!("metric value {v:?}"))?)))
@@ -131,16 +145,22 @@ async fn main() -> anyhow::Result<()> {
                 params: pairs(&params, "param")?.into_iter().collect(),
             };
             let first = RegisterModelRequest { payload: Some(Payload::Metadata(meta)) };
-            let chunks: Vec<RegisterModelRequest> = bytes
-                .chunks(CHUNK)
-                .map(|c| RegisterModelRequest { payload: Some(Payload::Chunk(c.to_vec())) })
-                .collect();
+            // Stream the file in chunks: the model may be far larger than memory allows.
+            let f = tokio::fs::File::open(&file).await?;
+            let chunks = futures::stream::unfold(f, |mut f| async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; CHUNK];
+                match f.read(&mut buf).await {
+                    Ok(0) | Err(_) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((RegisterModelRequest { payload: Some(Payload::Chunk(buf)) }, f))
+                    }
+                }
+            });
             let mut client = ModelRegistryClient::connect(cli.registry).await?;
             let resp = client
-                .register_model(authed(
-                    cli.token.as_deref(),
-                    futures::stream::iter(std::iter::once(first).chain(chunks)),
-                )?)
+                .register_model(authed(cli.token.as_deref(), futures::stream::iter([first]).chain(chunks))?)
                 .await?
                 .into_inner();
             let v = resp.version.unwrap_or_default();

@@ -10,7 +10,7 @@ use ferry_e2e::{Mlflow, ferry, free_port, ort_library, python, reference_predict
 use ferry_proto::{
     inference::v1::{DataType, PredictRequest, Tensor, inference_client::InferenceClient},
     registry::v1::{
-        ChangeKind, ModelChanged, RegisterModelMetadata, RegisterModelRequest, WatchModelsRequest,
+        ChangeKind, ModelChanged, RegisterModelMetadata, RegisterModelRequest, Stage, WatchModelsRequest,
         model_registry_client::ModelRegistryClient, register_model_request::Payload,
     },
 };
@@ -167,6 +167,46 @@ async fn python_client_changes_reach_subscribers_and_inference() -> anyhow::Resu
     let e = next_change(&mut watch, |e| e.kind() == ChangeKind::AliasSet).await?;
     ensure!(e.alias == "champion" && e.version == "2", "event {e:?}");
     wait_serving(&inf, "2", Duration::from_secs(30)).await.with_context(|| inference.log_tail())?;
+
+    // Stage changes emit no webhook; the reconciliation loop still sees them.
+    python(
+        "from mlflow import MlflowClient; MlflowClient().transition_model_version_stage('iris', '2', 'Staging')",
+        &[("MLFLOW_TRACKING_URI", &mlflow.url)],
+    )?;
+    let e = next_change(&mut watch, |e| e.kind() == ChangeKind::StageChanged).await?;
+    ensure!(e.version == "2" && e.model_version.as_ref().map(|v| v.stage()) == Some(Stage::Staging), "{e:?}");
+
+    // A subscriber that reconnects with its last revision gets exactly what it missed.
+    let (since, epoch) = (e.revision, e.epoch.clone());
+    drop(watch);
+    python(
+        "from mlflow import MlflowClient; MlflowClient().set_model_version_tag('iris', '1', 'reviewed', 'yes')",
+        &[("MLFLOW_TRACKING_URI", &mlflow.url)],
+    )?;
+    // Wait until the registry has seen it, then resume.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut resumed = reg
+        .watch_models(WatchModelsRequest { names: vec!["iris".into()], since_revision: since, epoch })
+        .await?
+        .into_inner();
+    let first = resumed.message().await?.context("resumed stream ended")?;
+    ensure!(
+        first.kind() == ChangeKind::TagsChanged && first.revision == since + 1 && first.version == "1",
+        "resumed with {first:?}"
+    );
+
+    // Deleting a version (no webhook exists for it) is seen by reconciliation.
+    let f3 = d.join("v3.onnx");
+    train_iris(&f3, 0.3)?;
+    ensure!(register(&mut reg, &f3).await? == "3");
+    let r = reqwest::Client::new()
+        .delete(format!("{}/api/2.0/mlflow/model-versions/delete", mlflow.url))
+        .json(&serde_json::json!({"name": "iris", "version": "3"}))
+        .send()
+        .await?;
+    ensure!(r.status().is_success(), "delete: {}", r.status());
+    let e = next_change(&mut resumed, |e| e.kind() == ChangeKind::VersionDeleted).await?;
+    ensure!(e.version == "3", "{e:?}");
 
     // With the registry gone, inference polls MLflow itself and still follows.
     drop(registry);

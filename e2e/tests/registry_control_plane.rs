@@ -105,6 +105,33 @@ async fn control_plane_over_real_mlflow() -> anyhow::Result<()> {
     ensure!(data.contains("accuracy") && data.contains("0.973") && data.contains("\"C\""), "run data: {data}");
     ensure!(run["run"]["info"]["status"] == "FINISHED", "run: {}", run["run"]["info"]);
 
+    // A failure after the run exists (MLflow refuses a param key with "!"):
+    // the run is marked FAILED and no version points at it.
+    let bad = RegisterModelMetadata {
+        name: "iris".into(),
+        params: [("bad!key".to_owned(), "x".to_owned())].into(),
+        ..Default::default()
+    };
+    let err = reg.register_model(authed(upload(bad, std::fs::read(&f2)?))).await.expect_err("invalid param key");
+    ensure!(err.code() == Code::InvalidArgument, "{err:?}");
+    let exp: serde_json::Value = reqwest::get(format!(
+        "{}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ferry-registrations",
+        mlflow.url
+    ))
+    .await?
+    .json()
+    .await?;
+    let runs: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/api/2.0/mlflow/runs/search", mlflow.url))
+        .json(&serde_json::json!({"experiment_ids": [exp["experiment"]["experiment_id"]], "filter": "attributes.status = 'FAILED'"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(runs["runs"].as_array().map(Vec::len) == Some(1), "expected one FAILED run: {runs}");
+    let got = reg.get_model(GetModelRequest { name: "iris".into() }).await?.into_inner().model.context("model")?;
+    ensure!(got.latest_versions.iter().all(|v| v.version == "1"), "a version was left behind: {got:?}");
+
     // --- the registry created its own webhook in MLflow.
     let hook_url = format!("{http_base}/webhooks/mlflow");
     let webhooks_url = format!("{}/api/2.0/mlflow/webhooks", mlflow.url);
@@ -134,6 +161,15 @@ async fn control_plane_over_real_mlflow() -> anyhow::Result<()> {
     ensure!(e.alias == "champion" && e.version == "1", "{e:?}");
     eprintln!("alias set in MLflow (Python client) -> WatchModels event: {took:?} (poll interval 60 s)");
     ensure!(took < Duration::from_secs(15), "took {took:?}");
+
+    // A version tag set in MLflow arrives through the webhook too.
+    python(
+        "from mlflow import MlflowClient; MlflowClient().set_model_version_tag('iris', '1', 'validated', 'true')",
+        &[("MLFLOW_TRACKING_URI", &mlflow.url)],
+    )?;
+    let e = next_change(&mut watch, Duration::from_secs(15), |e| e.kind() == ChangeKind::TagsChanged).await?;
+    let tags = e.model_version.as_ref().map(|v| v.tags.clone()).unwrap_or_default();
+    ensure!(tags.get("validated").map(String::as_str) == Some("true"), "{e:?}");
 
     // --- forged, replayed and stale deliveries.
     let http = reqwest::Client::new();

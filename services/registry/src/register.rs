@@ -45,8 +45,10 @@ pub fn validate_name(name: &str) -> Result<()> {
     if name.trim().is_empty() {
         return Err(RegistryError::InvalidArgument("model name is required".into()));
     }
-    if name.len() > 256 || name.chars().any(|c| c.is_control() || c == '/') {
-        return Err(RegistryError::InvalidArgument(format!("invalid model name {name:?}")));
+    if name.len() > 256 || name.chars().any(|c| c.is_control() || c == '/' || c == ':') {
+        return Err(RegistryError::InvalidArgument(format!(
+            "invalid model name {name:?}: it may not contain '/', ':' or control characters"
+        )));
     }
     Ok(())
 }
@@ -238,6 +240,7 @@ mod tests {
         assert!(validate_name("iris").is_ok());
         assert!(validate_name(" ").is_err());
         assert!(validate_name("a/b").is_err());
+        assert!(validate_name("a:b").is_err());
     }
 
     #[test]
