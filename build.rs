@@ -2,7 +2,11 @@
 
 use std::{env, path::PathBuf};
 
-const PROTOS: &[&str] = &["proto/ferry/registry/v1/registry.proto", "proto/ferry/inference/v1/inference.proto"];
+const PROTOS: &[&str] = &[
+    "proto/ferry/registry/v1/registry.proto",
+    "proto/ferry/inference/v1/inference.proto",
+    "proto/inference/grpc_service.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A vendored protoc keeps the build offline-safe; PROTOC still wins when set.

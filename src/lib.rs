@@ -16,5 +16,11 @@ pub mod inference {
     }
 }
 
+/// The Open Inference Protocol (KServe V2) with Triton's configuration and
+/// statistics extensions: package `inference`, wire-compatible with their clients.
+pub mod oip {
+    tonic::include_proto!("inference");
+}
+
 /// Descriptors of every Ferry package, for `tonic-reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ferry_descriptor");

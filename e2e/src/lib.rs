@@ -434,6 +434,7 @@ pub async fn start_registry(dir: &Path, mlflow_url: &str, extra: &[(&str, String
 #[derive(Debug)]
 pub struct Inference {
     pub proc: Proc,
+    pub grpc: String,
     pub http: String,
     pub client: InferenceClient<Channel>,
 }
@@ -467,7 +468,7 @@ pub async fn start_inference(
     })
     .await
     .with_context(|| proc.log_tail())?;
-    Ok(Inference { proc, http: format!("http://127.0.0.1:{http_port}"), client })
+    Ok(Inference { proc, grpc: url, http: format!("http://127.0.0.1:{http_port}"), client })
 }
 
 /// Uploads a file through `RegisterModel` in 64 KiB chunks.

@@ -37,9 +37,10 @@ pub(crate) fn router(models: Arc<Models>, rest_output: Option<String>, max_reque
         .route("/v1/models", get(list_models))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .with_state(AppState { models: Arc::clone(&models), rest_output })
+        .merge(crate::oip_http::routes().with_state(models))
         .layer(DefaultBodyLimit::max(max_request_bytes))
         .layer(cors)
-        .with_state(AppState { models, rest_output })
 }
 
 /// The one mapping from serving errors to HTTP statuses.

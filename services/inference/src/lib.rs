@@ -7,13 +7,18 @@ pub mod engine;
 pub mod error;
 mod grpc;
 mod http;
+mod oip;
+mod oip_grpc;
+mod oip_http;
 pub mod serving;
 pub mod spec;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use ferry_proto::inference::v1::inference_server::InferenceServer;
+use ferry_proto::{
+    inference::v1::inference_server::InferenceServer, oip::grpc_inference_service_server::GrpcInferenceServiceServer,
+};
 use tokio::{net::TcpListener, sync::watch};
 use tracing::info;
 
@@ -95,6 +100,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let inference = InferenceServer::new(grpc::InferenceService { models: Arc::clone(&models) })
         .max_decoding_message_size(cfg.max_request_bytes)
         .max_encoding_message_size(usize::MAX);
+    let oip = GrpcInferenceServiceServer::new(oip_grpc::OipService { models: Arc::clone(&models) })
+        .max_decoding_message_size(cfg.max_request_bytes)
+        .max_encoding_message_size(usize::MAX);
 
     info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, models = ?cfg.models.iter().map(ToString::to_string).collect::<Vec<_>>(), "ferry-inference listening");
 
@@ -104,6 +112,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(inference)
+        .add_service(oip)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), async move {
             let _ = grpc_stop.wait_for(|s| *s).await;
         });

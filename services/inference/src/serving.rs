@@ -5,8 +5,11 @@
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Instant,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Instant, SystemTime},
 };
 
 use arc_swap::ArcSwapOption;
@@ -44,6 +47,33 @@ pub(crate) struct LoadFailure {
     pub(crate) at: Option<Instant>,
 }
 
+/// Cumulative request statistics of one model (Triton's statistics extension
+/// reports these): counts and total nanoseconds.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub success_count: AtomicU64,
+    pub success_ns: AtomicU64,
+    pub fail_count: AtomicU64,
+    pub fail_ns: AtomicU64,
+    /// Inferences, counting each row of a batch.
+    pub inference_count: AtomicU64,
+    /// Model executions.
+    pub execution_count: AtomicU64,
+    pub compute_ns: AtomicU64,
+    /// Milliseconds since the epoch.
+    pub last_inference_ms: AtomicU64,
+}
+
+impl Stats {
+    fn record(&self, ok: bool, elapsed_ns: u64) {
+        let (count, ns) = if ok { (&self.success_count, &self.success_ns) } else { (&self.fail_count, &self.fail_ns) };
+        count.fetch_add(1, Ordering::Relaxed);
+        ns.fetch_add(elapsed_ns, Ordering::Relaxed);
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.last_inference_ms.store(now, Ordering::Relaxed);
+    }
+}
+
 /// A serving slot for one configured model.
 #[derive(Debug)]
 pub struct ModelSlot {
@@ -52,6 +82,7 @@ pub struct ModelSlot {
     pub(crate) failure: Mutex<Option<LoadFailure>>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    pub stats: Stats,
 }
 
 /// A point-in-time view of a slot, for metadata APIs.
@@ -74,6 +105,7 @@ impl ModelSlot {
             failure: Mutex::new(None),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
+            stats: Stats::default(),
         }
     }
 
@@ -185,6 +217,13 @@ impl Models {
     /// Runs a prediction on the serving version of the named model.
     pub async fn predict(&self, req: PredictInput) -> Result<Prediction, ServeError> {
         let slot = self.slot(&req.model)?;
+        let started = Instant::now();
+        let result = self.predict_in(slot, req).await;
+        slot.stats.record(result.is_ok(), started.elapsed().as_nanos() as u64);
+        result
+    }
+
+    async fn predict_in(&self, slot: &ModelSlot, req: PredictInput) -> Result<Prediction, ServeError> {
         // Backpressure at the door: a bounded number in flight, never an unbounded queue.
         let permit = Arc::clone(&slot.in_flight).try_acquire_owned().map_err(|_| {
             ServeError::Overloaded(format!(
@@ -207,14 +246,22 @@ impl Models {
             )));
         }
         model.engine.validate(&req.inputs, &req.outputs)?;
+        // Rows in the batch: the leading dimension of the first input.
+        let rows = req.inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(1) as u64);
         let name = req.model;
         let run_model = Arc::clone(&model);
-        let outputs = tokio::task::spawn_blocking(move || {
+        let (outputs, compute) = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            run_model.engine.run(req.inputs, &req.outputs)
+            let t = Instant::now();
+            let out = run_model.engine.run(req.inputs, &req.outputs);
+            (out, t.elapsed())
         })
         .await
-        .map_err(|e| ServeError::Internal(format!("inference task failed: {e}")))??;
+        .map_err(|e| ServeError::Internal(format!("inference task failed: {e}")))?;
+        let outputs = outputs?;
+        slot.stats.execution_count.fetch_add(1, Ordering::Relaxed);
+        slot.stats.inference_count.fetch_add(rows, Ordering::Relaxed);
+        slot.stats.compute_ns.fetch_add(compute.as_nanos() as u64, Ordering::Relaxed);
         Ok(Prediction { model: name, version: model.version.clone(), outputs })
     }
 }
