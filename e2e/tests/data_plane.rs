@@ -1,0 +1,170 @@
+//! The data plane under change: hot swaps under continuous load with zero
+//! failed requests, several models in one process (a stage and an alias),
+//! and bad versions (checksum mismatch, corrupt artifact) that never take the
+//! serving version down.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, ensure};
+use ferry_e2e::{
+    Mlflow, predict_row, promote, reference_predict, register_file, start_inference, start_registry, train_iris,
+    wait_for, wait_serving,
+};
+use ferry_proto::{
+    inference::v1::{ListModelsRequest, ModelState},
+    registry::v1::SetAliasRequest,
+};
+
+const ROW: [f32; 4] = [6.0, 2.9, 4.5, 1.5];
+
+/// The file MLflow's local artifact store keeps for a version's ONNX model.
+fn stored_file(artifacts: &Path, source: &str) -> anyhow::Result<PathBuf> {
+    let rel = source.strip_prefix("mlflow-artifacts:/").context("proxied source")?;
+    Ok(artifacts.join(rel).join("model.onnx"))
+}
+
+fn probs(resp: &ferry_proto::inference::v1::PredictResponse) -> Vec<f32> {
+    resp.outputs.iter().find(|t| t.name == "probabilities").map(|t| t.float_data.clone()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_swaps_under_load_and_bad_versions() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let mut files = Vec::new();
+    for (i, c) in [1.0, 0.05, 0.3, 2.0, 0.7].iter().enumerate() {
+        let f = d.join(format!("v{}.onnx", i + 1));
+        train_iris(&f, *c)?;
+        files.push(f);
+    }
+    // Expected probabilities per version, from Python onnxruntime.
+    let mut want: HashMap<String, Vec<f64>> = HashMap::new();
+    for (i, f) in files.iter().take(3).enumerate() {
+        want.insert((i + 1).to_string(), serde_json::from_value(reference_predict(f, &ROW)?["probabilities"].clone())?);
+    }
+
+    let mut registry = start_registry(d, &mlflow.url, &[]).await?;
+    for f in files.iter().take(3) {
+        register_file(&mut registry.client, "iris", f).await?;
+    }
+    register_file(&mut registry.client, "iris-b", &files[1]).await?;
+    registry
+        .client
+        .set_alias(SetAliasRequest { name: "iris-b".into(), alias: "champion".into(), version: "1".into() })
+        .await?;
+    promote(&mut registry.client, "iris", "1").await?;
+
+    // One process, two models: a stage and an alias.
+    let inference =
+        start_inference(d, &mlflow.url, Some(&registry.url), "iris:Production,iris-b@champion", &[]).await?;
+    wait_serving(&inference.client, "iris", "1", &ROW, Duration::from_secs(60))
+        .await
+        .with_context(|| inference.proc.log_tail())?;
+    let b = wait_serving(&inference.client, "iris-b", "1", &ROW, Duration::from_secs(60)).await?;
+    // iris-b v1 holds the bytes of iris v2.
+    ensure!(probs(&b).iter().zip(&want["2"]).all(|(g, w)| (f64::from(*g) - w).abs() < 1e-5), "iris-b answered {b:?}");
+
+    // Continuous load from 6 clients while versions 2 and 3 are promoted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let (mut c, stop) = (inference.client.clone(), Arc::clone(&stop));
+        clients.push(tokio::spawn(async move {
+            let mut seen: Vec<(String, Vec<f32>)> = Vec::new();
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match c.predict(predict_row("iris", &ROW)).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        seen.push((r.model_version.clone(), probs(&r)));
+                    }
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (seen, failures)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for v in ["2", "3"] {
+        promote(&mut registry.client, "iris", v).await?;
+        wait_serving(&inference.client, "iris", v, &ROW, Duration::from_secs(60))
+            .await
+            .with_context(|| inference.proc.log_tail())?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        let (seen, failures) = c.await?;
+        ensure!(failures.is_empty(), "failed requests during swaps: {failures:?}");
+        total += seen.len();
+        let mut last = 0u32;
+        for (version, p) in &seen {
+            let n: u32 = version.parse()?;
+            ensure!(n >= last, "versions went backwards: {last} then {n}");
+            last = n;
+            // The label is the version that computed it.
+            let w = &want[version];
+            ensure!(p.iter().zip(w).all(|(g, w)| (f64::from(*g) - w).abs() < 1e-5), "v{version} answered {p:?}, expected {w:?}");
+        }
+        ensure!(seen.first().map(|s| s.0.as_str()) == Some("1") && last == 3, "a client saw {:?}..{last}", seen.first());
+    }
+    eprintln!("{total} requests across two swaps, none failed");
+
+    // A checksum mismatch: version 4's stored bytes are replaced after registration.
+    let r4 = register_file(&mut registry.client, "iris", &files[3]).await?;
+    let v4 = r4.version.context("v4")?;
+    std::fs::copy(&files[0], stored_file(&d.join("artifacts"), &v4.source)?)?;
+    promote(&mut registry.client, "iris", "4").await?;
+    let status = wait_for("the checksum mismatch to be reported", Duration::from_secs(30), || {
+        let mut c = inference.client.clone();
+        async move {
+            let models = c.list_models(ListModelsRequest {}).await?.into_inner().models;
+            Ok(models.into_iter().find(|m| m.name == "iris" && m.last_error.contains("checksum mismatch")))
+        }
+    })
+    .await
+    .with_context(|| inference.proc.log_tail())?;
+    ensure!(status.state() == ModelState::Degraded && status.serving_version == "3", "{status:?}");
+    let r = inference.client.clone().predict(predict_row("iris", &ROW)).await?.into_inner();
+    ensure!(r.model_version == "3", "serving {} after a bad version", r.model_version);
+
+    // A corrupt artifact whose checksum tag matches: ONNX Runtime rejects it.
+    let r5 = register_file(&mut registry.client, "iris", &files[4]).await?;
+    let v5 = r5.version.context("v5")?;
+    let junk = b"definitely not an ONNX graph".to_vec();
+    std::fs::write(stored_file(&d.join("artifacts"), &v5.source)?, &junk)?;
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&junk))
+    };
+    let http = reqwest::Client::new();
+    http.post(format!("{}/api/2.0/mlflow/model-versions/set-tag", mlflow.url))
+        .json(&serde_json::json!({"name": "iris", "version": "5", "key": "ferry.sha256", "value": sha}))
+        .send()
+        .await?
+        .error_for_status()?;
+    promote(&mut registry.client, "iris", "5").await?;
+    let status = wait_for("the load failure to be reported", Duration::from_secs(30), || {
+        let mut c = inference.client.clone();
+        async move {
+            let models = c.list_models(ListModelsRequest {}).await?.into_inner().models;
+            Ok(models.into_iter().find(|m| m.name == "iris" && m.last_error.contains("rejected the model")))
+        }
+    })
+    .await
+    .with_context(|| inference.proc.log_tail())?;
+    ensure!(status.serving_version == "3", "{status:?}");
+    let r = inference.client.clone().predict(predict_row("iris", &ROW)).await?.into_inner();
+    ensure!(r.model_version == "3", "serving {} after a corrupt version", r.model_version);
+    Ok(())
+}
