@@ -109,6 +109,16 @@ impl Proc {
     /// Sends SIGTERM to the process and waits for it to exit.
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
         signal(self.child.id(), "TERM", false);
+        self.wait_exit(timeout)
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        signal(self.child.id(), "TERM", false);
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(s) = self.child.try_wait()? {

@@ -114,9 +114,16 @@ async fn hot_swaps_under_load_and_bad_versions() -> anyhow::Result<()> {
             last = n;
             // The label is the version that computed it.
             let w = &want[version];
-            ensure!(p.iter().zip(w).all(|(g, w)| (f64::from(*g) - w).abs() < 1e-5), "v{version} answered {p:?}, expected {w:?}");
+            ensure!(
+                p.iter().zip(w).all(|(g, w)| (f64::from(*g) - w).abs() < 1e-5),
+                "v{version} answered {p:?}, expected {w:?}"
+            );
         }
-        ensure!(seen.first().map(|s| s.0.as_str()) == Some("1") && last == 3, "a client saw {:?}..{last}", seen.first());
+        ensure!(
+            seen.first().map(|s| s.0.as_str()) == Some("1") && last == 3,
+            "a client saw {:?}..{last}",
+            seen.first()
+        );
     }
     eprintln!("{total} requests across two swaps, none failed");
 

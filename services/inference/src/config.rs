@@ -59,6 +59,13 @@ pub struct Config {
     /// Largest request body, in bytes (gRPC and HTTP).
     #[arg(long, env = "FERRY_MAX_REQUEST_BYTES", default_value_t = 16 << 20)]
     pub max_request_bytes: usize,
+    /// On shutdown, how long to keep serving while reporting not-ready, so load
+    /// balancers stop sending first (milliseconds).
+    #[arg(long, env = "FERRY_DRAIN_DELAY_MS", default_value_t = 0)]
+    pub drain_delay_ms: u64,
+    /// Then, how long in-flight requests may take to finish before exit (milliseconds).
+    #[arg(long, env = "FERRY_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub drain_timeout_ms: u64,
     /// Output REST /predict returns (default: the first float32 output).
     #[arg(long, env = "FERRY_REST_OUTPUT")]
     pub rest_output: Option<String>,

@@ -199,5 +199,5 @@ async fn list_models(State(st): State<AppState>) -> Json<Value> {
 }
 
 async fn ready(State(st): State<AppState>) -> StatusCode {
-    if st.models.all_loaded() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+    if st.models.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
 }

@@ -37,9 +37,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let grpc_listener = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
     let http_listener = TcpListener::bind(cfg.http_addr).await.with_context(|| format!("binding {}", cfg.http_addr))?;
 
+    // Shutdown: readiness false first, keep serving for the drain delay, then
+    // stop accepting and let in-flight requests finish (bounded below).
     let (stop_tx, stop) = watch::channel(false);
+    let drain_delay = Duration::from_millis(cfg.drain_delay_ms);
+    let draining = Arc::clone(&models);
     tokio::spawn(async move {
         shutdown.await;
+        draining.start_draining();
+        info!(delay_ms = drain_delay.as_millis() as u64, "draining: reporting not-ready");
+        tokio::time::sleep(drain_delay).await;
         stop_tx.send_replace(true);
     });
 
@@ -121,9 +128,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let http = axum::serve(http_listener, app).with_graceful_shutdown(async move {
         let _ = http_stop.wait_for(|s| *s).await;
     });
-    let (g, h) = tokio::join!(grpc, http);
-    g.context("gRPC server")?;
-    h.context("HTTP server")?;
+    let servers = async { tokio::join!(grpc, http) };
+    let mut deadline_stop = stop.clone();
+    let drain_timeout = Duration::from_millis(cfg.drain_timeout_ms);
+    let deadline = async move {
+        let _ = deadline_stop.wait_for(|s| *s).await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    tokio::select! {
+        (g, h) = servers => {
+            g.context("gRPC server")?;
+            h.context("HTTP server")?;
+        }
+        () = deadline => tracing::warn!(timeout_ms = cfg.drain_timeout_ms, "drain timeout: exiting with requests in flight"),
+    }
     let _ = delivery.await;
     info!("ferry-inference stopped");
     Ok(())

@@ -72,7 +72,7 @@ impl GrpcInferenceService for OipService {
     }
 
     async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
-        Ok(Response::new(ServerReadyResponse { ready: self.models.all_loaded() }))
+        Ok(Response::new(ServerReadyResponse { ready: self.models.is_ready() }))
     }
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {

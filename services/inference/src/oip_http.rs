@@ -67,7 +67,7 @@ async fn server_metadata() -> Json<Value> {
 
 /// 200 when every configured model is loaded and warm, 400 otherwise (the spec's "4xx = false").
 async fn server_ready(State(models): State<Arc<Models>>) -> StatusCode {
-    if models.all_loaded() { StatusCode::OK } else { StatusCode::BAD_REQUEST }
+    if models.is_ready() { StatusCode::OK } else { StatusCode::BAD_REQUEST }
 }
 
 async fn model_metadata(State(m): State<Arc<Models>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -158,6 +158,8 @@ pub struct Models {
     slots: BTreeMap<String, Arc<ModelSlot>>,
     order: Vec<String>,
     ready: watch::Sender<bool>,
+    /// Set at shutdown: readiness turns false so load balancers stop sending.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Models {
@@ -175,7 +177,7 @@ impl Models {
             return Err("no model configured (use --model name:Stage, name@alias or name/version)".into());
         }
         let (ready, _) = watch::channel(false);
-        Ok(Self { slots, order, ready })
+        Ok(Self { slots, order, ready, draining: std::sync::atomic::AtomicBool::new(false) })
     }
 
     pub fn slot(&self, name: &str) -> Result<&Arc<ModelSlot>, ServeError> {
@@ -193,13 +195,24 @@ impl Models {
         self.order.iter().filter_map(|n| self.slots.get(n))
     }
 
-    /// True once every configured model has a loaded, warm version.
+    /// Follows readiness: every configured model loaded and warm, and not draining.
     pub fn ready(&self) -> watch::Receiver<bool> {
         self.ready.subscribe()
     }
 
     pub fn all_loaded(&self) -> bool {
         self.slots.values().all(|s| s.current().is_some())
+    }
+
+    /// Ready to take traffic: every model loaded and warm, and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.all_loaded()
+    }
+
+    /// The first step of shutdown: report not-ready while still serving.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.ready.send_replace(false);
     }
 
     /// Makes `model` the serving version of `name`. Requests already running
@@ -210,7 +223,7 @@ impl Models {
         if let Ok(mut f) = slot.failure.lock() {
             *f = None;
         }
-        self.ready.send_replace(self.all_loaded());
+        self.ready.send_replace(self.is_ready());
         old
     }
 
