@@ -330,7 +330,7 @@ impl Loader {
                 files.push((mtime, p));
             }
         }
-        files.sort_by(|a, b| b.0.cmp(&a.0));
+        files.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (_, p) in files.into_iter().skip(self.cfg.keep_versions.saturating_sub(1)) {
             let _ = tokio::fs::remove_file(&p).await;
         }

@@ -119,7 +119,9 @@ async fn predict(
     let data = match input.dtype {
         DType::F32 => TensorData::F32(body.data.iter().map(|&x| x as f32).collect()),
         DType::F64 => TensorData::F64(body.data),
-        other => return Err(bad(format!("input {:?} is {}; /predict sends numbers", input.name, other.name()))),
+        other @ (DType::I32 | DType::I64 | DType::Bool | DType::Str) => {
+            return Err(bad(format!("input {:?} is {}; /predict sends numbers", input.name, other.name())));
+        }
     };
     let output = q
         .output

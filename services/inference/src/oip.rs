@@ -62,7 +62,9 @@ fn config_type(d: DType) -> oip::DataType {
 pub(crate) fn decode_raw(dtype: DType, raw: &[u8], tensor: &str) -> Result<TensorData, ServeError> {
     let bad = |what: String| ServeError::InvalidArgument(format!("input {tensor:?}: {what}"));
     fn fixed<const N: usize, T>(raw: &[u8], f: impl Fn([u8; N]) -> T) -> Option<Vec<T>> {
-        (raw.len() % N == 0).then(|| raw.chunks_exact(N).map(|c| f(c.try_into().expect("chunk of N bytes"))).collect())
+        raw.len()
+            .is_multiple_of(N)
+            .then(|| raw.chunks_exact(N).map(|c| f(c.try_into().expect("chunk of N bytes"))).collect())
     }
     let size_err =
         |n: usize| bad(format!("raw contents of {} bytes are not a whole number of {n}-byte elements", raw.len()));

@@ -326,6 +326,7 @@ fn from_json(dtype: DType, data: Option<&Value>, name: &str) -> Result<TensorDat
     })
 }
 
+#[allow(clippy::wildcard_enum_match_arm)] // every non-array JSON value is one element
 fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     match v {
         Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
