@@ -25,7 +25,10 @@ fn request() -> PredictRequest {
             Tensor { int32_data: vec![1, -2, 3], ..t("b", DataType::Int32, vec![3]) },
             Tensor { int64_data: vec![1 << 40, -5, 7], ..t("c", DataType::Int64, vec![3]) },
             Tensor { bool_data: vec![true, false, true], ..t("d", DataType::Bool, vec![3]) },
-            Tensor { string_data: vec!["héllo".into(), String::new(), "ferry".into()], ..t("s", DataType::String, vec![3]) },
+            Tensor {
+                string_data: vec!["héllo".into(), String::new(), "ferry".into()],
+                ..t("s", DataType::String, vec![3])
+            },
         ],
         ..Default::default()
     }
@@ -76,7 +79,10 @@ async fn typed_tensors_validation_and_limits() -> anyhow::Result<()> {
     .await
     .with_context(|| inference.proc.log_tail())?;
     let out = |n: &str| resp.outputs.iter().find(|t| t.name == n).cloned().unwrap_or_default();
-    ensure!(out("a2").double_data == vec![2.25, 4.0, 0.0625, 16.0, 9.0, 1.0] && out("a2").shape == vec![3, 2], "{resp:?}");
+    ensure!(
+        out("a2").double_data == vec![2.25, 4.0, 0.0625, 16.0, 9.0, 1.0] && out("a2").shape == vec![3, 2],
+        "{resp:?}"
+    );
     ensure!(out("b2").int32_data == vec![2, -4, 6], "{resp:?}");
     ensure!(out("c2").int64_data == vec![-(1 << 40), 5, -7], "{resp:?}");
     ensure!(out("d2").bool_data == vec![false, true, false], "{resp:?}");
@@ -98,11 +104,21 @@ async fn typed_tensors_validation_and_limits() -> anyhow::Result<()> {
         .model_infer(ModelInferRequest {
             model_name: "types".into(),
             inputs: vec![
-                input("a", "FP64", vec![1, 2], InferTensorContents { fp64_contents: vec![2.0, 3.0], ..Default::default() }),
+                input(
+                    "a",
+                    "FP64",
+                    vec![1, 2],
+                    InferTensorContents { fp64_contents: vec![2.0, 3.0], ..Default::default() },
+                ),
                 input("b", "INT32", vec![1], InferTensorContents { int_contents: vec![21], ..Default::default() }),
                 input("c", "INT64", vec![1], InferTensorContents { int64_contents: vec![9], ..Default::default() }),
                 input("d", "BOOL", vec![1], InferTensorContents { bool_contents: vec![false], ..Default::default() }),
-                input("s", "BYTES", vec![1], InferTensorContents { bytes_contents: vec![b"oip".to_vec()], ..Default::default() }),
+                input(
+                    "s",
+                    "BYTES",
+                    vec![1],
+                    InferTensorContents { bytes_contents: vec![b"oip".to_vec()], ..Default::default() },
+                ),
             ],
             ..Default::default()
         })
@@ -116,20 +132,36 @@ async fn typed_tensors_validation_and_limits() -> anyhow::Result<()> {
     // Each validation failure is INVALID_ARGUMENT naming the input and what was expected.
     let cases: Vec<(&str, Box<dyn Fn(&mut PredictRequest)>, &str)> = vec![
         ("unknown input", Box::new(|r| r.inputs[0].name = "zzz".into()), "unknown input \"zzz\""),
-        ("missing input", Box::new(|r| {
-            r.inputs.remove(4);
-        }), "missing input \"s\""),
-        ("wrong dtype", Box::new(|r| {
-            let a = &mut r.inputs[0];
-            a.dtype = DataType::Float32.into();
-            a.float_data = vec![0.0; 6];
-            a.double_data.clear();
-        }), "input \"a\": expected float64, got float32"),
+        (
+            "missing input",
+            Box::new(|r| {
+                r.inputs.remove(4);
+            }),
+            "missing input \"s\"",
+        ),
+        (
+            "wrong dtype",
+            Box::new(|r| {
+                let a = &mut r.inputs[0];
+                a.dtype = DataType::Float32.into();
+                a.float_data = vec![0.0; 6];
+                a.double_data.clear();
+            }),
+            "input \"a\": expected float64, got float32",
+        ),
         ("wrong rank", Box::new(|r| r.inputs[0].shape = vec![6]), "input \"a\": expected rank 2"),
         ("wrong dimension", Box::new(|r| r.inputs[0].shape = vec![2, 3]), "input \"a\": dimension 1 must be 2"),
-        ("element count", Box::new(|r| r.inputs[1].int32_data.push(9)), "input \"b\": shape [3] needs 3 elements, got 4"),
+        (
+            "element count",
+            Box::new(|r| r.inputs[1].int32_data.push(9)),
+            "input \"b\": shape [3] needs 3 elements, got 4",
+        ),
         ("non-finite", Box::new(|r| r.inputs[0].double_data[1] = f64::NAN), "input \"a\": NaN and infinite values"),
-        ("data in the wrong field", Box::new(|r| r.inputs[2].int32_data = vec![1, 2, 3]), "input \"c\": dtype is DATA_TYPE_INT64"),
+        (
+            "data in the wrong field",
+            Box::new(|r| r.inputs[2].int32_data = vec![1, 2, 3]),
+            "input \"c\": dtype is DATA_TYPE_INT64",
+        ),
     ];
     for (what, mutate, expect) in cases {
         let mut req = request();
@@ -154,5 +186,38 @@ async fn typed_tensors_validation_and_limits() -> anyhow::Result<()> {
     ensure!(r.status() == 413, "HTTP over the limit: {}", r.status());
     // The service is unharmed.
     ensure!(c.predict(request()).await.is_ok(), "a valid request after the failures");
+
+    // gRPC-Web, as browser gRPC clients speak it: HTTP/1.1, framed body, trailers in the body.
+    let url = format!("{}/ferry.inference.v1.Inference/Predict", inference.grpc);
+    let http = reqwest::Client::builder().http1_only().build()?;
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type,x-grpc-web")
+        .send()
+        .await?;
+    ensure!(preflight.status().is_success(), "preflight: {}", preflight.status());
+    ensure!(preflight.headers().get("access-control-allow-origin").is_some(), "preflight without CORS headers");
+    let msg = prost::Message::encode_to_vec(&request());
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    body.extend_from_slice(&msg);
+    let r = http
+        .post(&url)
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .header("origin", "https://app.example")
+        .body(body)
+        .send()
+        .await?;
+    ensure!(r.status() == 200 && r.headers().get("access-control-allow-origin").is_some(), "grpc-web: {r:?}");
+    let bytes = r.bytes().await?;
+    ensure!(bytes.len() > 5 && bytes[0] == 0, "grpc-web body: {bytes:?}");
+    let len = u32::from_be_bytes(bytes[1..5].try_into()?) as usize;
+    let reply: ferry_proto::inference::v1::PredictResponse = prost::Message::decode(&bytes[5..5 + len])?;
+    ensure!(reply.outputs.iter().any(|t| t.name == "b2" && t.int32_data == vec![2, -4, 6]), "{reply:?}");
+    let trailer = String::from_utf8_lossy(&bytes[5 + len..]);
+    ensure!(trailer.contains("grpc-status:0"), "trailer {trailer:?}");
     Ok(())
 }

@@ -114,7 +114,21 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, models = ?cfg.models.iter().map(ToString::to_string).collect::<Vec<_>>(), "ferry-inference listening");
 
     let mut grpc_stop = stop.clone();
+    // gRPC-Web for browser clients, on the same port (HTTP/1.1 accepted), with
+    // CORS so pages served from other origins can call it.
+    let grpc_web_cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([::http::Method::POST, ::http::Method::OPTIONS])
+        .allow_headers(tower_http::cors::Any)
+        .expose_headers([
+            ::http::HeaderName::from_static("grpc-status"),
+            ::http::HeaderName::from_static("grpc-message"),
+            ::http::HeaderName::from_static("grpc-status-details-bin"),
+        ]);
     let grpc = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(grpc_web_cors)
+        .layer(tonic_web::GrpcWebLayer::new())
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
