@@ -94,7 +94,7 @@ fn spec_to_pb(s: &TensorSpec) -> pb::TensorSpec {
     pb::TensorSpec { name: s.name.clone(), dtype: dtype_to_pb(s.dtype).into(), shape: s.shape.clone() }
 }
 
-fn dtype_to_pb(d: DType) -> DataType {
+pub(crate) fn dtype_to_pb(d: DType) -> DataType {
     match d {
         DType::F32 => DataType::Float32,
         DType::F64 => DataType::Float64,
@@ -107,7 +107,7 @@ fn dtype_to_pb(d: DType) -> DataType {
 
 /// Takes the data field that matches `dtype` (moved, not copied). With no
 /// dtype, the one non-empty field decides.
-fn from_pb(t: pb::Tensor) -> Result<NamedTensor, ServeError> {
+pub(crate) fn from_pb(t: pb::Tensor) -> Result<NamedTensor, ServeError> {
     let dtype = t.dtype();
     let filled = [
         (!t.float_data.is_empty(), DataType::Float32),

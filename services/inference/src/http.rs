@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tower_http::cors::{Any, CorsLayer};
 
+use ferry_proto::inference::v1 as pb;
+
 use crate::{
     engine::{DType, NamedTensor, TensorData},
     error::ServeError,
@@ -34,6 +36,8 @@ pub(crate) fn router(models: Arc<Models>, rest_output: Option<String>, max_reque
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
     Router::new()
         .route("/predict", post(predict))
+        .route("/v1/predict", post(predict_json))
+        .route("/openapi.json", get(openapi))
         .route("/v1/models", get(list_models))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -174,6 +178,109 @@ impl From<TensorData> for Elements {
             TensorData::Str(v) => Elements::Str(v),
         }
     }
+}
+
+/// The OpenAPI document of this REST API (checked against the server in CI).
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("../openapi.json"))
+}
+
+/// An int64 in the protobuf JSON mapping: a string, or (leniently) a number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Int64 {
+    Num(i64),
+    Str(String),
+}
+
+impl Int64 {
+    fn get(&self) -> Result<i64, ApiError> {
+        match self {
+            Int64::Num(n) => Ok(*n),
+            Int64::Str(s) => s.parse().map_err(|_| ApiError(ServeError::InvalidArgument(format!("{s:?} is not an int64")))),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TensorJson {
+    name: String,
+    dtype: Option<String>,
+    #[serde(default)]
+    shape: Vec<Int64>,
+    #[serde(default)]
+    float_data: Vec<f32>,
+    #[serde(default)]
+    double_data: Vec<f64>,
+    #[serde(default)]
+    int32_data: Vec<i32>,
+    #[serde(default)]
+    int64_data: Vec<Int64>,
+    #[serde(default)]
+    bool_data: Vec<bool>,
+    #[serde(default)]
+    string_data: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PredictJson {
+    model: String,
+    #[serde(default)]
+    version: String,
+    inputs: Vec<TensorJson>,
+    #[serde(default)]
+    outputs: Vec<String>,
+}
+
+/// `POST /v1/predict`: the protobuf JSON mapping of `ferry.inference.v1.Inference/Predict`,
+/// as grpc-gateway would expose it (camelCase fields, enum names, int64 as strings).
+async fn predict_json(State(st): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let bad = |m: String| ApiError(ServeError::InvalidArgument(m));
+    let req: PredictJson = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid Predict JSON: {e}")))?;
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    for t in req.inputs {
+        let dtype = match t.dtype.as_deref() {
+            None => pb::DataType::Unspecified,
+            Some(d) => pb::DataType::from_str_name(d)
+                .or_else(|| pb::DataType::from_str_name(&format!("DATA_TYPE_{}", d.to_ascii_uppercase())))
+                .ok_or_else(|| bad(format!("input {:?}: unknown dtype {d:?}", t.name)))?,
+        };
+        let tensor = pb::Tensor {
+            name: t.name,
+            dtype: dtype.into(),
+            shape: t.shape.iter().map(Int64::get).collect::<Result<_, _>>()?,
+            float_data: t.float_data,
+            double_data: t.double_data,
+            int32_data: t.int32_data,
+            int64_data: t.int64_data.iter().map(Int64::get).collect::<Result<_, _>>()?,
+            bool_data: t.bool_data,
+            string_data: t.string_data,
+        };
+        inputs.push(crate::grpc::from_pb(tensor)?);
+    }
+    let p = st
+        .models
+        .predict(PredictInput { model: req.model, version: Some(req.version).filter(|v| !v.is_empty()), inputs, outputs: req.outputs })
+        .await?;
+    let outputs: Vec<Value> = p
+        .outputs
+        .into_iter()
+        .map(|t| {
+            let dtype = crate::grpc::dtype_to_pb(t.data.dtype()).as_str_name();
+            let shape: Vec<String> = t.shape.iter().map(i64::to_string).collect();
+            let (field, data) = match t.data {
+                TensorData::F32(v) => ("floatData", json!(v)),
+                TensorData::F64(v) => ("doubleData", json!(v)),
+                TensorData::I32(v) => ("int32Data", json!(v)),
+                TensorData::I64(v) => ("int64Data", json!(v.iter().map(i64::to_string).collect::<Vec<_>>())),
+                TensorData::Bool(v) => ("boolData", json!(v)),
+                TensorData::Str(v) => ("stringData", json!(v)),
+            };
+            json!({ "name": t.name, "dtype": dtype, "shape": shape, field: data })
+        })
+        .collect();
+    Ok(Json(json!({ "model": p.model, "modelVersion": p.version, "outputs": outputs })))
 }
 
 async fn list_models(State(st): State<AppState>) -> Json<Value> {

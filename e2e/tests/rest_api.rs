@@ -1,0 +1,92 @@
+//! The REST API matches its OpenAPI document: the served document is the one
+//! in the repository, it is a valid OpenAPI 3 document, and every operation it
+//! lists answers with a status it documents. Also checks the JSON mapping of
+//! Predict against Python onnxruntime.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use ferry_e2e::{
+    Mlflow, assert_close, promote, python, reference_predict, register_file, repo_root, start_inference,
+    start_registry, train_iris, wait_serving,
+};
+use serde_json::{Value, json};
+
+const ROW: [f32; 4] = [5.9, 3.0, 5.1, 1.8];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_api_matches_its_openapi_document() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let model = d.join("iris.onnx");
+    train_iris(&model, 1.0)?;
+    let mut registry = start_registry(d, &mlflow.url, &[]).await?;
+    register_file(&mut registry.client, "iris", &model).await?;
+    promote(&mut registry.client, "iris", "1").await?;
+    let inference = start_inference(d, &mlflow.url, Some(&registry.url), "iris:Production", &[]).await?;
+    wait_serving(&inference.client, "iris", "1", &ROW, Duration::from_secs(60))
+        .await
+        .with_context(|| inference.proc.log_tail())?;
+    let http = reqwest::Client::new();
+    let base = &inference.http;
+
+    // The JSON mapping of Predict.
+    let body = json!({"model": "iris", "inputs": [{"name": "input", "dtype": "DATA_TYPE_FLOAT32", "shape": ["1", "4"], "floatData": ROW}]});
+    let r: Value = http.post(format!("{base}/v1/predict")).json(&body).send().await?.error_for_status()?.json().await?;
+    ensure!(r["modelVersion"] == "1", "{r}");
+    let probs = r["outputs"].as_array().and_then(|o| o.iter().find(|t| t["name"] == "probabilities")).context("probabilities")?;
+    ensure!(probs["dtype"] == "DATA_TYPE_FLOAT32" && probs["shape"] == json!(["1", "3"]), "{probs}");
+    let got: Vec<f32> = serde_json::from_value(probs["floatData"].clone())?;
+    assert_close(&got, &reference_predict(&model, &ROW)?["probabilities"])?;
+    let label = r["outputs"].as_array().and_then(|o| o.iter().find(|t| t["name"] == "label")).context("label")?;
+    ensure!(label["int64Data"].as_array().is_some_and(|a| a.iter().all(Value::is_string)), "int64 as strings: {label}");
+
+    // The served document is the repository's, and valid.
+    let served: Value = http.get(format!("{base}/openapi.json")).send().await?.json().await?;
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(repo_root().join("services/inference/openapi.json"))?)?;
+    ensure!(served == file, "the served OpenAPI document differs from services/inference/openapi.json");
+    let spec_path = d.join("openapi.json");
+    std::fs::write(&spec_path, served.to_string())?;
+    python(
+        &format!(
+            "import json; from openapi_spec_validator import validate; validate(json.load(open('{}')))",
+            spec_path.display()
+        ),
+        &[],
+    )?;
+
+    // Every documented operation exists and answers with a documented status.
+    let bodies = |path: &str| -> Value {
+        if path == "/predict" {
+            json!({"data": ROW})
+        } else if path == "/v1/predict" {
+            body.clone()
+        } else {
+            json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]})
+        }
+    };
+    let paths = served["paths"].as_object().context("paths")?;
+    let mut checked = 0;
+    for (path, ops) in paths {
+        let url = format!("{base}{}", path.replace("{name}", "iris").replace("{version}", "1"));
+        for (method, op) in ops.as_object().context("operations")? {
+            let resp = match method.as_str() {
+                "get" => http.get(&url).send().await?,
+                "post" => http.post(&url).json(&bodies(path)).send().await?,
+                other => anyhow::bail!("undocumented method {other}"),
+            };
+            let status = resp.status().as_u16().to_string();
+            let documented = op["responses"].as_object().context("responses")?;
+            ensure!(
+                documented.contains_key(&status),
+                "{method} {path} answered {status}, documented: {:?}",
+                documented.keys().collect::<Vec<_>>()
+            );
+            ensure!(status == "200", "{method} {path} answered {status}: {}", resp.text().await?);
+            checked += 1;
+        }
+    }
+    ensure!(checked >= 18, "only {checked} operations checked");
+    Ok(())
+}
