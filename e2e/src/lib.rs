@@ -458,7 +458,6 @@ pub async fn start_inference(
 ) -> anyhow::Result<Inference> {
     let (grpc_port, http_port) = (free_port(), free_port());
     let mut env = vec![
-        ("FERRY_MODELS", models.to_owned()),
         ("FERRY_INFERENCE_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
         ("FERRY_INFERENCE_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
         ("MLFLOW_TRACKING_URI", mlflow_url.to_owned()),
@@ -466,6 +465,9 @@ pub async fn start_inference(
         ("FERRY_MODEL_DIR", dir.join(format!("models-{grpc_port}")).display().to_string()),
         ("FERRY_POLL_INTERVAL_MS", "500".to_owned()),
     ];
+    if !models.is_empty() {
+        env.push(("FERRY_MODELS", models.to_owned()));
+    }
     if let Some(r) = registry_url {
         env.push(("FERRY_REGISTRY_URL", r.to_owned()));
     }

@@ -35,7 +35,10 @@ async fn rest_api_matches_its_openapi_document() -> anyhow::Result<()> {
     let body = json!({"model": "iris", "inputs": [{"name": "input", "dtype": "DATA_TYPE_FLOAT32", "shape": ["1", "4"], "floatData": ROW}]});
     let r: Value = http.post(format!("{base}/v1/predict")).json(&body).send().await?.error_for_status()?.json().await?;
     ensure!(r["modelVersion"] == "1", "{r}");
-    let probs = r["outputs"].as_array().and_then(|o| o.iter().find(|t| t["name"] == "probabilities")).context("probabilities")?;
+    let probs = r["outputs"]
+        .as_array()
+        .and_then(|o| o.iter().find(|t| t["name"] == "probabilities"))
+        .context("probabilities")?;
     ensure!(probs["dtype"] == "DATA_TYPE_FLOAT32" && probs["shape"] == json!(["1", "3"]), "{probs}");
     let got: Vec<f32> = serde_json::from_value(probs["floatData"].clone())?;
     assert_close(&got, &reference_predict(&model, &ROW)?["probabilities"])?;
@@ -44,7 +47,8 @@ async fn rest_api_matches_its_openapi_document() -> anyhow::Result<()> {
 
     // The served document is the repository's, and valid.
     let served: Value = http.get(format!("{base}/openapi.json")).send().await?.json().await?;
-    let file: Value = serde_json::from_str(&std::fs::read_to_string(repo_root().join("services/inference/openapi.json"))?)?;
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_root().join("services/inference/openapi.json"))?)?;
     ensure!(served == file, "the served OpenAPI document differs from services/inference/openapi.json");
     let spec_path = d.join("openapi.json");
     std::fs::write(&spec_path, served.to_string())?;

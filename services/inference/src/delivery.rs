@@ -24,7 +24,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
     engine::{Runtime, SessionOptions},
-    serving::{LoadFailure, LoadedModel, ModelSlot, Models},
+    remote::{self, RemoteModel},
+    serving::{Backend, LoadFailure, LoadedModel, ModelSlot, Models},
     spec::Selector,
 };
 
@@ -174,6 +175,9 @@ impl Loader {
                 return;
             }
         };
+        if self.slot.spec.remote {
+            return self.reconcile_remote(target).await;
+        }
         let sha = target.tag(tags::SHA256).unwrap_or_default().to_owned();
         if let Some(cur) = self.slot.current()
             && cur.version == target.version
@@ -193,7 +197,10 @@ impl Loader {
         let span = info_span!("model.load", version = %target.version);
         match self.load(&target).instrument(span).await {
             Ok(model) => {
-                let file = model.file.clone();
+                let file = match &model.backend {
+                    Backend::Local { file, .. } => Some(file.clone()),
+                    Backend::Remote(_) => None,
+                };
                 let old = self.models.swap(&self.slot.spec.name, model);
                 info!(
                     version = %target.version,
@@ -202,19 +209,57 @@ impl Loader {
                     "now serving"
                 );
                 drop(old);
-                self.clean_files(&file).await;
-            }
-            Err(error) => {
-                warn!(version = %target.version, %error, "load failed; the current version keeps serving");
-                if let Ok(mut f) = self.slot.failure.lock() {
-                    *f = Some(LoadFailure {
-                        version: target.version.clone(),
-                        sha256: sha,
-                        error,
-                        at: Some(Instant::now()),
-                    });
+                if let Some(file) = file {
+                    self.clean_files(&file).await;
                 }
             }
+            Err(error) => self.fail(&target.version, sha, error),
+        }
+    }
+
+    /// Records a failed load; the current version keeps serving.
+    fn fail(&self, version: &str, sha256: String, error: String) {
+        warn!(version, %error, "load failed; the current version keeps serving");
+        if let Ok(mut f) = self.slot.failure.lock() {
+            *f = Some(LoadFailure { version: version.to_owned(), sha256, error, at: Some(Instant::now()) });
+        }
+    }
+
+    /// A remote slot: the registered model's tags say where the version is
+    /// served; connect there and read its signature.
+    async fn reconcile_remote(&self, target: ModelVersion) {
+        let name = &self.slot.spec.name;
+        let model = match self.mlflow.get_registered_model(name).await {
+            Ok(m) => m,
+            Err(e) => return warn!(error = %e, "cannot read the registered model; keeping the current target"),
+        };
+        let tags = model.tag_map();
+        let Some(endpoint) = tags.get(remote::ENDPOINT_TAG) else {
+            let error = format!("registered model {name:?} has no {} tag naming its server", remote::ENDPOINT_TAG);
+            return self.fail(&target.version, String::new(), error);
+        };
+        let remote_name = tags.get(remote::NAME_TAG).unwrap_or(name);
+        if let Some(cur) = self.slot.current()
+            && cur.version == target.version
+            && matches!(&cur.backend, Backend::Remote(r) if &r.endpoint == endpoint && &r.name == remote_name)
+        {
+            return;
+        }
+        match RemoteModel::connect(endpoint, remote_name).await {
+            Ok((remote, signature)) => {
+                info!(version = %target.version, %endpoint, "now forwarding to the remote server");
+                self.models.swap(
+                    name,
+                    LoadedModel {
+                        version: target.version.clone(),
+                        sha256: String::new(),
+                        signature,
+                        backend: Backend::Remote(remote),
+                        loaded_at: Instant::now(),
+                    },
+                );
+            }
+            Err(error) => self.fail(&target.version, String::new(), error),
         }
     }
 
@@ -246,7 +291,13 @@ impl Loader {
         })
         .await
         .map_err(|e| format!("load task failed: {e}"))??;
-        Ok(LoadedModel { version: target.version.clone(), sha256: sha, file, engine, loaded_at: Instant::now() })
+        Ok(LoadedModel {
+            version: target.version.clone(),
+            sha256: sha,
+            signature: engine.signature.clone(),
+            backend: Backend::Local { engine, file },
+            loaded_at: Instant::now(),
+        })
     }
 
     /// The verified model file on local disk, downloaded unless already cached.

@@ -107,7 +107,7 @@ async fn predict(
     let current = slot.current().ok_or_else(|| {
         ServeError::Unavailable(format!("model {model:?} ({}) has no version loaded yet", slot.spec.selector))
     })?;
-    let sig = &current.engine.signature;
+    let sig = &current.signature;
     let [input] = sig.inputs.as_slice() else {
         return Err(bad(format!(
             "model {model:?} has {} inputs; /predict serves single-input models",
@@ -197,7 +197,9 @@ impl Int64 {
     fn get(&self) -> Result<i64, ApiError> {
         match self {
             Int64::Num(n) => Ok(*n),
-            Int64::Str(s) => s.parse().map_err(|_| ApiError(ServeError::InvalidArgument(format!("{s:?} is not an int64")))),
+            Int64::Str(s) => {
+                s.parse().map_err(|_| ApiError(ServeError::InvalidArgument(format!("{s:?} is not an int64"))))
+            }
         }
     }
 }
@@ -261,7 +263,12 @@ async fn predict_json(State(st): State<AppState>, body: Bytes) -> Result<Json<Va
     }
     let p = st
         .models
-        .predict(PredictInput { model: req.model, version: Some(req.version).filter(|v| !v.is_empty()), inputs, outputs: req.outputs })
+        .predict(PredictInput {
+            model: req.model,
+            version: Some(req.version).filter(|v| !v.is_empty()),
+            inputs,
+            outputs: req.outputs,
+        })
         .await?;
     let outputs: Vec<Value> = p
         .outputs

@@ -10,6 +10,7 @@ mod http;
 mod oip;
 mod oip_grpc;
 mod oip_http;
+pub mod remote;
 pub mod serving;
 pub mod spec;
 
@@ -32,7 +33,11 @@ use crate::{
 /// Runs the service until `shutdown` resolves, then drains and returns.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let runtime = Runtime::load(&cfg.ort_library).map_err(anyhow::Error::msg)?;
-    let models = Arc::new(Models::new(cfg.models.clone(), cfg.max_in_flight).map_err(anyhow::Error::msg)?);
+    let specs = cfg.models.iter().cloned().chain(cfg.remote_models.iter().cloned().map(|mut s| {
+        s.remote = true;
+        s
+    }));
+    let models = Arc::new(Models::new(specs.collect(), cfg.max_in_flight).map_err(anyhow::Error::msg)?);
     let mlflow = ferry_mlflow::Client::new(cfg.mlflow.config()).context("MLflow client")?;
     let grpc_listener = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
     let http_listener = TcpListener::bind(cfg.http_addr).await.with_context(|| format!("binding {}", cfg.http_addr))?;

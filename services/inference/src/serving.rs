@@ -16,18 +16,28 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{Semaphore, watch};
 
 use crate::{
-    engine::{Engine, NamedTensor, Signature},
+    engine::{Engine, NamedTensor, Signature, validate},
     error::ServeError,
+    remote::RemoteModel,
     spec::ModelSpec,
 };
 
-/// One version of a model, loaded and warm.
+/// Where a model version runs.
+#[derive(Debug)]
+pub enum Backend {
+    /// In this process, with ONNX Runtime, from a verified local file.
+    Local { engine: Engine, file: PathBuf },
+    /// On another Open Inference Protocol server.
+    Remote(RemoteModel),
+}
+
+/// One version of a model, loaded and warm (or connected, when remote).
 #[derive(Debug)]
 pub struct LoadedModel {
     pub version: String,
     pub sha256: String,
-    pub file: PathBuf,
-    pub engine: Engine,
+    pub signature: Signature,
+    pub backend: Backend,
     pub loaded_at: Instant,
 }
 
@@ -129,7 +139,7 @@ impl ModelSlot {
             serving_version: current.as_ref().map(|m| m.version.clone()),
             sha256: current.as_ref().map(|m| m.sha256.clone()),
             last_error: failure,
-            signature: current.as_ref().map(|m| m.engine.signature.clone()),
+            signature: current.as_ref().map(|m| m.signature.clone()),
         }
     }
 }
@@ -258,23 +268,35 @@ impl Models {
                 req.model, model.version
             )));
         }
-        model.engine.validate(&req.inputs, &req.outputs)?;
+        validate(&model.signature, &req.inputs, &req.outputs)?;
         // Rows in the batch: the leading dimension of the first input.
         let rows = req.inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(1) as u64);
         let name = req.model;
-        let run_model = Arc::clone(&model);
-        let (outputs, compute) = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let t = Instant::now();
-            let out = run_model.engine.run(req.inputs, &req.outputs);
-            (out, t.elapsed())
-        })
-        .await
-        .map_err(|e| ServeError::Internal(format!("inference task failed: {e}")))?;
-        let outputs = outputs?;
+        let started = Instant::now();
+        let (outputs, version) = match &model.backend {
+            Backend::Local { .. } => {
+                let run_model = Arc::clone(&model);
+                let outputs = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    match &run_model.backend {
+                        Backend::Local { engine, .. } => engine.run(req.inputs, &req.outputs),
+                        Backend::Remote(_) => unreachable!("matched Local above"),
+                    }
+                })
+                .await
+                .map_err(|e| ServeError::Internal(format!("inference task failed: {e}")))??;
+                (outputs, model.version.clone())
+            }
+            Backend::Remote(remote) => {
+                let (outputs, version) = remote.infer(req.inputs, &req.outputs).await?;
+                drop(permit);
+                // The remote's own label, when it gives one, is the truth.
+                (outputs, if version.is_empty() { model.version.clone() } else { version })
+            }
+        };
         slot.stats.execution_count.fetch_add(1, Ordering::Relaxed);
         slot.stats.inference_count.fetch_add(rows, Ordering::Relaxed);
-        slot.stats.compute_ns.fetch_add(compute.as_nanos() as u64, Ordering::Relaxed);
-        Ok(Prediction { model: name, version: model.version.clone(), outputs })
+        slot.stats.compute_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok(Prediction { model: name, version, outputs })
     }
 }

@@ -20,6 +20,8 @@ pub enum Selector {
 pub struct ModelSpec {
     pub name: String,
     pub selector: Selector,
+    /// Served by forwarding to the server named in the registered model's tags.
+    pub remote: bool,
 }
 
 impl fmt::Display for Selector {
@@ -68,7 +70,7 @@ impl FromStr for ModelSpec {
         if !ok(name) || !sel_ok {
             return Err(format!("{s:?}: empty or blank name or selector"));
         }
-        Ok(ModelSpec { name: name.to_owned(), selector })
+        Ok(ModelSpec { name: name.to_owned(), selector, remote: false })
     }
 }
 
