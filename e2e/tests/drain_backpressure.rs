@@ -56,14 +56,19 @@ async fn backpressure_and_graceful_drain() -> anyhow::Result<()> {
     let mut registry = start_registry(d, &mlflow.url, &[]).await?;
     register_file(&mut registry.client, "slow", &model).await?;
     promote(&mut registry.client, "slow", "1").await?;
+    // Per-model settings from a models file: the global default (256 in flight) would never reject here.
+    let models_file = d.join("models.toml");
+    std::fs::write(
+        &models_file,
+        "[[model]]\nspec = \"slow:Production\"\nsessions = 1\nintra_threads = 1\nwarmup_runs = 2\nmax_in_flight = 2\n",
+    )?;
     let mut inference = start_inference(
         d,
         &mlflow.url,
         Some(&registry.url),
-        "slow:Production",
+        "",
         &[
-            ("FERRY_MAX_IN_FLIGHT", "2".into()),
-            ("FERRY_SESSIONS", "1".into()),
+            ("FERRY_MODELS_FILE", models_file.display().to_string()),
             ("FERRY_DRAIN_DELAY_MS", "1500".into()),
             ("FERRY_DRAIN_TIMEOUT_MS", "20000".into()),
         ],

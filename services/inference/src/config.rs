@@ -10,12 +10,15 @@ use crate::spec::ModelSpec;
 #[command(name = "ferry-inference", version)]
 pub struct Config {
     /// Models to serve: name:Stage, name@alias or name/version (repeat, or comma-separate).
-    #[arg(long = "model", env = "FERRY_MODELS", value_delimiter = ',', required_unless_present = "remote_models")]
+    #[arg(long = "model", env = "FERRY_MODELS", value_delimiter = ',', required_unless_present_any = ["remote_models", "models_file"])]
     pub models: Vec<ModelSpec>,
     /// Models served by forwarding over the Open Inference Protocol to the server named
     /// in the registered model's `ferry.remote_endpoint` tag (same syntax as --model).
     #[arg(long = "remote-model", env = "FERRY_REMOTE_MODELS", value_delimiter = ',')]
     pub remote_models: Vec<ModelSpec>,
+    /// A TOML file of models with per-model settings (see README); merged with --model.
+    #[arg(long, env = "FERRY_MODELS_FILE")]
+    pub models_file: Option<PathBuf>,
     /// gRPC listen address (Inference, health, reflection).
     #[arg(long, env = "FERRY_INFERENCE_GRPC_ADDR", default_value = "127.0.0.1:50052")]
     pub grpc_addr: SocketAddr,

@@ -23,7 +23,7 @@ use tokio::{
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
-    engine::{Runtime, SessionOptions},
+    engine::Runtime,
     remote::{self, RemoteModel},
     serving::{Backend, LoadFailure, LoadedModel, ModelSlot, Models},
     spec::Selector,
@@ -33,8 +33,6 @@ use crate::{
 pub(crate) struct DeliveryConfig {
     pub(crate) registry_url: Option<String>,
     pub(crate) work_dir: PathBuf,
-    pub(crate) session: SessionOptions,
-    pub(crate) warmup_runs: usize,
     pub(crate) max_model_bytes: u64,
     pub(crate) poll_interval: Duration,
     /// Model files kept on disk per model (serving one included), for fast rollback.
@@ -282,7 +280,7 @@ impl Loader {
         let file = self.fetch(target).await?;
         let sha = hash_file(&file).await.map_err(|e| format!("reading {}: {e}", file.display()))?;
         let runtime = self.runtime.clone();
-        let (opts, warmups) = (self.cfg.session, self.cfg.warmup_runs);
+        let (opts, warmups) = (self.slot.settings.session, self.slot.settings.warmup_runs);
         let load_file = file.clone();
         let engine = tokio::task::spawn_blocking(move || {
             let engine = runtime.load_model(&load_file, opts)?;

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod error;
 mod grpc;
 mod http;
+mod models_file;
 mod oip;
 mod oip_grpc;
 mod oip_http;
@@ -21,23 +22,38 @@ use ferry_proto::{
     inference::v1::inference_server::InferenceServer, oip::grpc_inference_service_server::GrpcInferenceServiceServer,
 };
 use tokio::{net::TcpListener, sync::watch};
+use tonic::server::NamedService;
 use tracing::info;
 
 pub use crate::config::Config;
 use crate::{
     delivery::DeliveryConfig,
     engine::{Runtime, SessionOptions},
-    serving::Models,
+    serving::{ModelSettings, Models},
 };
 
 /// Runs the service until `shutdown` resolves, then drains and returns.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let runtime = Runtime::load(&cfg.ort_library).map_err(anyhow::Error::msg)?;
-    let specs = cfg.models.iter().cloned().chain(cfg.remote_models.iter().cloned().map(|mut s| {
+    let defaults = ModelSettings {
+        session: SessionOptions {
+            sessions: cfg.sessions,
+            intra_threads: cfg.intra_threads,
+            inter_threads: cfg.inter_threads,
+            optimization_level: cfg.optimization_level,
+        },
+        warmup_runs: cfg.warmup_runs,
+        max_in_flight: cfg.max_in_flight,
+    };
+    let mut specs: Vec<(spec::ModelSpec, ModelSettings)> = cfg.models.iter().cloned().map(|s| (s, defaults)).collect();
+    specs.extend(cfg.remote_models.iter().cloned().map(|mut s| {
         s.remote = true;
-        s
+        (s, defaults)
     }));
-    let models = Arc::new(Models::new(specs.collect(), cfg.max_in_flight).map_err(anyhow::Error::msg)?);
+    if let Some(path) = &cfg.models_file {
+        specs.extend(models_file::load(path, defaults).map_err(anyhow::Error::msg)?);
+    }
+    let models = Arc::new(Models::new(specs).map_err(anyhow::Error::msg)?);
     let mlflow = ferry_mlflow::Client::new(cfg.mlflow.config()).context("MLflow client")?;
     let grpc_listener = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
     let http_listener = TcpListener::bind(cfg.http_addr).await.with_context(|| format!("binding {}", cfg.http_addr))?;
@@ -62,13 +78,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         DeliveryConfig {
             registry_url: cfg.registry_url.clone(),
             work_dir: cfg.model_dir.clone(),
-            session: SessionOptions {
-                sessions: cfg.sessions,
-                intra_threads: cfg.intra_threads,
-                inter_threads: cfg.inter_threads,
-                optimization_level: cfg.optimization_level,
-            },
-            warmup_runs: cfg.warmup_runs,
             max_model_bytes: cfg.max_model_bytes,
             poll_interval: Duration::from_millis(cfg.poll_interval_ms),
             keep_versions: cfg.keep_versions,
@@ -89,12 +98,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 tonic_health::ServingStatus::NotServing
             };
             reporter.set_service_status("", status).await;
-            reporter
-                .set_service_status(
-                    <InferenceServer<grpc::InferenceService> as tonic::server::NamedService>::NAME,
-                    status,
-                )
-                .await;
+            for service in [
+                <InferenceServer<grpc::InferenceService> as NamedService>::NAME,
+                <GrpcInferenceServiceServer<oip_grpc::OipService> as NamedService>::NAME,
+            ] {
+                reporter.set_service_status(service, status).await;
+            }
             if ready.changed().await.is_err() {
                 return;
             }

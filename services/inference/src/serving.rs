@@ -16,7 +16,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{Semaphore, watch};
 
 use crate::{
-    engine::{Engine, NamedTensor, Signature, validate},
+    engine::{Engine, NamedTensor, SessionOptions, Signature, validate},
     error::ServeError,
     remote::RemoteModel,
     spec::ModelSpec,
@@ -84,10 +84,21 @@ impl Stats {
     }
 }
 
+/// How one model is run: ONNX Runtime options, warm-up and admission.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSettings {
+    pub session: SessionOptions,
+    /// Runs on zero inputs before a new version is swapped in.
+    pub warmup_runs: usize,
+    /// Requests in flight before new ones get RESOURCE_EXHAUSTED / 429.
+    pub max_in_flight: usize,
+}
+
 /// A serving slot for one configured model.
 #[derive(Debug)]
 pub struct ModelSlot {
     pub spec: ModelSpec,
+    pub settings: ModelSettings,
     current: ArcSwapOption<LoadedModel>,
     pub(crate) failure: Mutex<Option<LoadFailure>>,
     in_flight: Arc<Semaphore>,
@@ -108,9 +119,11 @@ pub struct SlotStatus {
 }
 
 impl ModelSlot {
-    fn new(spec: ModelSpec, max_in_flight: usize) -> Self {
+    fn new(spec: ModelSpec, settings: ModelSettings) -> Self {
+        let max_in_flight = settings.max_in_flight.max(1);
         Self {
             spec,
+            settings,
             current: ArcSwapOption::empty(),
             failure: Mutex::new(None),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
@@ -173,12 +186,12 @@ pub struct Models {
 }
 
 impl Models {
-    pub fn new(specs: Vec<ModelSpec>, max_in_flight: usize) -> Result<Self, String> {
+    pub fn new(specs: Vec<(ModelSpec, ModelSettings)>) -> Result<Self, String> {
         let mut slots = BTreeMap::new();
         let mut order = Vec::new();
-        for spec in specs {
+        for (spec, settings) in specs {
             let name = spec.name.clone();
-            if slots.insert(name.clone(), Arc::new(ModelSlot::new(spec, max_in_flight))).is_some() {
+            if slots.insert(name.clone(), Arc::new(ModelSlot::new(spec, settings))).is_some() {
                 return Err(format!("model {name:?} is configured twice"));
             }
             order.push(name);
