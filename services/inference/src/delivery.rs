@@ -206,7 +206,10 @@ impl Loader {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "now serving"
                 );
-                drop(old);
+                // The last holder frees the old sessions; give the memory back to the OS.
+                if old.is_some_and(|o| Arc::strong_count(&o) == 1) {
+                    tokio::task::spawn_blocking(crate::memory::trim);
+                }
                 if let Some(file) = file {
                     self.clean_files(&file).await;
                 }

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod error;
 mod grpc;
 mod http;
+pub mod memory;
 mod models_file;
 mod oip;
 mod oip_grpc;

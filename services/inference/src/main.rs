@@ -1,7 +1,12 @@
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime starts its threads.
+    ferry_inference::memory::limit_arenas();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cfg = ferry_inference::Config::parse();
     let _telemetry = ferry_telemetry::init("ferry-inference", &cfg.telemetry).map_err(anyhow::Error::from_boxed)?;
     tracing::info!(config = ?cfg, "starting");

@@ -1,0 +1,108 @@
+//! Memory and latency over repeated hot swaps: 50 promotions alternating
+//! between two versions of a ~5M-parameter MLP, with the inference process's
+//! RSS sampled after each swap; also cold start (process start → ready) and
+//! promotion → first answer from the new version.
+//!
+//!     cargo build --release --bins && target/release/bench-swaps [swaps]
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ferry_e2e::{Mlflow, promote, python, register_file, start_inference, start_registry, wait_serving};
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+}
+
+fn mlp(path: &std::path::Path, seed: u32) -> anyhow::Result<()> {
+    python(
+        &format!(
+            "import numpy as np, onnx\n\
+             from onnx import helper, numpy_helper, TensorProto as T\n\
+             r = np.random.default_rng({seed})\n\
+             w = lambda n, s: numpy_helper.from_array((r.standard_normal(s) * np.sqrt(2.0 / s[0])).astype(np.float32), n)\n\
+             z = lambda n, k: numpy_helper.from_array(np.zeros(k, np.float32), n)\n\
+             nodes = [helper.make_node('Gemm', ['input', 'W1', 'B1'], ['h1']), helper.make_node('Relu', ['h1'], ['r1']),\n\
+                      helper.make_node('Gemm', ['r1', 'W2', 'B2'], ['h2']), helper.make_node('Relu', ['h2'], ['r2']),\n\
+                      helper.make_node('Gemm', ['r2', 'W3', 'B3'], ['output'])]\n\
+             g = helper.make_graph(nodes, 'mlp', [helper.make_tensor_value_info('input', T.FLOAT, [None, 512])],\n\
+                 [helper.make_tensor_value_info('output', T.FLOAT, [None, 10])],\n\
+                 [w('W1', (512, 2048)), z('B1', 2048), w('W2', (2048, 2048)), z('B2', 2048), w('W3', (2048, 10)), z('B3', 10)])\n\
+             onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)]), '{}')",
+            path.display()
+        ),
+        &[],
+    )?;
+    Ok(())
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 * p).ceil() as usize).saturating_sub(1).min(v.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let swaps: usize = std::env::args().nth(1).map_or(Ok(50), |s| s.parse())?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let (f1, f2) = (d.join("mlp-1.onnx"), d.join("mlp-2.onnx"));
+    mlp(&f1, 1)?;
+    mlp(&f2, 2)?;
+    let mut registry = start_registry(d, &mlflow.url, &[]).await?;
+    register_file(&mut registry.client, "mlp", &f1).await?;
+    register_file(&mut registry.client, "mlp", &f2).await?;
+    promote(&mut registry.client, "mlp", "1").await?;
+    let row = vec![0.1f32; 512];
+
+    let started = Instant::now();
+    let inference = start_inference(d, &mlflow.url, Some(&registry.url), "mlp:Production", &[]).await?;
+    let http = reqwest::Client::new();
+    loop {
+        let ok = http.get(format!("{}/v2/health/ready", inference.http)).send().await.is_ok_and(|r| r.status() == 200);
+        if ok {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cold = started.elapsed();
+    let pid = inference.proc.pid();
+    let rss_loaded = rss_kib(pid)?;
+
+    let mut rss = Vec::with_capacity(swaps);
+    let mut latency = Vec::with_capacity(swaps);
+    for i in 0..swaps {
+        let version = if i % 2 == 0 { "2" } else { "1" };
+        let t = Instant::now();
+        promote(&mut registry.client, "mlp", version).await?;
+        wait_serving(&inference.client, "mlp", version, &row, Duration::from_secs(60)).await?;
+        latency.push(t.elapsed());
+        rss.push(rss_kib(pid)?);
+    }
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| cold start (process start → /v2/health/ready, model downloaded, verified, loaded, warm) | {:.0} ms |",
+        cold.as_secs_f64() * 1e3
+    );
+    println!("| RSS with one ~5M-parameter model loaded | {:.1} MiB |", mib(rss_loaded));
+    for n in [1, 10, 25, swaps] {
+        if n <= swaps {
+            println!("| RSS after swap {n} | {:.1} MiB |", mib(rss[n - 1]));
+        }
+    }
+    let after10 = rss[9.min(swaps - 1)];
+    let last = *rss.last().context("no swaps")?;
+    println!("| RSS growth, swap 10 → swap {swaps} | {:+.1} MiB |", mib(last) - mib(after10));
+    println!("| RSS max over the run | {:.1} MiB |", mib(*rss.iter().max().context("no swaps")?));
+    println!(
+        "| promotion → first answer from the new version, p50 / p99 ({swaps} swaps) | {:.0} / {:.0} ms |",
+        pct(&mut latency, 0.5).as_secs_f64() * 1e3,
+        pct(&mut latency, 0.99).as_secs_f64() * 1e3
+    );
+    Ok(())
+}
