@@ -25,7 +25,7 @@ chmod +x "$BIN"
 
 if [ ! -e root/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 ]; then
   mkdir -p apt/lists/partial apt/cache/archives/partial apt/etc/sources.list.d debs root
-  mirror=$(grep -hoE 'https?://[^ ]+/debian/?' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -1)
+  mirror=$( (grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null || true) | awk '{print $2}' | grep -E '/debian/?$' | head -1)
   echo "deb ${mirror:-http://deb.debian.org/debian} trixie main" > apt/etc/sources.list
   : > apt/status
   opts=(-o Dir::Etc::SourceList="$TOOLS/apt/etc/sources.list" -o Dir::Etc::SourceParts="$TOOLS/apt/etc/sources.list.d"

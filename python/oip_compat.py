@@ -83,6 +83,12 @@ def main() -> None:
     stats = h.get_inference_statistics(a.model)["model_stats"][0]
     check(int(stats["inference_count"]) >= 9, f"stats {stats}")
     check(int(stats["inference_stats"]["fail"]["count"]) >= 1, f"stats {stats}")
+    # What perf_analyzer relies on: the queue count grows with requests (it finds the
+    # serving version by it) and the three compute counts are equal.
+    st = stats["inference_stats"]
+    check(int(st["queue"]["count"]) >= 3, f"queue count {st}")
+    counts = {int(st[k]["count"]) for k in ("compute_input", "compute_infer", "compute_output")}
+    check(len(counts) == 1, f"compute counts differ: {st}")
     gstats = g.get_inference_statistics(a.model, as_json=True)["model_stats"][0]
     report["inference_count"] = int(gstats["inference_count"])
     print(json.dumps({"ok": True, **report}))

@@ -164,13 +164,17 @@ pub(crate) fn statistics(slot: &ModelSlot) -> oip::ModelStatistics {
         last_inference: get(&s.last_inference_ms),
         inference_count: get(&s.inference_count),
         execution_count: executions,
+        // Every execution passed admission without waiting (Ferry rejects rather than
+        // queues), and its input and output handling is inside the compute time.
+        // Clients rely on these counts: perf_analyzer finds the serving version by
+        // the growth of the queue count and requires equal compute counts.
         inference_stats: Some(oip::InferStatistics {
             success: dur(get(&s.success_count), get(&s.success_ns)),
             fail: dur(get(&s.fail_count), get(&s.fail_ns)),
-            queue: dur(0, 0),
-            compute_input: dur(0, 0),
+            queue: dur(executions, 0),
+            compute_input: dur(executions, 0),
             compute_infer: dur(executions, get(&s.compute_ns)),
-            compute_output: dur(0, 0),
+            compute_output: dur(executions, 0),
         }),
         batch_stats: Vec::new(),
     }
