@@ -5,7 +5,7 @@
 # running until Ctrl-C, which stops every process this script started.
 #
 # Ports (override with env): MLFLOW_PORT=5000 REGISTRY_PORT=50051 REGISTRY_HTTP_PORT=8081
-# INFERENCE_GRPC_PORT=50052 INFERENCE_HTTP_PORT=8080. State lives in .ferry/.
+# INFERENCE_GRPC_PORT=50052 INFERENCE_HTTP_PORT=8080 INFERENCE_METRICS_PORT=9091. State lives in .ferry/.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -15,11 +15,12 @@ REGISTRY_PORT="${REGISTRY_PORT:-50051}"
 REGISTRY_HTTP_PORT="${REGISTRY_HTTP_PORT:-8081}"
 INFERENCE_GRPC_PORT="${INFERENCE_GRPC_PORT:-50052}"
 INFERENCE_HTTP_PORT="${INFERENCE_HTTP_PORT:-8080}"
+INFERENCE_METRICS_PORT="${INFERENCE_METRICS_PORT:-9091}"
 STATE="$ROOT/.ferry"
 mkdir -p "$STATE/logs"
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$MLFLOW_PORT" "$REGISTRY_PORT" "$REGISTRY_HTTP_PORT" "$INFERENCE_GRPC_PORT" "$INFERENCE_HTTP_PORT"; do
+for p in "$MLFLOW_PORT" "$REGISTRY_PORT" "$REGISTRY_HTTP_PORT" "$INFERENCE_GRPC_PORT" "$INFERENCE_HTTP_PORT" "$INFERENCE_METRICS_PORT"; do
   port_free "$p" || { echo "up: port $p is in use; set MLFLOW_PORT / REGISTRY_PORT / INFERENCE_GRPC_PORT / INFERENCE_HTTP_PORT" >&2; exit 1; }
 done
 
@@ -74,7 +75,7 @@ echo "    $("$BIN/ferryctl" stage --name iris --version "$version" --stage Produ
 
 echo "up: starting ferry-inference (gRPC :$INFERENCE_GRPC_PORT, HTTP :$INFERENCE_HTTP_PORT) serving iris:Production..."
 FERRY_MODELS="iris:Production" ORT_DYLIB_PATH="$ORT" FERRY_MODEL_DIR="$STATE/models" \
-FERRY_INFERENCE_GRPC_ADDR="127.0.0.1:$INFERENCE_GRPC_PORT" FERRY_INFERENCE_HTTP_ADDR="127.0.0.1:$INFERENCE_HTTP_PORT" \
+FERRY_INFERENCE_GRPC_ADDR="127.0.0.1:$INFERENCE_GRPC_PORT" FERRY_INFERENCE_HTTP_ADDR="127.0.0.1:$INFERENCE_HTTP_PORT" FERRY_INFERENCE_METRICS_ADDR="127.0.0.1:$INFERENCE_METRICS_PORT" \
   start inference "$BIN/ferry-inference"
 wait_until "ferry-inference to load the model" 60 curl -sf "http://127.0.0.1:$INFERENCE_HTTP_PORT/readyz"
 
@@ -90,7 +91,8 @@ Ferry is running (Ctrl-C stops everything; logs in $STATE/logs/):
   ModelRegistry (gRPC)    127.0.0.1:$REGISTRY_PORT
   Registry (HTTP)         http://127.0.0.1:$REGISTRY_HTTP_PORT  (/register-model, /set-model-stage)
   Inference (gRPC)        127.0.0.1:$INFERENCE_GRPC_PORT
-  Inference (REST)        http://127.0.0.1:$INFERENCE_HTTP_PORT/predict
+  Inference (REST)        http://127.0.0.1:$INFERENCE_HTTP_PORT/predict  (also /v2/..., /v1/predict, /openapi.json)
+  Inference metrics       http://127.0.0.1:$INFERENCE_METRICS_PORT/metrics
 Try:  $BIN/ferryctl watch          (changes as they happen)
       $BIN/ferryctl stage --name iris --version $version --stage Archived
 EOM

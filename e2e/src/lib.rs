@@ -446,6 +446,8 @@ pub struct Inference {
     pub proc: Proc,
     pub grpc: String,
     pub http: String,
+    pub metrics: String,
+    pub model_dir: PathBuf,
     pub client: InferenceClient<Channel>,
 }
 
@@ -456,13 +458,15 @@ pub async fn start_inference(
     models: &str,
     extra: &[(&str, String)],
 ) -> anyhow::Result<Inference> {
-    let (grpc_port, http_port) = (free_port(), free_port());
+    let (grpc_port, http_port, metrics_port) = (free_port(), free_port(), free_port());
+    let model_dir = dir.join(format!("models-{grpc_port}"));
     let mut env = vec![
+        ("FERRY_INFERENCE_METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
         ("FERRY_INFERENCE_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
         ("FERRY_INFERENCE_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
         ("MLFLOW_TRACKING_URI", mlflow_url.to_owned()),
         ("ORT_DYLIB_PATH", ort_library()?.display().to_string()),
-        ("FERRY_MODEL_DIR", dir.join(format!("models-{grpc_port}")).display().to_string()),
+        ("FERRY_MODEL_DIR", model_dir.display().to_string()),
         ("FERRY_POLL_INTERVAL_MS", "500".to_owned()),
     ];
     if !models.is_empty() {
@@ -480,7 +484,14 @@ pub async fn start_inference(
     })
     .await
     .with_context(|| proc.log_tail())?;
-    Ok(Inference { proc, grpc: url, http: format!("http://127.0.0.1:{http_port}"), client })
+    Ok(Inference {
+        proc,
+        grpc: url,
+        http: format!("http://127.0.0.1:{http_port}"),
+        metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+        model_dir,
+        client,
+    })
 }
 
 /// Uploads a file through `RegisterModel` in 64 KiB chunks.

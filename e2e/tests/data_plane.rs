@@ -173,5 +173,24 @@ async fn hot_swaps_under_load_and_bad_versions() -> anyhow::Result<()> {
     ensure!(status.serving_version == "3", "{status:?}");
     let r = inference.client.clone().predict(predict_row("iris", &ROW)).await?.into_inner();
     ensure!(r.model_version == "3", "serving {} after a corrupt version", r.model_version);
+
+    // Reported as metrics too, and old model files are cleaned (the last 3 kept).
+    let text = reqwest::get(&inference.metrics).await?.text().await?;
+    let sample = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    ensure!(sample("ferry_inference_model_loads_total{model=\"iris\",result=\"failure\"}") >= 2.0, "{text}");
+    ensure!(sample("ferry_inference_model_loads_total{model=\"iris\",result=\"success\"}") >= 3.0, "{text}");
+    ensure!(text.contains("ferry_inference_serving_info{model=\"iris\",version=\"3\",state=\"degraded\"} 1"), "{text}");
+    ensure!(sample("ferry_inference_requests_total{model=\"iris\",result=\"success\"}") >= total as f64, "{text}");
+    let files = std::fs::read_dir(inference.model_dir.join("iris"))?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "onnx"))
+        .count();
+    ensure!((1..=3).contains(&files), "{files} model files kept on disk");
     Ok(())
 }

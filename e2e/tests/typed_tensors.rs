@@ -12,6 +12,9 @@ use ferry_proto::{
 };
 use tonic::Code;
 
+/// A named change that breaks a valid request, and the message it must produce.
+type Mutation = Box<dyn Fn(&mut PredictRequest)>;
+
 fn t(name: &str, dtype: DataType, shape: Vec<i64>) -> Tensor {
     Tensor { name: name.into(), dtype: dtype.into(), shape, ..Default::default() }
 }
@@ -130,7 +133,7 @@ async fn typed_tensors_validation_and_limits() -> anyhow::Result<()> {
     ensure!(r.outputs.iter().any(|t| t.name == "s2" && t.datatype == "BYTES"), "{r:?}");
 
     // Each validation failure is INVALID_ARGUMENT naming the input and what was expected.
-    let cases: Vec<(&str, Box<dyn Fn(&mut PredictRequest)>, &str)> = vec![
+    let cases: Vec<(&str, Mutation, &str)> = vec![
         ("unknown input", Box::new(|r| r.inputs[0].name = "zzz".into()), "unknown input \"zzz\""),
         (
             "missing input",

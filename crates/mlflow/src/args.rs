@@ -23,6 +23,9 @@ pub struct MlflowArgs {
     /// Timeout of one MLflow metadata call, in milliseconds.
     #[arg(long = "mlflow-timeout-ms", env = "FERRY_MLFLOW_TIMEOUT_MS", default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Timeout of one artifact upload or download, in seconds.
+    #[arg(long = "mlflow-transfer-timeout-s", env = "FERRY_MLFLOW_TRANSFER_TIMEOUT_S", default_value_t = 600)]
+    pub transfer_timeout_s: u64,
     /// Extra attempts for MLflow calls that fail with 5xx or no connection.
     #[arg(long = "mlflow-retries", env = "FERRY_MLFLOW_RETRIES", default_value_t = 3)]
     pub retries: u32,
@@ -52,6 +55,7 @@ impl MlflowArgs {
         let mut cfg = Config::new(self.url.clone());
         cfg.auth = self.auth();
         cfg.timeout = Duration::from_millis(self.timeout_ms);
+        cfg.transfer_timeout = Duration::from_secs(self.transfer_timeout_s);
         cfg.retries = self.retries;
         cfg
     }

@@ -28,6 +28,9 @@ pub struct Config {
     /// The registry's gRPC URL to follow WatchModels from; without it, MLflow is polled.
     #[arg(long, env = "FERRY_REGISTRY_URL")]
     pub registry_url: Option<String>,
+    /// Prometheus /metrics listen address (a separate port).
+    #[arg(long, env = "FERRY_INFERENCE_METRICS_ADDR", default_value = "127.0.0.1:9091")]
+    pub metrics_addr: SocketAddr,
     #[command(flatten)]
     pub mlflow: MlflowArgs,
     /// Path of libonnxruntime.so (the one from the onnxruntime Python wheel works).

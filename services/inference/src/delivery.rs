@@ -200,6 +200,9 @@ impl Loader {
                     Backend::Remote(_) => None,
                 };
                 let old = self.models.swap(&self.slot.spec.name, model);
+                let stats = &self.slot.stats;
+                stats.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                stats.load_ns.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
                 info!(
                     version = %target.version,
                     previous = old.as_ref().map(|o| o.version.as_str()).unwrap_or("none"),
@@ -221,6 +224,7 @@ impl Loader {
     /// Records a failed load; the current version keeps serving.
     fn fail(&self, version: &str, sha256: String, error: String) {
         warn!(version, %error, "load failed; the current version keeps serving");
+        self.slot.stats.load_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut f) = self.slot.failure.lock() {
             *f = Some(LoadFailure { version: version.to_owned(), sha256, error, at: Some(Instant::now()) });
         }
@@ -249,6 +253,7 @@ impl Loader {
         match RemoteModel::connect(endpoint, remote_name).await {
             Ok((remote, signature)) => {
                 info!(version = %target.version, %endpoint, "now forwarding to the remote server");
+                self.slot.stats.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.models.swap(
                     name,
                     LoadedModel {
@@ -285,13 +290,22 @@ impl Loader {
         let runtime = self.runtime.clone();
         let (opts, warmups) = (self.slot.settings.session, self.slot.settings.warmup_runs);
         let load_file = file.clone();
-        let engine = tokio::task::spawn_blocking(move || {
+        let loaded = tokio::task::spawn_blocking(move || {
             let engine = runtime.load_model(&load_file, opts)?;
             engine.warm_up(warmups).map_err(|e| format!("warm-up failed: {e}"))?;
             Ok::<_, String>(engine)
         })
         .await
-        .map_err(|e| format!("load task failed: {e}"))??;
+        .map_err(|e| format!("load task failed: {e}"))
+        .and_then(|r| r);
+        let engine = match loaded {
+            Ok(engine) => engine,
+            Err(e) => {
+                // A file that does not load is of no use for a rollback either.
+                let _ = tokio::fs::remove_file(&file).await;
+                return Err(e);
+            }
+        };
         Ok(LoadedModel {
             version: target.version.clone(),
             sha256: sha,

@@ -8,6 +8,7 @@ pub mod error;
 mod grpc;
 mod http;
 pub mod memory;
+mod metrics;
 mod models_file;
 mod oip;
 mod oip_grpc;
@@ -58,6 +59,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let mlflow = ferry_mlflow::Client::new(cfg.mlflow.config()).context("MLflow client")?;
     let grpc_listener = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
     let http_listener = TcpListener::bind(cfg.http_addr).await.with_context(|| format!("binding {}", cfg.http_addr))?;
+    let metrics_listener =
+        TcpListener::bind(cfg.metrics_addr).await.with_context(|| format!("binding {}", cfg.metrics_addr))?;
 
     // Shutdown: readiness false first, keep serving for the drain delay, then
     // stop accepting and let in-flight requests finish (bounded below).
@@ -157,7 +160,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let http = axum::serve(http_listener, app).with_graceful_shutdown(async move {
         let _ = http_stop.wait_for(|s| *s).await;
     });
-    let servers = async { tokio::join!(grpc, http) };
+    let mut metrics_stop = stop.clone();
+    let metrics =
+        axum::serve(metrics_listener, metrics::router(Arc::clone(&models))).with_graceful_shutdown(async move {
+            let _ = metrics_stop.wait_for(|s| *s).await;
+        });
+    let servers = async { tokio::join!(grpc, http, metrics) };
     let mut deadline_stop = stop.clone();
     let drain_timeout = Duration::from_millis(cfg.drain_timeout_ms);
     let deadline = async move {
@@ -165,9 +173,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         tokio::time::sleep(drain_timeout).await;
     };
     tokio::select! {
-        (g, h) = servers => {
+        (g, h, m) = servers => {
             g.context("gRPC server")?;
             h.context("HTTP server")?;
+            m.context("metrics server")?;
         }
         () = deadline => tracing::warn!(timeout_ms = cfg.drain_timeout_ms, "drain timeout: exiting with requests in flight"),
     }

@@ -72,6 +72,12 @@ pub struct Stats {
     pub compute_ns: AtomicU64,
     /// Milliseconds since the epoch.
     pub last_inference_ms: AtomicU64,
+    /// Versions loaded (or connected) and swapped in.
+    pub loads: AtomicU64,
+    /// Versions that failed to download, verify, load or warm up.
+    pub load_failures: AtomicU64,
+    /// Nanoseconds spent in successful loads.
+    pub load_ns: AtomicU64,
 }
 
 impl Stats {
