@@ -32,8 +32,9 @@ WORKDIR /var/lib/ferry
 FROM runtime AS registry
 COPY --from=build /src/target/release/ferry-registry /usr/local/bin/ferry-registry
 COPY --from=build /src/target/release/ferryctl /usr/local/bin/ferryctl
-ENV FERRY_REGISTRY_GRPC_ADDR=0.0.0.0:50051
-EXPOSE 50051
+ENV FERRY_REGISTRY_GRPC_ADDR=0.0.0.0:50051 \
+    FERRY_REGISTRY_HTTP_ADDR=0.0.0.0:8081
+EXPOSE 50051 8081
 ENTRYPOINT ["/usr/local/bin/ferry-registry"]
 
 FROM runtime AS inference
@@ -42,7 +43,8 @@ COPY --from=build /src/target/release/ferry-inference /usr/local/bin/ferry-infer
 ENV ORT_DYLIB_PATH=/usr/local/lib/onnxruntime/libonnxruntime.so.1.31.1 \
     FERRY_INFERENCE_GRPC_ADDR=0.0.0.0:50052 \
     FERRY_INFERENCE_HTTP_ADDR=0.0.0.0:8080 \
+    FERRY_INFERENCE_METRICS_ADDR=0.0.0.0:9091 \
     FERRY_MODEL_DIR=/var/lib/ferry/models
-EXPOSE 50052 8080
+EXPOSE 50052 8080 9091
 HEALTHCHECK --interval=10s --timeout=2s --start-period=30s CMD ["/bin/sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080"]
 ENTRYPOINT ["/usr/local/bin/ferry-inference"]
