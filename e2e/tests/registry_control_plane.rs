@@ -292,6 +292,37 @@ async fn control_plane_over_real_mlflow() -> anyhow::Result<()> {
     let e = next_change(&mut watch, Duration::from_secs(10), |e| e.kind() == ChangeKind::AliasDeleted).await?;
     ensure!(e.alias == "champion", "{e:?}");
 
+    // --- a registry that starts with another public URL repairs the webhook in place.
+    let moved = format!("http://127.0.0.1:{}", free_port());
+    let second = ferry(
+        "ferry-registry",
+        d,
+        &[],
+        &[
+            ("FERRY_REGISTRY_GRPC_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("FERRY_REGISTRY_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("MLFLOW_TRACKING_URI", mlflow.url.clone()),
+            ("FERRY_WEBHOOK_SECRET", SECRET.into()),
+            ("FERRY_PUBLIC_URL", moved.clone()),
+        ],
+    )?;
+    let moved_hook = format!("{moved}/webhooks/mlflow");
+    wait_for("the webhook to be repaired", Duration::from_secs(30), || {
+        let (webhooks_url, moved_hook) = (webhooks_url.clone(), moved_hook.clone());
+        async move {
+            let hooks: serde_json::Value = reqwest::get(&webhooks_url).await?.json().await?;
+            let ours: Vec<&serde_json::Value> = hooks["webhooks"]
+                .as_array()
+                .map(|a| a.iter().filter(|w| w["name"] == "ferry-registry").collect())
+                .unwrap_or_default();
+            Ok((ours.len() == 1 && ours[0]["url"] == moved_hook.as_str() && ours[0]["status"] == "ACTIVE")
+                .then_some(()))
+        }
+    })
+    .await
+    .with_context(|| second.log_tail())?;
+    drop(second);
+
     // --- MLflow down: a prompt UNAVAILABLE, never a hang.
     mlflow.proc.terminate(Duration::from_secs(20)).ok();
     drop(mlflow);
