@@ -559,3 +559,21 @@ pub fn assert_close(got: &[f32], want: &serde_json::Value) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+/// The next change on a `WatchModels` stream that `want` accepts, within `within`.
+pub async fn next_change(
+    stream: &mut tonic::Streaming<ferry_proto::registry::v1::ModelChanged>,
+    within: Duration,
+    want: impl Fn(&ferry_proto::registry::v1::ModelChanged) -> bool,
+) -> anyhow::Result<ferry_proto::registry::v1::ModelChanged> {
+    tokio::time::timeout(within, async {
+        loop {
+            let e = stream.message().await?.context("watch stream ended")?;
+            if want(&e) {
+                return Ok(e);
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("no matching change within {within:?}"))?
+}

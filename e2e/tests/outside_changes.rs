@@ -6,11 +6,13 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context, ensure};
-use ferry_e2e::{Mlflow, ferry, free_port, ort_library, python, reference_predict, train_iris, wait_for};
+use ferry_e2e::{
+    Mlflow, next_change, python, reference_predict, start_inference, start_registry, train_iris, wait_for,
+};
 use ferry_proto::{
     inference::v1::{DataType, PredictRequest, Tensor, inference_client::InferenceClient},
     registry::v1::{
-        ChangeKind, ModelChanged, RegisterModelMetadata, RegisterModelRequest, Stage, WatchModelsRequest,
+        ChangeKind, RegisterModelMetadata, RegisterModelRequest, Stage, WatchModelsRequest,
         model_registry_client::ModelRegistryClient, register_model_request::Payload,
     },
 };
@@ -60,22 +62,6 @@ async fn wait_serving(inf: &InferenceClient<Channel>, version: &str, timeout: Du
     .await
 }
 
-async fn next_change(
-    stream: &mut tonic::Streaming<ModelChanged>,
-    want: impl Fn(&ModelChanged) -> bool,
-) -> anyhow::Result<ModelChanged> {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let e = stream.message().await?.context("watch stream ended")?;
-            if want(&e) {
-                return Ok(e);
-            }
-        }
-    })
-    .await
-    .context("no matching change within 20 s")?
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_changes_reach_subscribers_and_inference() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -85,25 +71,8 @@ async fn python_client_changes_reach_subscribers_and_inference() -> anyhow::Resu
     train_iris(&f1, 1.0)?;
     train_iris(&f2, 0.05)?;
 
-    let registry_port = free_port();
-    let registry = ferry(
-        "ferry-registry",
-        d,
-        &[],
-        &[
-            ("FERRY_REGISTRY_GRPC_ADDR", format!("127.0.0.1:{registry_port}")),
-            ("FERRY_REGISTRY_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("MLFLOW_TRACKING_URI", mlflow.url.clone()),
-            ("FERRY_POLL_INTERVAL_MS", "300".into()),
-        ],
-    )?;
-    let registry_url = format!("http://127.0.0.1:{registry_port}");
-    let mut reg = wait_for("the registry", Duration::from_secs(30), || {
-        let url = registry_url.clone();
-        async move { Ok(ModelRegistryClient::connect(url).await.ok()) }
-    })
-    .await
-    .with_context(|| registry.log_tail())?;
+    let registry = start_registry(d, &mlflow.url, &[]).await?;
+    let mut reg = registry.client.clone();
     ensure!(register(&mut reg, &f1).await? == "1");
     ensure!(register(&mut reg, &f2).await? == "2");
 
@@ -129,51 +98,30 @@ async fn python_client_changes_reach_subscribers_and_inference() -> anyhow::Resu
     ensure!(out["signature"].to_string().contains("\"input\""), "signature not readable: {}", out["signature"]);
 
     // An inference service that follows an alias.
-    let grpc_port = free_port();
-    let mut inference = ferry(
-        "ferry-inference",
-        d,
-        &[],
-        &[
-            ("FERRY_MODELS", "iris@champion".into()),
-            ("FERRY_INFERENCE_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
-            ("FERRY_INFERENCE_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("FERRY_REGISTRY_URL", registry_url.clone()),
-            ("MLFLOW_TRACKING_URI", mlflow.url.clone()),
-            ("ORT_DYLIB_PATH", ort_library()?.display().to_string()),
-            ("FERRY_MODEL_DIR", d.join("models").display().to_string()),
-            ("FERRY_POLL_INTERVAL_MS", "500".into()),
-        ],
-    )?;
-    let url = format!("http://127.0.0.1:{grpc_port}");
-    let inf = wait_for("inference gRPC", Duration::from_secs(30), || {
-        let url = url.clone();
-        async move { Ok(InferenceClient::connect(url).await.ok()) }
-    })
-    .await
-    .with_context(|| inference.log_tail())?;
+    let mut inference = start_inference(d, &mlflow.url, Some(&registry.url), "iris@champion", &[]).await?;
+    let inf = inference.client.clone();
 
     // The Python client points the alias at v1: the registry reports it, inference loads it.
     let mut watch =
         reg.watch_models(WatchModelsRequest { names: vec!["iris".into()], ..Default::default() }).await?.into_inner();
-    next_change(&mut watch, |e| e.kind() == ChangeKind::SnapshotEnd).await?;
+    next_change(&mut watch, Duration::from_secs(20), |e| e.kind() == ChangeKind::SnapshotEnd).await?;
     python_set_alias(&mlflow.url, "champion", "1")?;
-    let e = next_change(&mut watch, |e| e.kind() == ChangeKind::AliasSet).await?;
+    let e = next_change(&mut watch, Duration::from_secs(20), |e| e.kind() == ChangeKind::AliasSet).await?;
     ensure!(e.alias == "champion" && e.version == "1", "event {e:?}");
-    wait_serving(&inf, "1", Duration::from_secs(30)).await.with_context(|| inference.log_tail())?;
+    wait_serving(&inf, "1", Duration::from_secs(30)).await.with_context(|| inference.proc.log_tail())?;
 
     // Moving it is reported as a new ALIAS_SET with the new version.
     python_set_alias(&mlflow.url, "champion", "2")?;
-    let e = next_change(&mut watch, |e| e.kind() == ChangeKind::AliasSet).await?;
+    let e = next_change(&mut watch, Duration::from_secs(20), |e| e.kind() == ChangeKind::AliasSet).await?;
     ensure!(e.alias == "champion" && e.version == "2", "event {e:?}");
-    wait_serving(&inf, "2", Duration::from_secs(30)).await.with_context(|| inference.log_tail())?;
+    wait_serving(&inf, "2", Duration::from_secs(30)).await.with_context(|| inference.proc.log_tail())?;
 
     // Stage changes emit no webhook; the reconciliation loop still sees them.
     python(
         "from mlflow import MlflowClient; MlflowClient().transition_model_version_stage('iris', '2', 'Staging')",
         &[("MLFLOW_TRACKING_URI", &mlflow.url)],
     )?;
-    let e = next_change(&mut watch, |e| e.kind() == ChangeKind::StageChanged).await?;
+    let e = next_change(&mut watch, Duration::from_secs(20), |e| e.kind() == ChangeKind::StageChanged).await?;
     ensure!(e.version == "2" && e.model_version.as_ref().map(|v| v.stage()) == Some(Stage::Staging), "{e:?}");
 
     // A subscriber that reconnects with its last revision gets exactly what it missed.
@@ -205,14 +153,14 @@ async fn python_client_changes_reach_subscribers_and_inference() -> anyhow::Resu
         .send()
         .await?;
     ensure!(r.status().is_success(), "delete: {}", r.status());
-    let e = next_change(&mut resumed, |e| e.kind() == ChangeKind::VersionDeleted).await?;
+    let e = next_change(&mut resumed, Duration::from_secs(20), |e| e.kind() == ChangeKind::VersionDeleted).await?;
     ensure!(e.version == "3", "{e:?}");
 
     // With the registry gone, inference polls MLflow itself and still follows.
     drop(registry);
     python_set_alias(&mlflow.url, "champion", "1")?;
-    wait_serving(&inf, "1", Duration::from_secs(30)).await.with_context(|| inference.log_tail())?;
+    wait_serving(&inf, "1", Duration::from_secs(30)).await.with_context(|| inference.proc.log_tail())?;
 
-    ensure!(inference.is_running(), "inference died\n{}", inference.log_tail());
+    ensure!(inference.proc.is_running(), "inference died\n{}", inference.proc.log_tail());
     Ok(())
 }

@@ -7,11 +7,11 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, ensure};
-use ferry_e2e::{Mlflow, MlflowOptions, ferry, free_port, python, train_iris, wait_for};
+use ferry_e2e::{Mlflow, MlflowOptions, ferry, free_port, next_change, python, train_iris, wait_for};
 use ferry_proto::registry::v1::{
-    ChangeKind, DeleteAliasRequest, GetModelRequest, ListModelsRequest, ListVersionsRequest, ModelChanged,
-    RegisterModelMetadata, RegisterModelRequest, ResolveVersionRequest, Stage, WatchModelsRequest,
-    model_registry_client::ModelRegistryClient, register_model_request::Payload, resolve_version_request::Selector,
+    ChangeKind, DeleteAliasRequest, GetModelRequest, ListModelsRequest, ListVersionsRequest, RegisterModelMetadata,
+    RegisterModelRequest, ResolveVersionRequest, Stage, WatchModelsRequest, model_registry_client::ModelRegistryClient,
+    register_model_request::Payload, resolve_version_request::Selector,
 };
 use tonic::{Code, Request, transport::Channel};
 
@@ -22,23 +22,6 @@ fn authed<T>(msg: T) -> Request<T> {
     let mut r = Request::new(msg);
     r.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().expect("valid header"));
     r
-}
-
-async fn next_change(
-    stream: &mut tonic::Streaming<ModelChanged>,
-    within: Duration,
-    want: impl Fn(&ModelChanged) -> bool,
-) -> anyhow::Result<ModelChanged> {
-    tokio::time::timeout(within, async {
-        loop {
-            let e = stream.message().await?.context("watch stream ended")?;
-            if want(&e) {
-                return Ok(e);
-            }
-        }
-    })
-    .await
-    .with_context(|| format!("no matching change within {within:?}"))?
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

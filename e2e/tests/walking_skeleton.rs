@@ -5,13 +5,12 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context, ensure};
-use ferry_e2e::{Mlflow, Proc, ferry, free_port, ort_library, reference_predict, train_iris, wait_for};
+use ferry_e2e::{Mlflow, next_change, reference_predict, start_inference, start_registry, train_iris, wait_for};
 use ferry_proto::{
     inference::v1::{DataType, PredictRequest, PredictResponse, Tensor, inference_client::InferenceClient},
     registry::v1::{
-        ChangeKind, ModelChanged, RegisterModelMetadata, RegisterModelRequest, RegisterModelResponse, Stage,
-        TransitionStageRequest, WatchModelsRequest, model_registry_client::ModelRegistryClient,
-        register_model_request::Payload,
+        ChangeKind, RegisterModelMetadata, RegisterModelRequest, RegisterModelResponse, Stage, TransitionStageRequest,
+        WatchModelsRequest, model_registry_client::ModelRegistryClient, register_model_request::Payload,
     },
 };
 use tonic::{Code, transport::Channel};
@@ -96,22 +95,6 @@ async fn transition(client: &mut ModelRegistryClient<Channel>, name: &str, versi
     Ok(())
 }
 
-async fn next_change(
-    stream: &mut tonic::Streaming<ModelChanged>,
-    want: impl Fn(&ModelChanged) -> bool,
-) -> anyhow::Result<ModelChanged> {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let e = stream.message().await?.context("watch stream ended")?;
-            if want(&e) {
-                return Ok(e);
-            }
-        }
-    })
-    .await
-    .context("no matching change within 20 s")?
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -121,25 +104,8 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
     train_iris(&v1, 1.0)?;
     train_iris(&v2, 0.05)?;
 
-    let registry_port = free_port();
-    let registry = ferry(
-        "ferry-registry",
-        d,
-        &[],
-        &[
-            ("FERRY_REGISTRY_GRPC_ADDR", format!("127.0.0.1:{registry_port}")),
-            ("FERRY_REGISTRY_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("MLFLOW_TRACKING_URI", mlflow.url.clone()),
-            ("FERRY_POLL_INTERVAL_MS", "300".into()),
-        ],
-    )?;
-    let registry_url = format!("http://127.0.0.1:{registry_port}");
-    let mut reg = wait_for("the registry", Duration::from_secs(30), || {
-        let url = registry_url.clone();
-        async move { Ok(ModelRegistryClient::connect(url).await.ok()) }
-    })
-    .await
-    .with_context(|| registry.log_tail())?;
+    let registry = start_registry(d, &mlflow.url, &[]).await?;
+    let mut reg = registry.client.clone();
 
     // Register v1 through the client-streaming upload.
     let r1 = register(&mut reg, "iris", &v1).await?;
@@ -176,30 +142,8 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
     ensure!(sha256_hex(&stored) == sha1, "stored artifact differs from the upload");
 
     // Start inference before anything is in Production: it must say so clearly.
-    let (grpc_port, http_port) = (free_port(), free_port());
-    let model_dir = d.join("models");
-    let mut inference = ferry(
-        "ferry-inference",
-        d,
-        &[],
-        &[
-            ("FERRY_MODELS", "iris:Production".into()),
-            ("FERRY_INFERENCE_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
-            ("FERRY_INFERENCE_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
-            ("FERRY_REGISTRY_URL", registry_url.clone()),
-            ("MLFLOW_TRACKING_URI", mlflow.url.clone()),
-            ("ORT_DYLIB_PATH", ort_library()?.display().to_string()),
-            ("FERRY_MODEL_DIR", model_dir.display().to_string()),
-            ("FERRY_POLL_INTERVAL_MS", "500".into()),
-        ],
-    )?;
-    let grpc_url = format!("http://127.0.0.1:{grpc_port}");
-    let channel = wait_for("inference gRPC", Duration::from_secs(30), || {
-        let url = grpc_url.clone();
-        async move { Ok(Channel::from_shared(url)?.connect().await.ok()) }
-    })
-    .await
-    .with_context(|| inference.log_tail())?;
+    let mut inference = start_inference(d, &mlflow.url, Some(&registry.url), "iris:Production", &[]).await?;
+    let channel = Channel::from_shared(inference.grpc.clone())?.connect().await?;
     let mut inf = InferenceClient::new(channel.clone());
     let mut health = HealthClient::new(channel);
     let check = |h: &mut HealthClient<Channel>| {
@@ -212,16 +156,18 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
     ensure!(check(&mut health).await? == ServingStatus::NotServing, "healthy before any model is loaded");
     let err = inf.predict(predict_request("iris", &ROW)).await.expect_err("nothing is loaded yet");
     ensure!(err.code() == Code::Unavailable, "before load: {err:?}");
-    let rest = format!("http://127.0.0.1:{http_port}/predict");
+    let rest = format!("{}/predict", inference.http);
     let r = http.post(&rest).json(&serde_json::json!({"data": ROW})).send().await?;
     ensure!(r.status() == 503, "REST before load: {}", r.status());
 
     // Subscribe to changes, then promote v1.
     let mut watch =
         reg.watch_models(WatchModelsRequest { names: vec!["iris".into()], ..Default::default() }).await?.into_inner();
-    next_change(&mut watch, |e| e.kind() == ChangeKind::SnapshotEnd).await?;
+    next_change(&mut watch, Duration::from_secs(20), |e| e.kind() == ChangeKind::SnapshotEnd).await?;
     transition(&mut reg, "iris", "1").await?;
-    let e = next_change(&mut watch, |e| e.kind() == ChangeKind::StageChanged && e.version == "1").await?;
+    let e =
+        next_change(&mut watch, Duration::from_secs(20), |e| e.kind() == ChangeKind::StageChanged && e.version == "1")
+            .await?;
     ensure!(e.model_version.as_ref().map(|v| v.stage()) == Some(Stage::Production), "event {e:?}");
 
     let resp = wait_for("v1 to serve", Duration::from_secs(60), || {
@@ -229,7 +175,7 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
         async move { Ok(inf.predict(predict_request("iris", &ROW)).await.ok().map(|r| r.into_inner())) }
     })
     .await
-    .with_context(|| inference.log_tail())?;
+    .with_context(|| inference.proc.log_tail())?;
     ensure!(resp.model_version == "1", "serving {}", resp.model_version);
     let want = reference_predict(&v1, &ROW)?;
     assert_close(&output(&resp, "probabilities")?.float_data, &want["probabilities"])?;
@@ -260,7 +206,8 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
     // Version 2: register, promote, and inference switches.
     let r2 = register(&mut reg, "iris", &v2).await?;
     ensure!(r2.created && r2.version.as_ref().map(|v| v.version.as_str()) == Some("2"), "{r2:?}");
-    next_change(&mut watch, |e| e.kind() == ChangeKind::VersionCreated && e.version == "2").await?;
+    next_change(&mut watch, Duration::from_secs(20), |e| e.kind() == ChangeKind::VersionCreated && e.version == "2")
+        .await?;
     transition(&mut reg, "iris", "2").await?;
     let resp = wait_for("v2 to serve", Duration::from_secs(60), || {
         let mut inf = inf.clone();
@@ -270,7 +217,7 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
         }
     })
     .await
-    .with_context(|| inference.log_tail())?;
+    .with_context(|| inference.proc.log_tail())?;
     let want2 = reference_predict(&v2, &ROW)?;
     assert_close(&output(&resp, "probabilities")?.float_data, &want2["probabilities"])?;
     ensure!(want2["probabilities"] != want["probabilities"], "the two versions should differ");
@@ -279,9 +226,9 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
     ensure!(got["model_version"]["current_stage"] == "Archived", "v1 is {}", got["model_version"]["current_stage"]);
 
     // SIGTERM stops the service cleanly.
-    let status = inference.terminate(Duration::from_secs(15))?;
-    ensure!(status.success(), "inference exited with {status}\n{}", inference.log_tail());
-    drop::<Proc>(registry);
+    let status = inference.proc.terminate(Duration::from_secs(15))?;
+    ensure!(status.success(), "inference exited with {status}\n{}", inference.proc.log_tail());
+    drop(registry);
     drop(mlflow);
     Ok(())
 }
