@@ -26,7 +26,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates=20230311+deb12u1 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/ferry --create-home ferry
-USER ferry
+USER 10001:10001
 WORKDIR /var/lib/ferry
 
 FROM runtime AS registry
