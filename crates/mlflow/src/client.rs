@@ -97,7 +97,10 @@ impl Client {
     }
 
     fn request(&self, method: Method, url: Url) -> RequestBuilder {
-        let rb = self.http.request(method, url);
+        // Continue the caller's trace into MLflow (W3C traceparent).
+        let mut headers = reqwest::header::HeaderMap::new();
+        ferry_telemetry::inject_context(&mut headers);
+        let rb = self.http.request(method, url).headers(headers);
         match &self.cfg.auth {
             Auth::None => rb,
             Auth::Basic { username, password } => rb.basic_auth(username, Some(password)),

@@ -144,6 +144,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             ::http::HeaderName::from_static("grpc-status-details-bin"),
         ]);
     let grpc = tonic::transport::Server::builder()
+        .trace_fn(|req| ferry_telemetry::server_span("grpc", req.uri().path(), req.headers()))
         .accept_http1(true)
         .layer(grpc_web_cors)
         .layer(tonic_web::GrpcWebLayer::new())
@@ -156,7 +157,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             let _ = grpc_stop.wait_for(|s| *s).await;
         });
     let mut http_stop = stop.clone();
-    let app = http::router(Arc::clone(&models), cfg.rest_output.clone(), cfg.max_request_bytes);
+    let trace = tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &::http::Request<_>| {
+        ferry_telemetry::server_span("http", req.uri().path(), req.headers())
+    });
+    let app = http::router(Arc::clone(&models), cfg.rest_output.clone(), cfg.max_request_bytes).layer(trace);
     let http = axum::serve(http_listener, app).with_graceful_shutdown(async move {
         let _ = http_stop.wait_for(|s| *s).await;
     });

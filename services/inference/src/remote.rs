@@ -74,6 +74,10 @@ impl RemoteModel {
         }
         req.outputs =
             outputs.iter().map(|o| InferRequestedOutputTensor { name: o.clone(), ..Default::default() }).collect();
+        let mut headers = ::http::HeaderMap::new();
+        ferry_telemetry::inject_context(&mut headers);
+        let mut req = tonic::Request::new(req);
+        *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
         let resp = self.client.clone().model_infer(req).await.map_err(|s| self.error(s))?.into_inner();
         let mut out = Vec::with_capacity(resp.outputs.len());
         for (i, t) in resp.outputs.into_iter().enumerate() {

@@ -94,6 +94,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     info!(grpc = %listener.local_addr()?, http = %http_listener.local_addr()?, mlflow = %cfg.mlflow.url, "ferry-registry listening");
     let mut grpc_stop = stop.clone();
     let grpc = tonic::transport::Server::builder()
+        .trace_fn(|req| ferry_telemetry::server_span("grpc", req.uri().path(), req.headers()))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -105,9 +106,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             let _ = grpc_stop.wait_for(|s| *s).await;
         });
     let mut http_stop = stop.clone();
-    let http = axum::serve(http_listener, http::router(registry, auth, verifier)).with_graceful_shutdown(async move {
-        let _ = http_stop.wait_for(|s| *s).await;
+    let trace = tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &::http::Request<_>| {
+        ferry_telemetry::server_span("http", req.uri().path(), req.headers())
     });
+    let http = axum::serve(http_listener, http::router(registry, auth, verifier).layer(trace)).with_graceful_shutdown(
+        async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        },
+    );
     let (g, h) = tokio::join!(grpc, http);
     g.context("gRPC server")?;
     h.context("HTTP server")?;
