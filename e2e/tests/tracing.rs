@@ -38,6 +38,7 @@ impl TraceService for Receiver {
 
 impl Receiver {
     /// (service name, span name) of every span in `trace_id`.
+    #[allow(clippy::wildcard_enum_match_arm)] // service.name is always a string
     fn spans(&self, trace_id: &[u8]) -> BTreeSet<(String, String)> {
         let mut out = BTreeSet::new();
         for req in self.0.lock().expect("receiver lock").iter() {
@@ -46,10 +47,9 @@ impl Receiver {
                     .resource
                     .as_ref()
                     .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
-                    .and_then(|a| a.value.as_ref()?.value.as_ref())
-                    .map(|v| match v {
-                        Any::StringValue(s) => s.clone(),
-                        other => format!("{other:?}"),
+                    .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                        Any::StringValue(s) => Some(s.clone()),
+                        _ => None,
                     })
                     .unwrap_or_default();
                 for ss in &rs.scope_spans {
