@@ -81,6 +81,9 @@ async fn control_plane_over_real_mlflow() -> anyhow::Result<()> {
     let v1 = reg.register_model(authed(upload(meta, std::fs::read(&f1)?))).await?.into_inner().version.context("v1")?;
     ensure!(v1.version == "1");
 
+    let metrics_url = format!("{http_base}/metrics");
+    let before = reqwest::get(&metrics_url).await?.text().await?;
+
     // The training run carries the metrics and params, and finished.
     let run: serde_json::Value =
         reqwest::get(format!("{}/api/2.0/mlflow/runs/get?run_id={}", mlflow.url, v1.run_id)).await?.json().await?;
@@ -274,6 +277,29 @@ async fn control_plane_over_real_mlflow() -> anyhow::Result<()> {
     reg.delete_alias(authed(DeleteAliasRequest { name: "iris".into(), alias: "champion".into() })).await?;
     let e = next_change(&mut watch, Duration::from_secs(10), |e| e.kind() == ChangeKind::AliasDeleted).await?;
     ensure!(e.alias == "champion", "{e:?}");
+
+    // --- Prometheus metrics: what happened above, and the values move.
+    let after = reqwest::get(&metrics_url).await?.text().await?;
+    let sample = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    for (series, min) in [
+        ("ferry_registry_subscribers", 1.0),
+        ("ferry_registry_webhook_deliveries_total{result=\"accepted\"}", 2.0),
+        ("ferry_registry_webhook_deliveries_total{result=\"duplicate\"}", 1.0),
+        ("ferry_registry_webhook_deliveries_total{result=\"rejected\"}", 2.0),
+        ("ferry_registry_registrations_total{result=\"created\"}", 2.0),
+        ("ferry_registry_registrations_total{result=\"existing\"}", 1.0),
+    ] {
+        ensure!(sample(&after, series) >= min, "{series} below {min}:\n{after}");
+    }
+    for series in ["ferry_registry_changes_total", "ferry_registry_reconciliations_total{result=\"success\"}"] {
+        ensure!(sample(&after, series) > sample(&before, series), "{series} did not move:\n{before}\n---\n{after}");
+    }
 
     // --- a registry that starts with another public URL repairs the webhook in place.
     let moved = format!("http://127.0.0.1:{}", free_port());

@@ -36,6 +36,7 @@ pub(crate) fn router(registry: Registry, auth: Auth, webhooks: Option<Arc<Verifi
         .route("/register-model", post(register_model))
         .route("/set-model-stage", put(set_model_stage))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         // Uploads stream to disk; the registry's own size limit applies.
         .layer(DefaultBodyLimit::disable())
         .with_state(AppState { registry, auth, webhooks })
@@ -77,13 +78,18 @@ async fn webhook(State(st): State<AppState>, headers: HeaderMap, body: Bytes) ->
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
     match verifier.verify(h("x-mlflow-delivery-id"), h("x-mlflow-timestamp"), h("x-mlflow-signature"), &body, now) {
         Ok(Verdict::Accepted) => {
+            st.registry.hub.stats.webhooks_accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             debug!(delivery = h("x-mlflow-delivery-id").unwrap_or_default(), "webhook accepted");
             // A hint: re-read MLflow now rather than trusting the payload.
             st.registry.hub.poke();
             (StatusCode::OK, "accepted").into_response()
         }
-        Ok(Verdict::Duplicate) => (StatusCode::OK, "duplicate").into_response(),
+        Ok(Verdict::Duplicate) => {
+            st.registry.hub.stats.webhooks_duplicate.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (StatusCode::OK, "duplicate").into_response()
+        }
         Err(e) => {
+            st.registry.hub.stats.webhooks_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             warn!(error = %e, "webhook delivery rejected");
             (StatusCode::UNAUTHORIZED, e.to_string()).into_response()
         }
@@ -198,4 +204,60 @@ async fn set_model_stage(
     })?;
     let v = st.registry.transition(&q.model_name, &q.version, &q.stage, q.archive_existing).await?;
     Ok(Json(json!({ "modelName": v.name, "version": v.version, "stage": v.current_stage })))
+}
+
+/// Prometheus metrics of the registry (on its HTTP port, beside the webhook receiver).
+async fn metrics(State(st): State<AppState>) -> Response {
+    use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
+    let hub = &st.registry.hub;
+    let s = &hub.stats;
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    family("ferry_registry_subscribers", "gauge", "Open WatchModels streams.", &[("", hub.subscribers().to_string())]);
+    family(
+        "ferry_registry_changes_total",
+        "counter",
+        "Changes published (the newest revision).",
+        &[("", hub.revision().to_string())],
+    );
+    family(
+        "ferry_registry_reconciliations_total",
+        "counter",
+        "Reads of MLflow by the reconciliation loop, by result.",
+        &[
+            ("{result=\"success\"}", s.reconciliations_ok.load(Relaxed).to_string()),
+            ("{result=\"failure\"}", s.reconciliations_failed.load(Relaxed).to_string()),
+        ],
+    );
+    family(
+        "ferry_registry_reconcile_duration_seconds_total",
+        "counter",
+        "Time spent reading MLflow in successful reconciliations.",
+        &[("", (s.reconcile_ns.load(Relaxed) as f64 / 1e9).to_string())],
+    );
+    family(
+        "ferry_registry_webhook_deliveries_total",
+        "counter",
+        "MLflow webhook deliveries, by outcome.",
+        &[
+            ("{result=\"accepted\"}", s.webhooks_accepted.load(Relaxed).to_string()),
+            ("{result=\"duplicate\"}", s.webhooks_duplicate.load(Relaxed).to_string()),
+            ("{result=\"rejected\"}", s.webhooks_rejected.load(Relaxed).to_string()),
+        ],
+    );
+    family(
+        "ferry_registry_registrations_total",
+        "counter",
+        "RegisterModel calls that succeeded, by whether a version was created.",
+        &[
+            ("{result=\"created\"}", s.registrations_created.load(Relaxed).to_string()),
+            ("{result=\"existing\"}", s.registrations_existing.load(Relaxed).to_string()),
+        ],
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

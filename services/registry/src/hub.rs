@@ -48,9 +48,24 @@ struct State {
     history: VecDeque<Arc<ModelChanged>>,
 }
 
+/// Counters the registry exports as Prometheus metrics.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub reconciliations_ok: std::sync::atomic::AtomicU64,
+    pub reconciliations_failed: std::sync::atomic::AtomicU64,
+    /// Nanoseconds spent reading MLflow in successful reconciliations.
+    pub reconcile_ns: std::sync::atomic::AtomicU64,
+    pub webhooks_accepted: std::sync::atomic::AtomicU64,
+    pub webhooks_duplicate: std::sync::atomic::AtomicU64,
+    pub webhooks_rejected: std::sync::atomic::AtomicU64,
+    pub registrations_created: std::sync::atomic::AtomicU64,
+    pub registrations_existing: std::sync::atomic::AtomicU64,
+}
+
 /// Shared by the reconciler and every stream.
 #[derive(Debug)]
 pub struct Hub {
+    pub stats: HubStats,
     epoch: String,
     state: Mutex<State>,
     tx: broadcast::Sender<Arc<ModelChanged>>,
@@ -84,6 +99,7 @@ impl Hub {
             std::process::id()
         );
         Arc::new(Self {
+            stats: HubStats::default(),
             epoch,
             state: Mutex::new(State { revision: 0, view: View::default(), history: VecDeque::new() }),
             tx,
@@ -99,6 +115,11 @@ impl Hub {
 
     pub fn subscribers(&self) -> usize {
         self.tx.receiver_count()
+    }
+
+    /// The newest revision (the number of changes seen since start).
+    pub fn revision(&self) -> u64 {
+        self.state.lock().map(|s| s.revision).unwrap_or(0)
     }
 
     /// Ask for a reconciliation now (after a change made through Ferry).
@@ -153,14 +174,19 @@ impl Hub {
 
     /// Reconciles forever: on every poll interval, and at once when poked.
     pub async fn run(self: Arc<Self>, mlflow: Client, interval: Duration, healthy: watch::Sender<bool>) {
+        use std::sync::atomic::Ordering::Relaxed;
         loop {
+            let started = std::time::Instant::now();
             match read_view(&mlflow).await {
                 Ok(view) => {
+                    self.stats.reconciliations_ok.fetch_add(1, Relaxed);
+                    self.stats.reconcile_ns.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
                     self.apply(view);
                     self.initialized.send_replace(true);
                     healthy.send_replace(true);
                 }
                 Err(e) => {
+                    self.stats.reconciliations_failed.fetch_add(1, Relaxed);
                     warn!(error = %e, "cannot read MLflow; will retry");
                     healthy.send_replace(false);
                 }

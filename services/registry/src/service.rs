@@ -92,6 +92,9 @@ impl Registry {
     pub async fn register(&self, reg: &Registration, upload: Spooled) -> Result<Registered> {
         let up = Upload { path: upload.tmp.path(), sha256: upload.sha256.clone(), size: upload.size };
         let done = register::register(&self.mlflow, &self.experiment, reg, up).await?;
+        let counter =
+            if done.created { &self.hub.stats.registrations_created } else { &self.hub.stats.registrations_existing };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.hub.poke();
         Ok(done)
     }
