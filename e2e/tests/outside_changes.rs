@@ -7,26 +7,17 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Context, ensure};
 use ferry_e2e::{
-    Mlflow, next_change, python, reference_predict, start_inference, start_registry, train_iris, wait_for,
+    Mlflow, next_change, python, reference_predict, register_file, start_inference, start_registry, train_iris,
+    wait_serving,
 };
-use ferry_proto::{
-    inference::v1::{DataType, PredictRequest, Tensor, inference_client::InferenceClient},
-    registry::v1::{
-        ChangeKind, RegisterModelMetadata, RegisterModelRequest, Stage, WatchModelsRequest,
-        model_registry_client::ModelRegistryClient, register_model_request::Payload,
-    },
-};
+use ferry_proto::registry::v1::{ChangeKind, Stage, WatchModelsRequest, model_registry_client::ModelRegistryClient};
 use tonic::transport::Channel;
 
 const ROW: [f32; 4] = [6.1, 2.8, 4.7, 1.2];
 
+/// Registers a file as a new version of "iris" and returns the version number.
 async fn register(client: &mut ModelRegistryClient<Channel>, file: &Path) -> anyhow::Result<String> {
-    let first = RegisterModelRequest {
-        payload: Some(Payload::Metadata(RegisterModelMetadata { name: "iris".into(), ..Default::default() })),
-    };
-    let chunk = RegisterModelRequest { payload: Some(Payload::Chunk(std::fs::read(file)?)) };
-    let resp = client.register_model(tokio_stream::iter([first, chunk])).await?.into_inner();
-    Ok(resp.version.context("no version")?.version)
+    Ok(register_file(client, "iris", file).await?.version.context("no version")?.version)
 }
 
 /// Moves an alias with the official MLflow Python client, as a data scientist would.
@@ -38,28 +29,6 @@ fn python_set_alias(tracking_uri: &str, alias: &str, version: &str) -> anyhow::R
         &[("MLFLOW_TRACKING_URI", tracking_uri)],
     )?;
     Ok(())
-}
-
-async fn serving_version(inf: &InferenceClient<Channel>) -> anyhow::Result<Option<String>> {
-    let req = PredictRequest {
-        model: "iris".into(),
-        inputs: vec![Tensor {
-            name: "input".into(),
-            dtype: DataType::Float32.into(),
-            shape: vec![1, 4],
-            float_data: ROW.to_vec(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    Ok(inf.clone().predict(req).await.ok().map(|r| r.into_inner().model_version))
-}
-
-async fn wait_serving(inf: &InferenceClient<Channel>, version: &str, timeout: Duration) -> anyhow::Result<()> {
-    wait_for(&format!("version {version} to serve"), timeout, || async {
-        Ok(serving_version(inf).await?.filter(|v| v == version).map(|_| ()))
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,13 +77,13 @@ async fn python_client_changes_reach_subscribers_and_inference() -> anyhow::Resu
     python_set_alias(&mlflow.url, "champion", "1")?;
     let e = next_change(&mut watch, Duration::from_secs(20), |e| e.kind() == ChangeKind::AliasSet).await?;
     ensure!(e.alias == "champion" && e.version == "1", "event {e:?}");
-    wait_serving(&inf, "1", Duration::from_secs(30)).await.with_context(|| inference.proc.log_tail())?;
+    wait_serving(&inf, "iris", "1", &ROW, Duration::from_secs(30)).await.with_context(|| inference.proc.log_tail())?;
 
     // Moving it is reported as a new ALIAS_SET with the new version.
     python_set_alias(&mlflow.url, "champion", "2")?;
     let e = next_change(&mut watch, Duration::from_secs(20), |e| e.kind() == ChangeKind::AliasSet).await?;
     ensure!(e.alias == "champion" && e.version == "2", "event {e:?}");
-    wait_serving(&inf, "2", Duration::from_secs(30)).await.with_context(|| inference.proc.log_tail())?;
+    wait_serving(&inf, "iris", "2", &ROW, Duration::from_secs(30)).await.with_context(|| inference.proc.log_tail())?;
 
     // Stage changes emit no webhook; the reconciliation loop still sees them.
     python(
@@ -159,7 +128,7 @@ async fn python_client_changes_reach_subscribers_and_inference() -> anyhow::Resu
     // With the registry gone, inference polls MLflow itself and still follows.
     drop(registry);
     python_set_alias(&mlflow.url, "champion", "1")?;
-    wait_serving(&inf, "1", Duration::from_secs(30)).await.with_context(|| inference.proc.log_tail())?;
+    wait_serving(&inf, "iris", "1", &ROW, Duration::from_secs(30)).await.with_context(|| inference.proc.log_tail())?;
 
     ensure!(inference.proc.is_running(), "inference died\n{}", inference.proc.log_tail());
     Ok(())

@@ -5,9 +5,12 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context, ensure};
-use ferry_e2e::{Mlflow, next_change, reference_predict, start_inference, start_registry, train_iris, wait_for};
+use ferry_e2e::{
+    Mlflow, assert_close, next_change, predict_row, reference_predict, start_inference, start_registry, train_iris,
+    wait_for,
+};
 use ferry_proto::{
-    inference::v1::{DataType, PredictRequest, PredictResponse, Tensor, inference_client::InferenceClient},
+    inference::v1::{PredictResponse, Tensor, inference_client::InferenceClient},
     registry::v1::{
         ChangeKind, RegisterModelMetadata, RegisterModelRequest, RegisterModelResponse, Stage, TransitionStageRequest,
         WatchModelsRequest, model_registry_client::ModelRegistryClient, register_model_request::Payload,
@@ -45,31 +48,8 @@ fn futures_iter<I: Iterator<Item = RegisterModelRequest> + Send + 'static>(
     tokio_stream::iter(it)
 }
 
-fn predict_request(model: &str, row: &[f32]) -> PredictRequest {
-    PredictRequest {
-        model: model.into(),
-        inputs: vec![Tensor {
-            name: "input".into(),
-            dtype: DataType::Float32.into(),
-            shape: vec![1, row.len() as i64],
-            float_data: row.to_vec(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
 fn output<'a>(resp: &'a PredictResponse, name: &str) -> anyhow::Result<&'a Tensor> {
     resp.outputs.iter().find(|t| t.name == name).with_context(|| format!("no output {name} in {resp:?}"))
-}
-
-fn assert_close(got: &[f32], want: &serde_json::Value) -> anyhow::Result<()> {
-    let want: Vec<f64> = serde_json::from_value(want.clone())?;
-    ensure!(got.len() == want.len(), "length {} != {}", got.len(), want.len());
-    for (g, w) in got.iter().zip(&want) {
-        ensure!((f64::from(*g) - w).abs() < 1e-5, "got {got:?}, Python onnxruntime says {want:?}");
-    }
-    Ok(())
 }
 
 /// A model version as MLflow's REST API reports it.
@@ -154,7 +134,7 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
         }
     };
     ensure!(check(&mut health).await? == ServingStatus::NotServing, "healthy before any model is loaded");
-    let err = inf.predict(predict_request("iris", &ROW)).await.expect_err("nothing is loaded yet");
+    let err = inf.predict(predict_row("iris", &ROW)).await.expect_err("nothing is loaded yet");
     ensure!(err.code() == Code::Unavailable, "before load: {err:?}");
     let rest = format!("{}/predict", inference.http);
     let r = http.post(&rest).json(&serde_json::json!({"data": ROW})).send().await?;
@@ -172,7 +152,7 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
 
     let resp = wait_for("v1 to serve", Duration::from_secs(60), || {
         let mut inf = inf.clone();
-        async move { Ok(inf.predict(predict_request("iris", &ROW)).await.ok().map(|r| r.into_inner())) }
+        async move { Ok(inf.predict(predict_row("iris", &ROW)).await.ok().map(|r| r.into_inner())) }
     })
     .await
     .with_context(|| inference.proc.log_tail())?;
@@ -196,9 +176,9 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
     let status = r.status();
     let text = r.text().await?;
     ensure!(status == 400 && text.contains("dimension 1 must be 4"), "short row gave {status}: {text}");
-    let err = inf.predict(predict_request("iris", &[1.0, 2.0, 3.0])).await.expect_err("wrong shape");
+    let err = inf.predict(predict_row("iris", &[1.0, 2.0, 3.0])).await.expect_err("wrong shape");
     ensure!(err.code() == Code::InvalidArgument && err.message().contains("input"), "{err:?}");
-    let err = inf.predict(predict_request("nope", &ROW)).await.expect_err("unknown model");
+    let err = inf.predict(predict_row("nope", &ROW)).await.expect_err("unknown model");
     ensure!(err.code() == Code::NotFound, "{err:?}");
     let r = http.post(format!("{rest}?model=nope")).json(&serde_json::json!({"data": ROW})).send().await?;
     ensure!(r.status() == 404, "unknown model over REST gave {}", r.status());
@@ -212,7 +192,7 @@ async fn register_promote_serve_and_switch() -> anyhow::Result<()> {
     let resp = wait_for("v2 to serve", Duration::from_secs(60), || {
         let mut inf = inf.clone();
         async move {
-            let r = inf.predict(predict_request("iris", &ROW)).await?.into_inner();
+            let r = inf.predict(predict_row("iris", &ROW)).await?.into_inner();
             Ok((r.model_version == "2").then_some(r))
         }
     })

@@ -108,6 +108,26 @@ impl Client {
         }
     }
 
+    /// Runs `attempt` up to `attempts` times, backing off between tries, while
+    /// it fails with a transient error (5xx, no connection, timeout).
+    async fn with_retries<T, F, Fut>(&self, what: &str, attempts: u32, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut n = 0;
+        loop {
+            match attempt().await {
+                Err(e) if e.is_retryable() && n + 1 < attempts => {
+                    warn!(what, attempt = n, error = %e, "MLflow call failed; retrying");
+                    n += 1;
+                    tokio::time::sleep(backoff(n)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// One JSON call, retried with backoff when `idempotent` and the failure is transient.
     async fn call(
         &self,
@@ -119,28 +139,19 @@ impl Client {
     ) -> Result<Value> {
         let url = self.url(&format!("{API}/{endpoint}"))?;
         let attempts = if idempotent { self.cfg.retries + 1 } else { 1 };
-        let mut last = None;
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                tokio::time::sleep(backoff(attempt)).await;
-            }
+        self.with_retries(endpoint, attempts, || {
             let mut rb = self.request(method.clone(), url.clone()).query(query).timeout(self.cfg.timeout);
             if let Body::Json(v) = &body {
                 rb = rb.json(v);
             }
-            let result = match rb.send().await {
-                Ok(resp) => decode(resp).await,
-                Err(e) => Err(Error::from_reqwest(e, self.cfg.timeout)),
-            };
-            match result {
-                Err(e) if e.is_retryable() && attempt + 1 < attempts => {
-                    warn!(endpoint, attempt, error = %e, "MLflow call failed; retrying");
-                    last = Some(e);
+            async move {
+                match rb.send().await {
+                    Ok(resp) => decode(resp).await,
+                    Err(e) => Err(Error::from_reqwest(e, self.cfg.timeout)),
                 }
-                other => return other,
             }
-        }
-        Err(last.unwrap_or_else(|| Error::Unavailable("no attempt made".into())))
+        })
+        .await
     }
 
     async fn get<T: DeserializeOwned>(&self, endpoint: &str, query: &[(&str, &str)]) -> Result<T> {
@@ -249,12 +260,7 @@ impl Client {
     #[instrument(skip(self, file))]
     pub async fn upload_artifact(&self, artifact_uri: &str, file: &Path) -> Result<()> {
         let url = self.artifact_url(artifact_uri)?;
-        let attempts = self.cfg.retries + 1;
-        let mut last = None;
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                tokio::time::sleep(backoff(attempt)).await;
-            }
+        self.with_retries("artifact upload", self.cfg.retries + 1, || async {
             // Stream from disk: the file may be far larger than we want in memory.
             let f = tokio::fs::File::open(file)
                 .await
@@ -266,19 +272,12 @@ impl Client {
                 .body(reqwest::Body::from(f))
                 .send()
                 .await;
-            let result = match sent {
+            match sent {
                 Ok(resp) => decode(resp).await.map(|_| ()),
                 Err(e) => Err(Error::from_reqwest(e, self.cfg.transfer_timeout)),
-            };
-            match result {
-                Err(e) if e.is_retryable() && attempt + 1 < attempts => {
-                    warn!(attempt, error = %e, "artifact upload failed; retrying");
-                    last = Some(e);
-                }
-                other => return other,
             }
-        }
-        Err(last.unwrap_or_else(|| Error::Unavailable("no attempt made".into())))
+        })
+        .await
     }
 
     /// Starts downloading `artifact_uri`; the caller streams the body (with
@@ -286,23 +285,17 @@ impl Client {
     #[instrument(skip(self))]
     pub async fn download_artifact(&self, artifact_uri: &str) -> Result<Response> {
         let url = self.artifact_url(artifact_uri)?;
-        let mut last = None;
-        for attempt in 0..=self.cfg.retries {
-            if attempt > 0 {
-                tokio::time::sleep(backoff(attempt)).await;
-            }
-            let result = match self.request(Method::GET, url.clone()).timeout(self.cfg.transfer_timeout).send().await {
-                Ok(resp) if resp.status().is_success() => return Ok(resp),
-                Ok(resp) => decode(resp).await.and_then(|_| Err(Error::Protocol("unexpected success".into()))),
+        self.with_retries("artifact download", self.cfg.retries + 1, || async {
+            match self.request(Method::GET, url.clone()).timeout(self.cfg.transfer_timeout).send().await {
+                Ok(resp) if resp.status().is_success() => Ok(resp),
+                // An error answer: decode classifies it (it never succeeds on a non-2xx status).
+                Ok(resp) => {
+                    Err(decode(resp).await.err().unwrap_or_else(|| Error::Protocol("unexpected answer".into())))
+                }
                 Err(e) => Err(Error::from_reqwest(e, self.cfg.transfer_timeout)),
-            };
-            match result {
-                Err(e) if e.is_retryable() && attempt < self.cfg.retries => last = Some(e),
-                Err(e) => return Err(e),
-                Ok(()) => unreachable!("handled above"),
             }
-        }
-        Err(last.unwrap_or_else(|| Error::Unavailable("no attempt made".into())))
+        })
+        .await
     }
 
     /// Lists the direct children of an artifact directory (basenames).
