@@ -417,13 +417,16 @@ pub struct Registry {
     pub proc: Proc,
     pub url: String,
     pub http: String,
+    /// The Prometheus endpoint (`.../metrics`).
+    pub metrics: String,
     pub client: ModelRegistryClient<Channel>,
 }
 
 pub async fn start_registry(dir: &Path, mlflow_url: &str, extra: &[(&str, String)]) -> anyhow::Result<Registry> {
-    let (grpc_port, http_port) = (free_port(), free_port());
+    let (grpc_port, http_port, metrics_port) = (free_port(), free_port(), free_port());
     let mut env = vec![
         ("FERRY_REGISTRY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
+        ("FERRY_REGISTRY_METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
         ("FERRY_REGISTRY_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
         ("MLFLOW_TRACKING_URI", mlflow_url.to_owned()),
         ("FERRY_POLL_INTERVAL_MS", "300".to_owned()),
@@ -437,7 +440,13 @@ pub async fn start_registry(dir: &Path, mlflow_url: &str, extra: &[(&str, String
     })
     .await
     .with_context(|| proc.log_tail())?;
-    Ok(Registry { proc, url, http: format!("http://127.0.0.1:{http_port}"), client })
+    Ok(Registry {
+        proc,
+        url,
+        http: format!("http://127.0.0.1:{http_port}"),
+        metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+        client,
+    })
 }
 
 /// A running inference service and a connected gRPC client.
@@ -549,6 +558,30 @@ pub async fn wait_serving(
         async move { Ok(c.predict(req).await.ok().map(|r| r.into_inner()).filter(|r| r.model_version == version)) }
     })
     .await
+}
+
+/// Writes the medium benchmark model: a dense MLP (~5.3M parameters),
+/// `input` float32 [N,512] → Gemm 2048 → Relu → Gemm 2048 → Relu → Gemm 10 → `output` [N,10].
+pub fn make_mlp(path: &std::path::Path, seed: u32) -> anyhow::Result<()> {
+    python(
+        &format!(
+            "import numpy as np, onnx\n\
+             from onnx import helper, numpy_helper, TensorProto as T\n\
+             r = np.random.default_rng({seed})\n\
+             w = lambda n, s: numpy_helper.from_array((r.standard_normal(s) * np.sqrt(2.0 / s[0])).astype(np.float32), n)\n\
+             z = lambda n, k: numpy_helper.from_array(np.zeros(k, np.float32), n)\n\
+             nodes = [helper.make_node('Gemm', ['input', 'W1', 'B1'], ['h1']), helper.make_node('Relu', ['h1'], ['r1']),\n\
+                      helper.make_node('Gemm', ['r1', 'W2', 'B2'], ['h2']), helper.make_node('Relu', ['h2'], ['r2']),\n\
+                      helper.make_node('Gemm', ['r2', 'W3', 'B3'], ['output'])]\n\
+             g = helper.make_graph(nodes, 'mlp', [helper.make_tensor_value_info('input', T.FLOAT, [None, 512])],\n\
+                 [helper.make_tensor_value_info('output', T.FLOAT, [None, 10])],\n\
+                 [w('W1', (512, 2048)), z('B1', 2048), w('W2', (2048, 2048)), z('B2', 2048), w('W3', (2048, 10)), z('B3', 10)])\n\
+             onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)]), '{}')",
+            path.display()
+        ),
+        &[],
+    )?;
+    Ok(())
 }
 
 /// Checks float32 outputs against Python onnxruntime's, to 1e-5.

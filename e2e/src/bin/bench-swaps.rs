@@ -8,34 +8,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferry_e2e::{Mlflow, promote, python, register_file, start_inference, start_registry, wait_serving};
+use ferry_e2e::{Mlflow, make_mlp, promote, register_file, start_inference, start_registry, wait_serving};
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
     Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
-}
-
-fn mlp(path: &std::path::Path, seed: u32) -> anyhow::Result<()> {
-    python(
-        &format!(
-            "import numpy as np, onnx\n\
-             from onnx import helper, numpy_helper, TensorProto as T\n\
-             r = np.random.default_rng({seed})\n\
-             w = lambda n, s: numpy_helper.from_array((r.standard_normal(s) * np.sqrt(2.0 / s[0])).astype(np.float32), n)\n\
-             z = lambda n, k: numpy_helper.from_array(np.zeros(k, np.float32), n)\n\
-             nodes = [helper.make_node('Gemm', ['input', 'W1', 'B1'], ['h1']), helper.make_node('Relu', ['h1'], ['r1']),\n\
-                      helper.make_node('Gemm', ['r1', 'W2', 'B2'], ['h2']), helper.make_node('Relu', ['h2'], ['r2']),\n\
-                      helper.make_node('Gemm', ['r2', 'W3', 'B3'], ['output'])]\n\
-             g = helper.make_graph(nodes, 'mlp', [helper.make_tensor_value_info('input', T.FLOAT, [None, 512])],\n\
-                 [helper.make_tensor_value_info('output', T.FLOAT, [None, 10])],\n\
-                 [w('W1', (512, 2048)), z('B1', 2048), w('W2', (2048, 2048)), z('B2', 2048), w('W3', (2048, 10)), z('B3', 10)])\n\
-             onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)]), '{}')",
-            path.display()
-        ),
-        &[],
-    )?;
-    Ok(())
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -50,8 +28,8 @@ async fn main() -> anyhow::Result<()> {
     let d = dir.path();
     let mlflow = Mlflow::start(d).await?;
     let (f1, f2) = (d.join("mlp-1.onnx"), d.join("mlp-2.onnx"));
-    mlp(&f1, 1)?;
-    mlp(&f2, 2)?;
+    make_mlp(&f1, 1)?;
+    make_mlp(&f2, 2)?;
     let mut registry = start_registry(d, &mlflow.url, &[]).await?;
     register_file(&mut registry.client, "mlp", &f1).await?;
     register_file(&mut registry.client, "mlp", &f2).await?;

@@ -1,0 +1,487 @@
+//! The performance suite: Ferry against the Node.js gateway it replaces and
+//! against the in-process ONNX Runtime limit, on the same machine in the same
+//! run, as ratios. Every system gets the same rows; the load generator
+//! (`ferry-load`, in this process) runs on one thread, like `wrk -t1`.
+//!
+//!     bench/run.sh [--gateway DIR]          # builds, prepares, runs this
+//!     target/release/bench-suite --gateway /tmp/fastify-gateway --duration 5
+//!
+//! Sections: `inproc` (the ceiling), `throughput` (tiny and medium model,
+//! c = 1/16/64/256, batch 1 and 32, REST /predict, gRPC Predict, OIP
+//! ModelInfer, Node gateway), `threads` (ONNX Runtime thread settings, with
+//! and without a competing CPU load), `swap` (p99 per second around a hot swap
+//! under load), `delivery` (alias moved in MLflow → first answer from the new
+//! version, with and without webhooks).
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use ferry_e2e::{
+    Inference, Mlflow, MlflowOptions, Proc, free_port, make_mlp, ort_library, promote, register_file, start_inference,
+    start_registry, train_iris, wait_for, wait_serving,
+};
+use ferry_load::{Report, Scenario, Target};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// A copy of the Node.js Fastify gateway with its node_modules installed (skipped when absent).
+    #[arg(long)]
+    gateway: Option<PathBuf>,
+    /// Measured seconds per point.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    concurrency: Vec<usize>,
+    /// Sections to run.
+    #[arg(long, value_delimiter = ',', default_value = "inproc,throughput,threads,swap,delivery")]
+    sections: Vec<String>,
+    /// Where the markdown results go (also printed).
+    #[arg(long, default_value = "bench/results/latest.md")]
+    out: PathBuf,
+}
+
+/// One model of the suite.
+struct Model {
+    name: &'static str,
+    file: PathBuf,
+    width: usize,
+    /// The float output the gateway and REST /predict return.
+    output: &'static str,
+}
+
+/// Runs one load scenario on its own thread and single-threaded runtime.
+fn load(s: Scenario) -> anyhow::Result<Report> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(ferry_load::run(&s))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the load thread panicked"))?
+}
+
+struct Suite {
+    args: Args,
+    md: String,
+    dir: PathBuf,
+    ort: PathBuf,
+}
+
+impl Suite {
+    fn scenario(&self, target: Target, url: &str, m: &Model, batch: usize, c: usize) -> Scenario {
+        Scenario {
+            target,
+            url: url.to_owned(),
+            model: m.name.to_owned(),
+            input: "input".into(),
+            width: m.width,
+            batch,
+            concurrency: c,
+            duration: Duration::from_secs_f64(self.args.duration),
+            warmup: Duration::from_secs(1),
+            rate: None,
+            connections: c.div_ceil(16).clamp(1, 4),
+            model_file: Some(m.file.clone()),
+            ort_library: Some(self.ort.clone()),
+            intra_threads: 1,
+            server_pid: None,
+        }
+    }
+
+    fn line(&mut self, s: &str) {
+        println!("{s}");
+        self.md.push_str(s);
+        self.md.push('\n');
+    }
+
+    fn table(&mut self, title: &str, head: &str) {
+        self.line("");
+        self.line(&format!("### {title}"));
+        self.line("");
+        self.line(head);
+        let cols = head.matches('|').count() - 1;
+        self.line(&format!("|{}", "---|".repeat(cols)));
+    }
+
+    /// Starts a gateway process for one model, on a fresh port.
+    fn gateway(&self, m: &Model, intra: Option<usize>) -> anyhow::Result<Option<(Proc, String)>> {
+        let Some(dir) = &self.args.gateway else { return Ok(None) };
+        let port = free_port();
+        let mut cmd = Command::new("node");
+        cmd.arg(dir.join("server.js"))
+            .env("MODEL_PATH", &m.file)
+            .env("PORT", port.to_string())
+            .env("OUTPUT_NAME", m.output)
+            .current_dir(dir);
+        if let Some(t) = intra {
+            cmd.env("ORT_INTRA_THREADS", t.to_string());
+        }
+        let proc = Proc::spawn(&format!("gateway-{}", m.name), &mut cmd, &self.dir)?;
+        let url = format!("http://127.0.0.1:{port}");
+        let health = format!("{url}/health");
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..100 {
+            if Command::new("curl").args(["-sf", &health]).stdout(Stdio::null()).status()?.success() {
+                return Ok(Some((proc, url)));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("the gateway did not start:\n{}", proc.log_tail())
+    }
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.2}", us / 1e3)
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 { format!("{:.2}×", a / b) } else { "–".into() }
+}
+
+/// A process that keeps one core busy, for runs under contention.
+fn burner() -> anyhow::Result<std::process::Child> {
+    Ok(Command::new("sh").args(["-c", "while :; do :; done"]).stdin(Stdio::null()).spawn()?)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let tmp = tempfile::tempdir()?;
+    let d = tmp.path().to_owned();
+    let mut suite = Suite { ort: ort_library()?, dir: d.clone(), md: String::new(), args };
+    let want = |s: &str| suite.args.sections.iter().any(|x| x == s);
+    let (inproc, throughput, threads, swap, delivery) =
+        (want("inproc"), want("throughput"), want("threads"), want("swap"), want("delivery"));
+
+    let tiny = Model { name: "iris", file: d.join("tiny.onnx"), width: 4, output: "probabilities" };
+    let medium = Model { name: "mlp", file: d.join("medium.onnx"), width: 512, output: "output" };
+    train_iris(&tiny.file, 1.0)?;
+    make_mlp(&medium.file, 7)?;
+
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load1 = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    suite.line(&format!(
+        "Run {} on {cpus} CPUs (load average at start: {}), {} s per point after 1 s warm-up; load generator: ferry-load, one thread.",
+        std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default(),
+        load1.split_whitespace().next().unwrap_or("?"),
+        suite.args.duration
+    ));
+
+    // The ceiling: the model in a loop, no network.
+    let mut best_inproc: BTreeMap<&str, f64> = BTreeMap::new();
+    if inproc {
+        suite.table(
+            "In-process ONNX Runtime (the ceiling: no network, no server)",
+            "| model | batch | threads × intra-op | infer/s | p50 ms | p99 ms |",
+        );
+        for m in [&tiny, &medium] {
+            let batches: &[usize] = if m.width == 4 { &[1, 32] } else { &[1, 32, 64, 128] };
+            for &b in batches {
+                for (c, intra) in [(1, 1), (1, 0), (2, 1)] {
+                    let mut s = suite.scenario(Target::InProcess, "", m, b, c);
+                    s.intra_threads = intra;
+                    let r = load(s)?;
+                    let e = best_inproc.entry(m.name).or_default();
+                    *e = e.max(r.inferences_per_s);
+                    let intra_s = if intra == 0 { "default".to_owned() } else { intra.to_string() };
+                    suite.line(&format!(
+                        "| {} | {b} | {c} × {intra_s} | {:.0} | {} | {} |",
+                        m.name,
+                        r.inferences_per_s,
+                        ms(r.p50_us),
+                        ms(r.p99_us)
+                    ));
+                }
+            }
+        }
+    }
+
+    let mlflow = Mlflow::start(&d).await?;
+    let mut registry = start_registry(&d, &mlflow.url, &[]).await?;
+    for m in [&tiny, &medium] {
+        register_file(&mut registry.client, m.name, &m.file).await?;
+        promote(&mut registry.client, m.name, "1").await?;
+    }
+    let start_ferry = |extra: Vec<(&'static str, String)>| {
+        let (d, mlflow, reg) = (d.clone(), mlflow.url.clone(), registry.url.clone());
+        async move {
+            let mut env: Vec<(&str, String)> = vec![("FERRY_LOG", "warn".to_owned())];
+            env.extend(extra);
+            let inf = start_inference(&d, &mlflow, Some(&reg), "iris:Production,mlp:Production", &env).await?;
+            wait_serving(&inf.client, "iris", "1", &[5.1, 3.5, 1.4, 0.2], Duration::from_secs(60)).await?;
+            wait_serving(&inf.client, "mlp", "1", &[0.1; 512], Duration::from_secs(60)).await?;
+            Ok::<Inference, anyhow::Error>(inf)
+        }
+    };
+
+    if throughput {
+        let mut inf = start_ferry(vec![]).await?;
+        let pid = Some(inf.proc.pid());
+        for m in [&tiny, &medium] {
+            let gw = suite.gateway(m, None)?;
+            suite.table(
+                &format!("{} model, batch 1: Ferry vs the Node gateway", if m.width == 4 { "Tiny" } else { "Medium" }),
+                "| c | Ferry REST /predict req/s | p50 / p99 ms | gateway req/s | p50 / p99 ms | REST ratio | p99 ratio | Ferry gRPC Predict req/s | p50 / p99 ms | Ferry OIP ModelInfer req/s | p50 / p99 ms | CPU ms / 1k req (Ferry REST / gateway) |",
+            );
+            let concs = suite.args.concurrency.clone();
+            for &c in &concs {
+                let mut s = suite.scenario(Target::Rest, &inf.http, m, 1, c);
+                s.server_pid = pid;
+                let rest = load(s)?;
+                let gwr = match &gw {
+                    Some((p, url)) => {
+                        let mut s = suite.scenario(Target::Rest, url, m, 1, c);
+                        s.server_pid = Some(p.pid());
+                        Some(load(s)?)
+                    }
+                    None => None,
+                };
+                let grpc = load(suite.scenario(Target::Grpc, &inf.grpc, m, 1, c))?;
+                let oip = load(suite.scenario(Target::Oip, &inf.grpc, m, 1, c))?;
+                let (g_rps, g_lat, g_cpu) = gwr.as_ref().map_or((0.0, "–".to_owned(), None), |g| {
+                    (g.rps, format!("{} / {}", ms(g.p50_us), ms(g.p99_us)), g.cpu_ms_per_1k)
+                });
+                let cpu = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.0}"));
+                let errors = rest.errors + grpc.errors + oip.errors + gwr.as_ref().map_or(0, |g| g.errors);
+                suite.line(&format!(
+                    "| {c} | {:.0} | {} / {} | {g_rps:.0} | {g_lat} | {} | {} | {:.0} | {} / {} | {:.0} | {} / {} | {} / {} |{}",
+                    rest.rps,
+                    ms(rest.p50_us),
+                    ms(rest.p99_us),
+                    ratio(rest.rps, g_rps),
+                    gwr.as_ref().map_or_else(|| "–".to_owned(), |g| ratio(rest.p99_us, g.p99_us)),
+                    grpc.rps,
+                    ms(grpc.p50_us),
+                    ms(grpc.p99_us),
+                    oip.rps,
+                    ms(oip.p50_us),
+                    ms(oip.p99_us),
+                    cpu(rest.cpu_ms_per_1k),
+                    cpu(g_cpu),
+                    if errors > 0 { format!(" {errors} errors") } else { String::new() }
+                ));
+            }
+            if let Some((mut p, _)) = gw {
+                let rss = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap_or_default();
+                let rss = rss.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("").to_owned();
+                p.terminate(Duration::from_secs(5))?;
+                suite.line(&format!("\nGateway RSS after the runs: {}", rss.trim_start_matches("VmRSS:").trim()));
+            }
+
+            suite.table(
+                &format!(
+                    "{} model, client batches of 32 rows (infer/s = rows per second)",
+                    if m.width == 4 { "Tiny" } else { "Medium" }
+                ),
+                "| c | Ferry OIP ModelInfer infer/s | p50 / p99 ms | Ferry gRPC Predict infer/s | p50 / p99 ms | Ferry REST /v2 infer/s | p50 / p99 ms | OIP vs in-process best |",
+            );
+            for &c in &concs {
+                let oip = load(suite.scenario(Target::Oip, &inf.grpc, m, 32, c))?;
+                let grpc = load(suite.scenario(Target::Grpc, &inf.grpc, m, 32, c))?;
+                let v2 = load(suite.scenario(Target::RestV2, &inf.http, m, 32, c))?;
+                let best = best_inproc.get(m.name).copied().unwrap_or(0.0);
+                suite.line(&format!(
+                    "| {c} | {:.0} | {} / {} | {:.0} | {} / {} | {:.0} | {} / {} | {} |",
+                    oip.inferences_per_s,
+                    ms(oip.p50_us),
+                    ms(oip.p99_us),
+                    grpc.inferences_per_s,
+                    ms(grpc.p50_us),
+                    ms(grpc.p99_us),
+                    v2.inferences_per_s,
+                    ms(v2.p50_us),
+                    ms(v2.p99_us),
+                    if best > 0.0 { format!("{:.0}%", 100.0 * oip.inferences_per_s / best) } else { "–".into() }
+                ));
+            }
+        }
+        let rss = std::fs::read_to_string(format!("/proc/{}/status", inf.proc.pid())).unwrap_or_default();
+        let rss = rss.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("").to_owned();
+        suite.line(&format!(
+            "\nFerry inference RSS after the runs (both models loaded): {}",
+            rss.trim_start_matches("VmRSS:").trim()
+        ));
+        inf.proc.terminate(Duration::from_secs(10))?;
+    }
+
+    if threads {
+        suite.table(
+            "ONNX Runtime thread settings, medium model, REST /predict c=64 (batch 1), idle machine vs one core kept busy",
+            "| system and setting | req/s idle | p99 ms idle | req/s with a competing load | p99 ms with a competing load |",
+        );
+        let settings: Vec<(&str, Vec<(&'static str, String)>)> = vec![
+            ("Ferry: 2 sessions × 1 intra-op thread (default)", vec![]),
+            (
+                "Ferry: 1 session × 2 intra-op threads",
+                vec![("FERRY_SESSIONS", "1".into()), ("FERRY_INTRA_THREADS", "2".into())],
+            ),
+            (
+                "Ferry: 2 sessions × ONNX Runtime default threads",
+                vec![("FERRY_SESSIONS", "2".into()), ("FERRY_INTRA_THREADS", "0".into())],
+            ),
+            ("Ferry: batching off (2 × 1)", vec![("FERRY_MAX_BATCH_ROWS", "1".into())]),
+        ];
+        for (label, env) in settings {
+            let mut inf = start_ferry(env).await?;
+            let idle = load(suite.scenario(Target::Rest, &inf.http, &medium, 1, 64))?;
+            let mut b = burner()?;
+            let busy = load(suite.scenario(Target::Rest, &inf.http, &medium, 1, 64));
+            let _ = b.kill();
+            let _ = b.wait();
+            let busy = busy?;
+            suite.line(&format!(
+                "| {label} | {:.0} | {} | {:.0} | {} |",
+                idle.rps,
+                ms(idle.p99_us),
+                busy.rps,
+                ms(busy.p99_us)
+            ));
+            inf.proc.terminate(Duration::from_secs(10))?;
+        }
+        for (label, intra) in
+            [("Node gateway, ONNX Runtime default threads", None), ("Node gateway, 1 intra-op thread", Some(1))]
+        {
+            let Some((mut p, url)) = suite.gateway(&medium, intra)? else { break };
+            let idle = load(suite.scenario(Target::Rest, &url, &medium, 1, 64))?;
+            let mut b = burner()?;
+            let busy = load(suite.scenario(Target::Rest, &url, &medium, 1, 64));
+            let _ = b.kill();
+            let _ = b.wait();
+            let busy = busy?;
+            suite.line(&format!(
+                "| {label} | {:.0} | {} | {:.0} | {} |",
+                idle.rps,
+                ms(idle.p99_us),
+                busy.rps,
+                ms(busy.p99_us)
+            ));
+            p.terminate(Duration::from_secs(5))?;
+        }
+    }
+
+    if swap {
+        // Two versions of the tiny model; REST c=16 for 8 s with a promotion at 3 s.
+        let v2 = d.join("tiny-2.onnx");
+        train_iris(&v2, 0.05)?;
+        register_file(&mut registry.client, "iris", &v2).await?;
+        let mut inf = start_ferry(vec![]).await?;
+        let mut s = suite.scenario(Target::Rest, &inf.http, &tiny, 1, 16);
+        s.duration = Duration::from_secs(8);
+        let handle = std::thread::spawn(move || load(s));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let t = Instant::now();
+        promote(&mut registry.client, "iris", "2").await?;
+        wait_serving(&inf.client, "iris", "2", &[5.1, 3.5, 1.4, 0.2], Duration::from_secs(30)).await?;
+        let swapped = t.elapsed();
+        let r = handle.join().map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+        suite.table(
+            "Hot swap under load: tiny model, REST c=16, promotion at second 3 of the measured window",
+            "| second | 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7 |",
+        );
+        let cells: Vec<String> = r.p99_by_second_us.iter().map(|&v| ms(v)).collect();
+        suite.line(&format!("| p99 ms | {} |", cells.join(" | ")));
+        suite.line(&format!(
+            "\n{} requests, {} errors; promotion → v2 answering took {:.0} ms.",
+            r.requests,
+            r.errors,
+            swapped.as_secs_f64() * 1e3
+        ));
+        inf.proc.terminate(Duration::from_secs(10))?;
+    }
+    drop(registry);
+
+    if delivery {
+        delivery_latency(&mut suite, &tiny).await?;
+    }
+
+    if let Some(parent) = suite.args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&suite.args.out, &suite.md).with_context(|| format!("writing {}", suite.args.out.display()))?;
+    eprintln!("results written to {}", suite.args.out.display());
+    drop(mlflow);
+    Ok(())
+}
+
+/// The registry's reconcile interval in the delivery runs (its default).
+const POLL_MS: u64 = 2000;
+
+/// Alias moved in MLflow (by its REST API, as the Python client does) → first
+/// answer from the new version, 20 times, with MLflow webhooks and without.
+async fn delivery_latency(suite: &mut Suite, tiny: &Model) -> anyhow::Result<()> {
+    suite.table(
+        "Model delivery: alias moved in MLflow → first answer from the new version (20 moves)",
+        "| path | p50 ms | p99 ms | max ms |",
+    );
+    for webhooks in [true, false] {
+        let dir = suite.dir.join(if webhooks { "delivery-webhooks" } else { "delivery-poll" });
+        std::fs::create_dir_all(&dir)?;
+        let opts = if webhooks { MlflowOptions::default().with_webhooks()? } else { MlflowOptions::default() };
+        let mlflow = Mlflow::start_with(&dir, opts).await?;
+        let http_port = free_port();
+        let mut env: Vec<(&str, String)> = vec![
+            ("FERRY_LOG", "warn".into()),
+            ("FERRY_REGISTRY_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            ("FERRY_POLL_INTERVAL_MS", POLL_MS.to_string()),
+        ];
+        if webhooks {
+            env.push(("FERRY_WEBHOOK_SECRET", "bench-secret".into()));
+            env.push(("FERRY_PUBLIC_URL", format!("http://127.0.0.1:{http_port}")));
+        }
+        let mut registry = start_registry(&dir, &mlflow.url, &env).await?;
+        let v2 = dir.join("tiny-2.onnx");
+        train_iris(&v2, 0.05)?;
+        register_file(&mut registry.client, "iris", &tiny.file).await?;
+        register_file(&mut registry.client, "iris", &v2).await?;
+        let http = reqwest::Client::new();
+        let set_alias = |version: &'static str| {
+            let (http, url) = (http.clone(), format!("{}/api/2.0/mlflow/registered-models/alias", mlflow.url));
+            async move {
+                let r = http
+                    .post(url)
+                    .json(&serde_json::json!({"name": "iris", "alias": "champion", "version": version}))
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("setting the alias: HTTP {}", r.status());
+                }
+                Ok(())
+            }
+        };
+        set_alias("1").await?;
+        let inf = start_inference(&dir, &mlflow.url, Some(&registry.url), "iris@champion", &env[..1]).await?;
+        wait_serving(&inf.client, "iris", "1", &[5.1, 3.5, 1.4, 0.2], Duration::from_secs(60)).await?;
+        let mut took = Vec::new();
+        for i in 0..20 {
+            let version = if i % 2 == 0 { "2" } else { "1" };
+            let t = Instant::now();
+            set_alias(version).await?;
+            wait_for("the new version to answer", Duration::from_secs(30), || {
+                let mut c = inf.client.clone();
+                async move {
+                    let r = c.predict(ferry_e2e::predict_row("iris", &[5.1, 3.5, 1.4, 0.2])).await;
+                    Ok(r.ok().filter(|r| r.get_ref().model_version == version).map(|_| ()))
+                }
+            })
+            .await?;
+            took.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        took.sort_by(f64::total_cmp);
+        let pct = |p: f64| took[((took.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+        let path = if webhooks {
+            "MLflow webhook → registry → WatchModels → inference".to_owned()
+        } else {
+            format!("no webhooks: registry polls MLflow every {POLL_MS} ms → WatchModels → inference")
+        };
+        suite.line(&format!("| {path} | {:.0} | {:.0} | {:.0} |", pct(0.5), pct(0.99), took[took.len() - 1]));
+        drop(inf);
+        drop(registry);
+        drop(mlflow);
+    }
+    Ok(())
+}

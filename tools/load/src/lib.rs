@@ -1,0 +1,507 @@
+//! A load generator for Ferry and its peers: closed loop at a fixed
+//! concurrency or open loop at a fixed rate, over gRPC `Predict`, OIP
+//! `ModelInfer`, REST `/predict` (Ferry and the Node gateway share it) and OIP
+//! REST; plus the in-process ONNX Runtime limit (the same model in a loop with
+//! no network). Every request of a run carries the same rows, so systems are
+//! compared on equal work. Latencies are exact (every sample kept), measured
+//! from when a request was due: open-loop runs do not hide queueing.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use ferry_proto::{inference::v1 as pb, oip};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::sync::{Mutex, Semaphore};
+
+/// What is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// Ferry's gRPC `ferry.inference.v1.Inference/Predict`.
+    Grpc,
+    /// Open Inference Protocol gRPC `ModelInfer`, raw tensor contents (as perf_analyzer sends).
+    Oip,
+    /// `POST /predict {"data":[...]}`: Ferry's REST adapter, and the Node gateway's only API.
+    Rest,
+    /// Open Inference Protocol REST `POST /v2/models/{model}/infer`, JSON data.
+    RestV2,
+    /// No server: ONNX Runtime sessions in this process, one per concurrent caller.
+    InProcess,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub target: Target,
+    /// `http://host:port` of the server (unused in process).
+    pub url: String,
+    pub model: String,
+    pub input: String,
+    /// Features per row.
+    pub width: usize,
+    /// Rows per request.
+    pub batch: usize,
+    /// Requests in flight (closed loop), or connections available (open loop).
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    /// Requests per second for an open-loop run; `None` is closed loop.
+    pub rate: Option<f64>,
+    /// gRPC connections the callers share (HTTP/2 multiplexes the rest).
+    pub connections: usize,
+    /// For `InProcess`: the model file, the ONNX Runtime library and intra-op threads per session.
+    pub model_file: Option<PathBuf>,
+    pub ort_library: Option<PathBuf>,
+    pub intra_threads: usize,
+    /// The server's process, for CPU per 1k requests and RSS.
+    pub server_pid: Option<u32>,
+}
+
+/// The rows every request carries: iris-like for width 4, seeded noise otherwise.
+pub fn rows(width: usize, batch: usize) -> Vec<f32> {
+    let row: Vec<f32> = if width == 4 {
+        vec![5.1, 3.5, 1.4, 0.2]
+    } else {
+        // xorshift, so that every system and every run sends the same numbers.
+        let mut x: u32 = 42;
+        (0..width)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 8) as f32 / (1u32 << 24) as f32
+            })
+            .collect()
+    };
+    row.iter().copied().cycle().take(width * batch).collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub requests: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub seconds: f64,
+    pub rps: f64,
+    /// Rows per second (requests × batch).
+    pub inferences_per_s: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub max_us: f64,
+    /// Server CPU time per 1,000 successful requests, when its pid was given.
+    pub cpu_ms_per_1k: Option<f64>,
+    pub server_rss_mb: Option<f64>,
+    /// p99 latency (µs) of the requests sent in each second of the run, in order.
+    pub p99_by_second_us: Vec<f64>,
+}
+
+impl Report {
+    pub fn header() -> &'static str {
+        "req/s\tinfer/s\tp50_ms\tp90_ms\tp99_ms\tmax_ms\terrors\tcpu_ms_per_1k\trss_mb"
+    }
+
+    pub fn row(&self) -> String {
+        let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+        format!(
+            "{:.0}\t{:.0}\t{:.3}\t{:.3}\t{:.3}\t{:.3}\t{}\t{}\t{}",
+            self.rps,
+            self.inferences_per_s,
+            self.p50_us / 1e3,
+            self.p90_us / 1e3,
+            self.p99_us / 1e3,
+            self.max_us / 1e3,
+            self.errors,
+            opt(self.cpu_ms_per_1k),
+            opt(self.server_rss_mb)
+        )
+    }
+}
+
+/// Samples and errors of one run.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    /// Seconds into the measured window each latency was sent at.
+    second: Vec<u16>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn add(&mut self, started: Instant, measure_from: Instant, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                self.latencies_us.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                self.second.push(started.saturating_duration_since(measure_from).as_secs().min(u16::MAX as u64) as u16);
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latencies_us.extend(other.latencies_us);
+        self.second.extend(other.second);
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    fn report(mut self, seconds: f64, batch: usize, cpu: Option<f64>, rss: Option<f64>) -> Report {
+        let mut by_second: Vec<Vec<u32>> = vec![Vec::new(); seconds.ceil() as usize];
+        for (&l, &s) in self.latencies_us.iter().zip(&self.second) {
+            if let Some(w) = by_second.get_mut(s as usize) {
+                w.push(l);
+            }
+        }
+        let p99_by_second_us = by_second
+            .into_iter()
+            .map(|mut w| {
+                w.sort_unstable();
+                w.get((w.len() as f64 * 0.99) as usize).or(w.last()).map_or(0.0, |&v| f64::from(v))
+            })
+            .collect();
+        self.latencies_us.sort_unstable();
+        let n = self.latencies_us.len();
+        let pct =
+            |p: f64| if n == 0 { 0.0 } else { f64::from(self.latencies_us[((n as f64 * p) as usize).min(n - 1)]) };
+        let rps = n as f64 / seconds;
+        Report {
+            requests: n as u64,
+            errors: self.errors,
+            first_error: self.first_error,
+            seconds,
+            rps,
+            inferences_per_s: rps * batch as f64,
+            p50_us: pct(0.50),
+            p90_us: pct(0.90),
+            p99_us: pct(0.99),
+            max_us: self.latencies_us.last().map_or(0.0, |&m| f64::from(m)),
+            cpu_ms_per_1k: cpu.filter(|_| n > 0).map(|c| c * 1e3 / (n as f64 / 1e3)),
+            server_rss_mb: rss,
+            p99_by_second_us,
+        }
+    }
+}
+
+/// One caller's connection and its prepared request.
+enum Client {
+    Http {
+        sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        uri: http::Uri,
+        host: String,
+        body: Bytes,
+    },
+    Grpc {
+        client: pb::inference_client::InferenceClient<tonic::transport::Channel>,
+        request: pb::PredictRequest,
+    },
+    Oip {
+        client: oip::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>,
+        request: oip::ModelInferRequest,
+    },
+}
+
+impl Client {
+    async fn call(&mut self) -> Result<(), String> {
+        match self {
+            Client::Http { sender, uri, host, body } => {
+                sender.ready().await.map_err(|e| e.to_string())?;
+                let req = http::Request::post(uri.clone())
+                    .header(http::header::HOST, host.as_str())
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(body.clone()))
+                    .map_err(|e| e.to_string())?;
+                let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+                if !status.is_success() {
+                    return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+                }
+                Ok(())
+            }
+            Client::Grpc { client, request } => {
+                client.predict(request.clone()).await.map(drop).map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+            }
+            Client::Oip { client, request } => client
+                .model_infer(request.clone())
+                .await
+                .map(drop)
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+        }
+    }
+}
+
+struct Connector {
+    scenario: Scenario,
+    channels: Vec<tonic::transport::Channel>,
+    addr: Option<SocketAddr>,
+    host: String,
+    body: Bytes,
+    path: String,
+}
+
+impl Connector {
+    async fn new(s: &Scenario) -> anyhow::Result<Self> {
+        let data = rows(s.width, s.batch);
+        let uri: http::Uri = s.url.parse().with_context(|| format!("parsing {}", s.url))?;
+        let host = uri.authority().map(|a| a.to_string()).context("the URL needs host:port")?;
+        let (body, path) = match s.target {
+            Target::Rest => {
+                if s.batch != 1 {
+                    bail!("REST /predict takes one row per request; use rest-v2 for batches");
+                }
+                (serde_json::to_vec(&serde_json::json!({ "data": data }))?, format!("/predict?model={}", s.model))
+            }
+            Target::RestV2 => (
+                serde_json::to_vec(&serde_json::json!({ "inputs": [{
+                    "name": s.input, "shape": [s.batch, s.width], "datatype": "FP32", "data": data
+                }]}))?,
+                format!("/v2/models/{}/infer", s.model),
+            ),
+            Target::Grpc | Target::Oip | Target::InProcess => (Vec::new(), String::new()),
+        };
+        let mut channels = Vec::new();
+        if matches!(s.target, Target::Grpc | Target::Oip) {
+            for _ in 0..s.connections.max(1) {
+                let ch = tonic::transport::Endpoint::from_shared(s.url.clone())?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .with_context(|| format!("connecting to {}", s.url))?;
+                channels.push(ch);
+            }
+        }
+        let addr = if matches!(s.target, Target::Rest | Target::RestV2) {
+            Some(tokio::net::lookup_host(&host).await?.next().context("resolving the host")?)
+        } else {
+            None
+        };
+        Ok(Self { scenario: s.clone(), channels, addr, host, body: Bytes::from(body), path })
+    }
+
+    async fn client(&self, i: usize) -> anyhow::Result<Client> {
+        let s = &self.scenario;
+        let data = rows(s.width, s.batch);
+        let shape = vec![s.batch as i64, s.width as i64];
+        Ok(match s.target {
+            Target::Rest | Target::RestV2 => {
+                let stream = tokio::net::TcpStream::connect(self.addr.context("no address")?).await?;
+                stream.set_nodelay(true)?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(conn);
+                Client::Http { sender, uri: self.path.parse()?, host: self.host.clone(), body: self.body.clone() }
+            }
+            Target::Grpc => Client::Grpc {
+                client: pb::inference_client::InferenceClient::new(self.channels[i % self.channels.len()].clone())
+                    .max_decoding_message_size(64 << 20),
+                request: pb::PredictRequest {
+                    model: s.model.clone(),
+                    inputs: vec![pb::Tensor {
+                        name: s.input.clone(),
+                        dtype: pb::DataType::Float32.into(),
+                        shape,
+                        float_data: data,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            },
+            Target::Oip => Client::Oip {
+                client: oip::grpc_inference_service_client::GrpcInferenceServiceClient::new(
+                    self.channels[i % self.channels.len()].clone(),
+                )
+                .max_decoding_message_size(64 << 20),
+                request: oip::ModelInferRequest {
+                    model_name: s.model.clone(),
+                    inputs: vec![oip::model_infer_request::InferInputTensor {
+                        name: s.input.clone(),
+                        datatype: "FP32".into(),
+                        shape,
+                        ..Default::default()
+                    }],
+                    raw_input_contents: vec![data.iter().flat_map(|v| v.to_le_bytes()).collect()],
+                    ..Default::default()
+                },
+            },
+            Target::InProcess => bail!("in-process runs have no client"),
+        })
+    }
+}
+
+/// CPU seconds (user + system) of a process, from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // /proc reports clock ticks in USER_HZ, which Linux fixes at 100.
+    Some(ticks / 100.0)
+}
+
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Runs one scenario: warm-up (not recorded), then the measured window.
+pub async fn run(s: &Scenario) -> anyhow::Result<Report> {
+    if s.target == Target::InProcess {
+        let s = s.clone();
+        return tokio::task::spawn_blocking(move || in_process(&s)).await?;
+    }
+    let conn = Connector::new(s).await?;
+    let mut clients = Vec::with_capacity(s.concurrency);
+    for i in 0..s.concurrency.max(1) {
+        clients.push(conn.client(i).await?);
+    }
+    // One request first: a wrong URL or model fails fast with its message.
+    if let Err(e) = clients[0].call().await {
+        bail!("the first request failed: {e}");
+    }
+    let measure_from = Instant::now() + s.warmup;
+    let end = measure_from + s.duration;
+    let cpu_before = Arc::new(Mutex::new(None));
+    {
+        let (cpu_before, pid) = (Arc::clone(&cpu_before), s.server_pid);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            *cpu_before.lock().await = pid.and_then(cpu_seconds);
+        });
+    }
+    let tally = match s.rate {
+        None => closed_loop(clients, measure_from, end).await,
+        Some(rate) => open_loop(clients, rate, measure_from, end).await,
+    };
+    let cpu = match (*cpu_before.lock().await, s.server_pid.and_then(cpu_seconds)) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    Ok(tally.report(s.duration.as_secs_f64(), s.batch, cpu, s.server_pid.and_then(rss_mb)))
+}
+
+async fn closed_loop(clients: Vec<Client>, measure_from: Instant, end: Instant) -> Tally {
+    let workers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let mut t = Tally::default();
+                loop {
+                    let started = Instant::now();
+                    if started >= end {
+                        break;
+                    }
+                    let r = c.call().await;
+                    if started >= measure_from && Instant::now() <= end {
+                        t.add(started, measure_from, r);
+                    }
+                }
+                t
+            })
+        })
+        .collect();
+    let mut all = Tally::default();
+    for w in workers {
+        if let Ok(t) = w.await {
+            all.merge(t);
+        }
+    }
+    all
+}
+
+/// Requests are due every 1/rate seconds whether or not earlier ones finished;
+/// a request waits for a free connection and its latency counts from when it was due.
+async fn open_loop(clients: Vec<Client>, rate: f64, measure_from: Instant, end: Instant) -> Tally {
+    let free = Arc::new(Semaphore::new(clients.len()));
+    let pool = Arc::new(Mutex::new(clients));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let start = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let mut tasks = Vec::new();
+    for k in 0u64.. {
+        let due = start + period.mul_f64(k as f64);
+        if due >= end {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let (free, pool, tally) = (Arc::clone(&free), Arc::clone(&pool), Arc::clone(&tally));
+        tasks.push(tokio::spawn(async move {
+            let Ok(_permit) = free.acquire().await else { return };
+            let Some(mut c) = pool.lock().await.pop() else { return };
+            let r = c.call().await;
+            pool.lock().await.push(c);
+            if due >= measure_from && Instant::now() <= end + Duration::from_secs(10) {
+                tally.lock().await.add(due, measure_from, r);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    std::mem::take(&mut *tally.lock().await)
+}
+
+/// The ceiling no server can beat: sessions called in a loop, one thread each.
+fn in_process(s: &Scenario) -> anyhow::Result<Report> {
+    use ort::{session::Session, value::Tensor};
+    let lib = s.ort_library.as_ref().context("--ort-library is required in process")?;
+    let file = s.model_file.as_ref().context("--model-file is required in process")?;
+    // ONNX Runtime allows one environment per process; later runs reuse it.
+    static ENV: std::sync::OnceLock<Result<ort::environment::Environment, String>> = std::sync::OnceLock::new();
+    let env = ENV
+        .get_or_init(|| {
+            ort::init_from(lib).map_err(|e| e.to_string())?.with_name("ferry-load").build().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("loading ONNX Runtime from {}: {e}", lib.display()))?;
+    let data = rows(s.width, s.batch);
+    let measure_from = Instant::now() + s.warmup;
+    let end = measure_from + s.duration;
+    let threads: Vec<_> = (0..s.concurrency.max(1))
+        .map(|_| {
+            let ort_err = |e: String| anyhow::anyhow!("ONNX Runtime: {e}");
+            let mut session = Session::builder(env)
+                .map_err(|e| ort_err(e.to_string()))?
+                .with_intra_threads(s.intra_threads)
+                .map_err(|e| ort_err(e.to_string()))?
+                .with_inter_threads(1)
+                .map_err(|e| ort_err(e.to_string()))?
+                .commit_from_file(file)
+                .map_err(|e| ort_err(e.to_string()))?;
+            let (data, input, batch, width) = (data.clone(), s.input.clone(), s.batch, s.width);
+            Ok(std::thread::spawn(move || {
+                let mut t = Tally::default();
+                loop {
+                    let started = Instant::now();
+                    if started >= end {
+                        break;
+                    }
+                    let r =
+                        Tensor::from_array(([batch, width], data.clone())).map_err(|e| e.to_string()).and_then(|x| {
+                            session.run(ort::inputs![input.as_str() => x]).map(drop).map_err(|e| e.to_string())
+                        });
+                    if started >= measure_from {
+                        t.add(started, measure_from, r);
+                    }
+                }
+                t
+            }))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut all = Tally::default();
+    for t in threads {
+        all.merge(t.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?);
+    }
+    Ok(all.report(s.duration.as_secs_f64(), s.batch, None, rss_mb(std::process::id())))
+}

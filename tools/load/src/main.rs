@@ -1,0 +1,100 @@
+//! `ferry-load`: one scenario per concurrency level, a table row each.
+//!
+//! ```text
+//! ferry-load --target rest --url http://127.0.0.1:8080 -c 1,16,64 --duration 10
+//! ferry-load --target oip --url http://127.0.0.1:50052 --model medium --width 512 --batch 32 -c 64
+//! ferry-load --target in-process --model-file medium.onnx --ort-library libonnxruntime.so --width 512
+//! ```
+
+use std::{io::Write, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use ferry_load::{Report, Scenario, Target};
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry-load", version, about = "Load generator for Ferry (and peers) with exact latency percentiles")]
+struct Args {
+    #[arg(long, value_enum)]
+    target: Target,
+    /// Server base URL (gRPC or HTTP).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, default_value = "iris")]
+    model: String,
+    /// Model input name.
+    #[arg(long, default_value = "input")]
+    input: String,
+    /// Features per row.
+    #[arg(long, default_value_t = 4)]
+    width: usize,
+    /// Rows per request.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Concurrency levels, one run each.
+    #[arg(short = 'c', long, value_delimiter = ',', default_value = "1,16,64")]
+    concurrency: Vec<usize>,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Unrecorded seconds before each run.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Open loop: requests per second (closed loop when absent).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// gRPC connections (default: one per 16 callers, at most 4).
+    #[arg(long)]
+    connections: Option<usize>,
+    #[arg(long)]
+    model_file: Option<PathBuf>,
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    ort_library: Option<PathBuf>,
+    /// Intra-op threads per in-process session (0 = ONNX Runtime's default).
+    #[arg(long, default_value_t = 1)]
+    intra_threads: usize,
+    /// The server's pid, for CPU per 1k requests and RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Free text naming the system in the output.
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Load-generator threads (1 keeps it to one core, like `wrk -t1`).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let rt = if a.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(a.threads).enable_all().build()?
+    };
+    println!("label\ttarget\tmodel\tbatch\tconc\t{}", Report::header());
+    for &c in &a.concurrency {
+        let s = Scenario {
+            target: a.target,
+            url: a.url.clone(),
+            model: a.model.clone(),
+            input: a.input.clone(),
+            width: a.width,
+            batch: a.batch,
+            concurrency: c,
+            duration: Duration::from_secs_f64(a.duration),
+            warmup: Duration::from_secs_f64(a.warmup),
+            rate: a.rate,
+            connections: a.connections.unwrap_or(c.div_ceil(16).clamp(1, 4)),
+            model_file: a.model_file.clone(),
+            ort_library: a.ort_library.clone(),
+            intra_threads: a.intra_threads,
+            server_pid: a.server_pid,
+        };
+        let r = rt.block_on(ferry_load::run(&s))?;
+        println!("{}\t{:?}\t{}\t{}\t{c}\t{}", a.label, a.target, a.model, a.batch, r.row());
+        if let Some(e) = &r.first_error {
+            eprintln!("  first error: {e}");
+        }
+        std::io::stdout().flush()?;
+    }
+    Ok(())
+}
