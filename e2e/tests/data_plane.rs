@@ -186,7 +186,26 @@ async fn hot_swaps_under_load_and_bad_versions() -> anyhow::Result<()> {
     ensure!(sample("ferry_inference_model_loads_total{model=\"iris\",result=\"failure\"}") >= 2.0, "{text}");
     ensure!(sample("ferry_inference_model_loads_total{model=\"iris\",result=\"success\"}") >= 3.0, "{text}");
     ensure!(text.contains("ferry_inference_serving_info{model=\"iris\",version=\"3\",state=\"degraded\"} 1"), "{text}");
-    ensure!(sample("ferry_inference_requests_total{model=\"iris\",result=\"success\"}") >= total as f64, "{text}");
+    // Requests by method, model, version and code; they add up to what the clients sent.
+    let sum = |prefix: &str, suffix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && l.rsplit_once(' ').is_some_and(|(k, _)| k.ends_with(suffix)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let ok = sum("ferry_inference_requests_total{method=\"grpc.Predict\",model=\"iris\",", "code=\"ok\"}");
+    ensure!(ok >= total as f64, "{ok} ok requests counted, {total} sent:\n{text}");
+    for series in [
+        "ferry_inference_request_duration_seconds_count{method=\"grpc.Predict\",model=\"iris\",version=\"2\"}",
+        "ferry_inference_request_duration_seconds_count{method=\"grpc.Predict\",model=\"iris\",version=\"3\"}",
+        "ferry_inference_delivery_lag_seconds_count{model=\"iris\"}",
+    ] {
+        ensure!(sample(series) >= 1.0, "{series} missing:\n{text}");
+    }
+    ensure!(sample("ferry_inference_model_load_duration_seconds_count{model=\"iris\"}") >= 3.0, "{text}");
+    ensure!(sample("ferry_inference_batch_rows_count{model=\"iris\"}") >= 1.0, "{text}");
+    ensure!(sample("ferry_inference_queue_depth{model=\"iris\"}") >= 0.0, "{text}");
+    ensure!(sum("ferry_mlflow_requests_total{", "outcome=\"ok\"}") >= 1.0, "MLflow calls are counted:\n{text}");
     let files = std::fs::read_dir(inference.model_dir.join("iris"))?
         .filter_map(Result::ok)
         .filter(|e| e.path().extension().is_some_and(|x| x == "onnx"))

@@ -33,7 +33,7 @@ async fn control_plane_over_real_mlflow() -> anyhow::Result<()> {
     train_iris(&f1, 1.0)?;
     train_iris(&f2, 0.05)?;
 
-    let (grpc_port, http_port) = (free_port(), free_port());
+    let (grpc_port, http_port, metrics_port) = (free_port(), free_port(), free_port());
     let http_base = format!("http://127.0.0.1:{http_port}");
     let registry = ferry(
         "ferry-registry",
@@ -42,6 +42,7 @@ async fn control_plane_over_real_mlflow() -> anyhow::Result<()> {
         &[
             ("FERRY_REGISTRY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
             ("FERRY_REGISTRY_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            ("FERRY_REGISTRY_METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
             ("MLFLOW_TRACKING_URI", mlflow.url.clone()),
             // Far slower than any assertion below: only webhooks can be that fast.
             ("FERRY_POLL_INTERVAL_MS", "60000".into()),
@@ -81,7 +82,10 @@ async fn control_plane_over_real_mlflow() -> anyhow::Result<()> {
     let v1 = reg.register_model(authed(upload(meta, std::fs::read(&f1)?))).await?.into_inner().version.context("v1")?;
     ensure!(v1.version == "1");
 
-    let metrics_url = format!("{http_base}/metrics");
+    // Metrics have their own port; the webhook port MLflow reaches does not expose them.
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let on_webhook_port = reqwest::get(format!("{http_base}/metrics")).await?.status();
+    ensure!(on_webhook_port == reqwest::StatusCode::NOT_FOUND, "metrics on the webhook port: {on_webhook_port}");
     let before = reqwest::get(&metrics_url).await?.text().await?;
 
     // The training run carries the metrics and params, and finished.
@@ -297,8 +301,26 @@ async fn control_plane_over_real_mlflow() -> anyhow::Result<()> {
     ] {
         ensure!(sample(&after, series) >= min, "{series} below {min}:\n{after}");
     }
-    for series in ["ferry_registry_changes_total", "ferry_registry_reconciliations_total{result=\"success\"}"] {
-        ensure!(sample(&after, series) > sample(&before, series), "{series} did not move:\n{before}\n---\n{after}");
+    for series in [
+        "ferry_registry_changes_total",
+        "ferry_registry_reconciliations_total{result=\"success\"}",
+        // Every MLflow call is timed and counted by endpoint and outcome.
+        "ferry_mlflow_request_duration_seconds_count{endpoint=\"model-versions/create\"}",
+        "ferry_mlflow_requests_total{endpoint=\"model-versions/create\",outcome=\"ok\"}",
+    ] {
+        ensure!(
+            sample(&after, series).max(0.0) > sample(&before, series).max(0.0),
+            "{series} did not move:\n{before}\n---\n{after}"
+        );
+    }
+    ensure!(
+        sample(&after, "ferry_mlflow_requests_total{endpoint=\"registered-models/get\",outcome=\"not_found\"}") >= 1.0,
+        "the NOT_FOUND answer to GetModel before registration is counted:\n{after}"
+    );
+    // No secret reaches the log (the bearer token and the webhook secret were both used above).
+    let log = std::fs::read_to_string(&registry.log)?;
+    if let Some(line) = log.lines().find(|l| l.contains(TOKEN) || l.contains(SECRET)) {
+        anyhow::bail!("a secret is in the registry log: {line}");
     }
 
     // --- a registry that starts with another public URL repairs the webhook in place.

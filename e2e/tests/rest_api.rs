@@ -24,7 +24,10 @@ async fn rest_api_matches_its_openapi_document() -> anyhow::Result<()> {
     let mut registry = start_registry(d, &mlflow.url, &[]).await?;
     register_file(&mut registry.client, "iris", &model).await?;
     promote(&mut registry.client, "iris", "1").await?;
-    let inference = start_inference(d, &mlflow.url, Some(&registry.url), "iris:Production", &[]).await?;
+    // JSON logs at debug for the HTTP layer: the request-id and no-payload checks below read them.
+    let logging =
+        [("FERRY_LOG_JSON", "true".to_owned()), ("FERRY_LOG", "info,ferry_inference=debug,tower_http=debug".into())];
+    let inference = start_inference(d, &mlflow.url, Some(&registry.url), "iris:Production", &logging).await?;
     wait_serving(&inference.client, "iris", "1", &ROW, Duration::from_secs(60))
         .await
         .with_context(|| inference.proc.log_tail())?;
@@ -92,5 +95,32 @@ async fn rest_api_matches_its_openapi_document() -> anyhow::Result<()> {
         }
     }
     ensure!(checked >= 18, "only {checked} operations checked");
+
+    // Request ids: the caller's is echoed and made up otherwise; the request's log
+    // lines carry it; logs are JSON; no input value reaches the log.
+    let distinctive = [5.4321f32, 3.1234, 1.4321, 0.2345];
+    let r = http
+        .post(format!("{base}/predict"))
+        .header("x-request-id", "req-test-42")
+        .json(&json!({"data": distinctive}))
+        .send()
+        .await?;
+    ensure!(
+        r.status() == 200 && r.headers().get("x-request-id").is_some_and(|v| v == "req-test-42"),
+        "{:?}",
+        r.headers()
+    );
+    let r = http.post(format!("{base}/predict")).json(&json!({"data": ROW})).send().await?;
+    let made_up = r.headers().get("x-request-id").context("a request id is made up")?.to_str()?.to_owned();
+    ensure!(made_up.len() >= 8, "{made_up}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = std::fs::read_to_string(&inference.proc.log)?;
+    let json_lines: Vec<Value> =
+        log.lines().filter(|l| l.starts_with('{')).map(serde_json::from_str).collect::<Result<_, _>>()?;
+    ensure!(json_lines.len() > 5, "JSON log lines expected:\n{log}");
+    for id in ["req-test-42", made_up.as_str()] {
+        ensure!(json_lines.iter().any(|l| l.to_string().contains(id)), "no log line carries request id {id}:\n{log}");
+    }
+    ensure!(!log.contains("5.4321") && !log.contains("3.1234"), "a request payload reached the log");
     Ok(())
 }

@@ -1,4 +1,15 @@
-use std::{fmt, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    path::Path,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use ferry_telemetry::metrics::{self, Histogram};
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::{Serialize, de::DeserializeOwned};
@@ -7,7 +18,7 @@ use tracing::{Instrument, debug, instrument, warn};
 use url::Url;
 
 use crate::{
-    error::{Error, Result},
+    error::{Error, ErrorKind, Result},
     types::{Experiment, FileInfo, ModelVersion, Page, RegisteredModel, RunInfo, RunStatus, Tag, Webhook},
 };
 
@@ -65,6 +76,65 @@ impl Config {
 pub struct Client {
     http: reqwest::Client,
     cfg: Config,
+    calls: Arc<CallMetrics>,
+}
+
+/// Latency and outcome of every HTTP call to MLflow, by endpoint (each retry
+/// attempt is a call).
+#[derive(Debug, Default)]
+struct CallMetrics {
+    by_endpoint: RwLock<HashMap<String, Arc<CallSeries>>>,
+}
+
+#[derive(Debug)]
+struct CallSeries {
+    duration: Histogram,
+    /// "ok", then one counter per `OUTCOMES` error entry.
+    outcomes: [AtomicU64; OUTCOMES.len()],
+}
+
+const OUTCOMES: [&str; 8] = [
+    "ok",
+    "not_found",
+    "already_exists",
+    "invalid_argument",
+    "permission_denied",
+    "unavailable",
+    "timeout",
+    "internal",
+];
+
+fn outcome<T>(r: &Result<T>) -> usize {
+    match r.as_ref().map_err(Error::kind) {
+        Ok(_) => 0,
+        Err(ErrorKind::NotFound) => 1,
+        Err(ErrorKind::AlreadyExists) => 2,
+        Err(ErrorKind::InvalidArgument) => 3,
+        Err(ErrorKind::PermissionDenied) => 4,
+        Err(ErrorKind::Unavailable) => 5,
+        Err(ErrorKind::Timeout) => 6,
+        Err(ErrorKind::Internal) => 7,
+    }
+}
+
+impl CallMetrics {
+    fn record(&self, endpoint: &str, outcome: usize, elapsed: Duration) {
+        let found = self.by_endpoint.read().ok().and_then(|m| m.get(endpoint).cloned());
+        let series = match found {
+            Some(s) => s,
+            None => {
+                let Ok(mut m) = self.by_endpoint.write() else { return };
+                Arc::clone(m.entry(endpoint.to_owned()).or_insert_with(|| {
+                    Arc::new(CallSeries {
+                        duration: Histogram::seconds(metrics::LATENCY_NS),
+                        outcomes: Default::default(),
+                    })
+                }))
+            }
+        };
+        series.duration.observe_duration(elapsed);
+        series.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A request body that can be rebuilt for each retry attempt.
@@ -85,7 +155,39 @@ impl Client {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| Error::Protocol(format!("building HTTP client: {e}")))?;
-        Ok(Self { http, cfg })
+        Ok(Self { http, cfg, calls: Arc::default() })
+    }
+
+    /// Appends the `ferry_mlflow_*` Prometheus families: calls by endpoint and
+    /// outcome, and their latency.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let mut all: Vec<(String, Arc<CallSeries>)> = self
+            .calls
+            .by_endpoint
+            .read()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect())
+            .unwrap_or_default();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        metrics::header(out, "ferry_mlflow_requests_total", "counter", "HTTP calls to MLflow by endpoint and outcome.");
+        for (endpoint, s) in &all {
+            for (i, n) in s.outcomes.iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "ferry_mlflow_requests_total{{endpoint=\"{}\",outcome=\"{}\"}} {n}",
+                        metrics::escape(endpoint),
+                        OUTCOMES[i]
+                    );
+                }
+            }
+        }
+        metrics::header(out, "ferry_mlflow_request_duration_seconds", "histogram", "Latency of HTTP calls to MLflow.");
+        for (endpoint, s) in &all {
+            let labels = format!("endpoint=\"{}\"", metrics::escape(endpoint));
+            s.duration.render(out, "ferry_mlflow_request_duration_seconds", &labels);
+        }
     }
 
     pub fn base_url(&self) -> &Url {
@@ -117,7 +219,10 @@ impl Client {
     {
         let mut n = 0;
         loop {
-            match attempt().await {
+            let started = Instant::now();
+            let result = attempt().await;
+            self.calls.record(what, outcome(&result), started.elapsed());
+            match result {
                 Err(e) if e.is_retryable() && n + 1 < attempts => {
                     warn!(what, attempt = n, error = %e, "MLflow call failed; retrying");
                     n += 1;

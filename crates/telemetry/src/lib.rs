@@ -97,10 +97,57 @@ impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
 /// W3C trace context (`traceparent`) when there is one.
 pub fn server_span(protocol: &'static str, path: &str, headers: &http::HeaderMap) -> tracing::Span {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let span = tracing::info_span!("request", otel.name = %path, protocol, path = %path);
+    let request_id = request_id(headers);
+    let span = tracing::info_span!("request", otel.name = %path, protocol, path = %path, request_id = %request_id);
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(parent);
     span
+}
+
+/// The caller's `x-request-id` when it is a sane token, else a new one.
+pub fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(new_request_id, str::to_owned)
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// Unique within the process and, by its time-and-pid prefix, across restarts.
+fn new_request_id() -> String {
+    use std::sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    };
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        t ^ std::process::id().rotate_left(16)
+    });
+    format!("{prefix:08x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Gives every HTTP request an `x-request-id` (the caller's, or a new one)
+/// before its span opens, and echoes it on the response.
+pub fn request_id_layers()
+-> (tower_http::request_id::SetRequestIdLayer<MakeRequestId>, tower_http::request_id::PropagateRequestIdLayer) {
+    let header = http::HeaderName::from_static(REQUEST_ID);
+    (
+        tower_http::request_id::SetRequestIdLayer::new(header.clone(), MakeRequestId),
+        tower_http::request_id::PropagateRequestIdLayer::new(header),
+    )
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct MakeRequestId;
+
+impl tower_http::request_id::MakeRequestId for MakeRequestId {
+    fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<tower_http::request_id::RequestId> {
+        http::HeaderValue::from_str(&new_request_id()).ok().map(tower_http::request_id::RequestId::new)
+    }
 }
 
 /// Adds the current span's W3C trace context to outgoing request headers.
@@ -137,4 +184,187 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+/// Socket settings shared by every Ferry listener.
+pub mod net {
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Small responses and stream events must not wait on Nagle's algorithm
+    /// for the peer's delayed ACK (up to 40 ms on Linux).
+    pub fn set_nodelay(tcp: &mut TcpStream) {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY");
+        }
+    }
+
+    /// Accepted connections with TCP_NODELAY set, for tonic's `serve_with_incoming`.
+    pub fn nodelay_incoming(
+        listener: TcpListener,
+    ) -> impl tokio_stream::Stream<Item = std::io::Result<TcpStream>> + Send + 'static {
+        use tokio_stream::StreamExt;
+        tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+            conn.map(|mut tcp| {
+                set_nodelay(&mut tcp);
+                tcp
+            })
+        })
+    }
+}
+
+/// Prometheus text exposition for the few metric shapes Ferry uses, kept
+/// lock-free on the request path: counters and histograms are atomics that the
+/// `/metrics` handler reads and renders.
+pub mod metrics {
+    use std::{
+        fmt::Write,
+        sync::atomic::{AtomicU64, Ordering},
+        time::Duration,
+    };
+
+    /// Request and call latency bounds, 100 µs to 10 s, in nanoseconds.
+    pub const LATENCY_NS: &[u64] = &[
+        100_000,
+        250_000,
+        500_000,
+        1_000_000,
+        2_500_000,
+        5_000_000,
+        10_000_000,
+        25_000_000,
+        50_000_000,
+        100_000_000,
+        250_000_000,
+        500_000_000,
+        1_000_000_000,
+        2_500_000_000,
+        5_000_000_000,
+        10_000_000_000,
+    ];
+
+    /// Model load and delivery bounds, 50 ms to 5 min, in nanoseconds.
+    pub const SLOW_NS: &[u64] = &[
+        50_000_000,
+        100_000_000,
+        250_000_000,
+        500_000_000,
+        1_000_000_000,
+        2_500_000_000,
+        5_000_000_000,
+        10_000_000_000,
+        30_000_000_000,
+        60_000_000_000,
+        300_000_000_000,
+    ];
+
+    /// A fixed-bucket histogram of integer observations (nanoseconds, rows, ...).
+    #[derive(Debug)]
+    pub struct Histogram {
+        bounds: &'static [u64],
+        /// Per-bucket (not cumulative) counts; the last is above every bound.
+        counts: Box<[AtomicU64]>,
+        sum: AtomicU64,
+        /// Divides observations for display: 1e9 renders nanoseconds as seconds.
+        scale: f64,
+    }
+
+    impl Histogram {
+        pub fn new(bounds: &'static [u64], scale: f64) -> Self {
+            Self {
+                bounds,
+                counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum: AtomicU64::new(0),
+                scale,
+            }
+        }
+
+        /// Durations, rendered in seconds.
+        pub fn seconds(bounds_ns: &'static [u64]) -> Self {
+            Self::new(bounds_ns, 1e9)
+        }
+
+        pub fn observe(&self, v: u64) {
+            let i = self.bounds.partition_point(|&b| b < v);
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+            self.sum.fetch_add(v, Ordering::Relaxed);
+        }
+
+        pub fn observe_duration(&self, d: Duration) {
+            self.observe(d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        }
+
+        pub fn count(&self) -> u64 {
+            self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        }
+
+        /// Writes `name_bucket`, `name_sum` and `name_count` samples; `labels`
+        /// is a rendered label list without braces (may be empty).
+        pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+            let sep = if labels.is_empty() { "" } else { "," };
+            let mut cumulative = 0;
+            for (i, c) in self.counts.iter().enumerate() {
+                cumulative += c.load(Ordering::Relaxed);
+                let le = self.bounds.get(i).map_or_else(|| "+Inf".to_owned(), |&b| (b as f64 / self.scale).to_string());
+                let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+            }
+            let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+            let _ = writeln!(out, "{name}_sum{braces} {}", self.sum.load(Ordering::Relaxed) as f64 / self.scale);
+            let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+        }
+    }
+
+    /// `# HELP` and `# TYPE` lines of a family.
+    pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// A label value, escaped as the exposition format requires.
+    pub fn escape(v: &str) -> String {
+        v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn renders_cumulative_buckets_in_seconds() {
+            let h = Histogram::seconds(&[1_000_000, 10_000_000]);
+            h.observe_duration(Duration::from_micros(500));
+            h.observe_duration(Duration::from_millis(5));
+            h.observe_duration(Duration::from_secs(1));
+            let mut out = String::new();
+            h.render(&mut out, "x_seconds", "m=\"a\"");
+            assert!(out.contains("x_seconds_bucket{m=\"a\",le=\"0.001\"} 1\n"), "{out}");
+            assert!(out.contains("x_seconds_bucket{m=\"a\",le=\"0.01\"} 2\n"), "{out}");
+            assert!(out.contains("x_seconds_bucket{m=\"a\",le=\"+Inf\"} 3\n"), "{out}");
+            assert!(out.contains("x_seconds_count{m=\"a\"} 3\n"), "{out}");
+            assert!(out.contains("x_seconds_sum{m=\"a\"} 1.0055\n"), "{out}");
+        }
+    }
+}
+
+/// A secret from the command line or environment: usable, but printed as
+/// `"<redacted>"` by `Debug`, so that logging a whole configuration is safe.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
 }

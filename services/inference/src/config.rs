@@ -51,6 +51,24 @@ pub struct Config {
     /// Graph optimization level: 0 (off), 1 (basic), 2 (extended), 3 (all).
     #[arg(long, env = "FERRY_OPT_LEVEL", default_value_t = 3)]
     pub optimization_level: u8,
+    /// Most rows stacked into one model call from concurrent requests (1 = no
+    /// batching). Applies only to models whose inputs and outputs all have a
+    /// dynamic first dimension.
+    #[arg(long, env = "FERRY_MAX_BATCH_ROWS", default_value_t = 64)]
+    pub max_batch_rows: usize,
+    /// How long a busy model may hold a batch open for more requests, in
+    /// microseconds. 0 takes only what is already queued; an idle model never waits.
+    #[arg(long, env = "FERRY_MAX_QUEUE_DELAY_US", default_value_t = 0)]
+    pub max_queue_delay_us: u64,
+    /// Models whose single-row run is faster than this (microseconds) run on
+    /// the thread that decoded the request whenever none is queued, instead of
+    /// being handed to a model thread. 0 disables.
+    #[arg(long, env = "FERRY_INLINE_BELOW_US", default_value_t = 50)]
+    pub inline_below_us: u64,
+    /// Let idle ONNX Runtime pool threads spin (only matters with more than one
+    /// intra-op thread; spinning starves other work on a shared machine).
+    #[arg(long, env = "FERRY_ORT_SPINNING", default_value_t = false)]
+    pub ort_spinning: bool,
     /// Warm-up runs on zero inputs before a new version is swapped in.
     #[arg(long, env = "FERRY_WARMUP_RUNS", default_value_t = 1)]
     pub warmup_runs: usize,

@@ -10,7 +10,7 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use ferry_mlflow::{ModelVersion, tags};
@@ -52,7 +52,7 @@ pub(crate) fn spawn(
     let mut triggers = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     for slot in models.slots() {
-        let notify = Arc::new(Notify::new());
+        let notify = Arc::new(Trigger::default());
         triggers.insert(slot.spec.name.clone(), Arc::clone(&notify));
         let loader = Loader {
             models: Arc::clone(&models),
@@ -78,17 +78,38 @@ pub(crate) fn spawn(
 /// Reconciles one slot whenever the registry says its model changed, and on a
 /// timer: every poll interval while the registry is unreachable, and at a
 /// slower pace as a backstop while it is connected.
+/// Wakes one slot's loader, remembering when the registry first observed the
+/// change it has not yet served (for the delivery-lag metric).
+#[derive(Debug, Default)]
+struct Trigger {
+    notify: Notify,
+    observed_at: std::sync::Mutex<Option<SystemTime>>,
+}
+
+impl Trigger {
+    fn fire(&self, observed_at: Option<SystemTime>) {
+        if let (Some(at), Ok(mut slot)) = (observed_at, self.observed_at.lock()) {
+            slot.get_or_insert(at);
+        }
+        self.notify.notify_one();
+    }
+
+    fn take_observed_at(&self) -> Option<SystemTime> {
+        self.observed_at.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
 async fn slot_task(
     loader: Loader,
-    notify: Arc<Notify>,
+    notify: Arc<Trigger>,
     connected: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        loader.reconcile().await;
+        loader.reconcile(notify.take_observed_at()).await;
         let wait = if *connected.borrow() { loader.cfg.poll_interval * 15 } else { loader.cfg.poll_interval };
         tokio::select! {
-            () = notify.notified() => {},
+            () = notify.notify.notified() => {},
             () = tokio::time::sleep(wait) => {},
             _ = shutdown.changed() => return,
         }
@@ -98,7 +119,7 @@ async fn slot_task(
 /// Follows `WatchModels`, resuming from the last revision after a reconnect.
 async fn watch_registry(
     url: String,
-    triggers: HashMap<String, Arc<Notify>>,
+    triggers: HashMap<String, Arc<Trigger>>,
     connected: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -118,10 +139,16 @@ async fn watch_registry(
                         since = change.revision;
                         epoch = change.epoch.clone();
                         if change.kind() == ChangeKind::SnapshotEnd {
-                            triggers.values().for_each(|n| n.notify_one());
+                            triggers.values().for_each(|n| n.fire(None));
                         } else if let Some(n) = triggers.get(&change.name) {
                             debug!(revision = change.revision, kind = ?change.kind(), model = %change.name, version = %change.version, "model changed");
-                            n.notify_one();
+                            let observed_at = change.observed_at.and_then(|t| {
+                                SystemTime::UNIX_EPOCH.checked_add(Duration::new(
+                                    u64::try_from(t.seconds).ok()?,
+                                    u32::try_from(t.nanos).ok()?,
+                                ))
+                            });
+                            n.fire(observed_at);
                         }
                     }
                     Ok(None) => return Err::<(), String>("stream ended".into()),
@@ -135,7 +162,7 @@ async fn watch_registry(
         };
         if connected.send_replace(false) {
             // Lost the stream: slots fall back to polling MLflow; catch up now.
-            triggers.values().for_each(|n| n.notify_one());
+            triggers.values().for_each(|n| n.fire(None));
             backoff = Duration::from_millis(200);
         }
         if let Err(e) = result {
@@ -161,7 +188,10 @@ struct Loader {
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(30);
 
 impl Loader {
-    async fn reconcile(&self) {
+    /// `observed_at`: when the registry observed the change that woke this
+    /// reconcile, if one did.
+    async fn reconcile(&self, observed_at: Option<SystemTime>) {
+        let noticed = SystemTime::now();
         let target = match self.resolve().await {
             Ok(Some(t)) => t,
             Ok(None) => {
@@ -203,6 +233,9 @@ impl Loader {
                 let stats = &self.slot.stats;
                 stats.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 stats.load_ns.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+                stats.load_duration.observe_duration(started.elapsed());
+                let since = observed_at.map_or(noticed, |at| at.min(noticed));
+                stats.delivery_lag.observe_duration(SystemTime::now().duration_since(since).unwrap_or_default());
                 info!(
                     version = %target.version,
                     previous = old.as_ref().map(|o| o.version.as_str()).unwrap_or("none"),
@@ -290,8 +323,9 @@ impl Loader {
         let runtime = self.runtime.clone();
         let (opts, warmups) = (self.slot.settings.session, self.slot.settings.warmup_runs);
         let load_file = file.clone();
+        let (threads, exec) = (format!("ort-{}", self.slot.spec.name), Arc::clone(&self.slot.stats.exec));
         let loaded = tokio::task::spawn_blocking(move || {
-            let engine = runtime.load_model(&load_file, opts)?;
+            let engine = runtime.load_model(&load_file, opts, &threads, exec)?;
             engine.warm_up(warmups).map_err(|e| format!("warm-up failed: {e}"))?;
             Ok::<_, String>(engine)
         })

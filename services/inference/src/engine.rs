@@ -3,10 +3,8 @@
 
 use std::{
     path::Path,
-    sync::{
-        Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use ort::{
@@ -14,7 +12,10 @@ use ort::{
     value::{DynValue, Tensor, TensorElementType, ValueType},
 };
 
-use crate::error::ServeError;
+use crate::{
+    batcher::{BatchPolicy, Batcher, ExecStats, Runner},
+    error::ServeError,
+};
 
 /// Element types Ferry accepts and returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +108,42 @@ impl TensorData {
         self.len() == 0
     }
 
+    /// Concatenates parts of one dtype (validated by the caller) into one buffer.
+    pub(crate) fn concat<'a>(parts: impl Iterator<Item = &'a TensorData> + Clone, dtype: DType) -> Self {
+        let n = parts.clone().map(TensorData::len).sum();
+        macro_rules! cat {
+            ($variant:ident) => {{
+                let mut out = Vec::with_capacity(n);
+                for p in parts {
+                    if let TensorData::$variant(v) = p {
+                        out.extend_from_slice(v);
+                    }
+                }
+                TensorData::$variant(out)
+            }};
+        }
+        match dtype {
+            DType::F32 => cat!(F32),
+            DType::F64 => cat!(F64),
+            DType::I32 => cat!(I32),
+            DType::I64 => cat!(I64),
+            DType::Bool => cat!(Bool),
+            DType::Str => cat!(Str),
+        }
+    }
+
+    /// A copy of elements `range`.
+    pub(crate) fn slice(&self, range: std::ops::Range<usize>) -> Self {
+        match self {
+            TensorData::F32(v) => TensorData::F32(v[range].to_vec()),
+            TensorData::F64(v) => TensorData::F64(v[range].to_vec()),
+            TensorData::I32(v) => TensorData::I32(v[range].to_vec()),
+            TensorData::I64(v) => TensorData::I64(v[range].to_vec()),
+            TensorData::Bool(v) => TensorData::Bool(v[range].to_vec()),
+            TensorData::Str(v) => TensorData::Str(v[range].to_vec()),
+        }
+    }
+
     fn zeros(dtype: DType, n: usize) -> Self {
         match dtype {
             DType::F32 => TensorData::F32(vec![0.0; n]),
@@ -129,11 +166,20 @@ pub struct NamedTensor {
 /// Session options for one model.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionOptions {
-    /// Sessions in the pool: how many requests run the model at once.
+    /// Sessions, each with its own worker thread: how many model calls run at once.
     pub sessions: usize,
     pub intra_threads: usize,
     pub inter_threads: usize,
     pub optimization_level: u8,
+    /// Request stacking; only used when every input and output has a dynamic first dimension.
+    pub batch: BatchPolicy,
+    /// Models whose single-row run takes less than this run on the thread that
+    /// decoded the request when no request is queued, skipping the hand-off to
+    /// a model thread (which costs more than such a model's run). Zero disables.
+    pub inline_below: Duration,
+    /// Whether idle ONNX Runtime pool threads spin; spinning threads starve
+    /// everything else on a shared machine.
+    pub spinning: bool,
 }
 
 /// The process-wide ONNX Runtime, loaded from a shared library at start.
@@ -159,38 +205,70 @@ impl Runtime {
         Ok(Self { env })
     }
 
-    /// Builds a pool of sessions for the model file and reads its signature.
-    pub fn load_model(&self, file: &Path, opts: SessionOptions) -> Result<Engine, String> {
+    /// Builds the model's sessions, reads its signature and starts one worker
+    /// thread per session. `stats` is shared by every version of the model.
+    pub fn load_model(
+        &self,
+        file: &Path,
+        opts: SessionOptions,
+        thread_name: &str,
+        stats: Arc<ExecStats>,
+    ) -> Result<Engine, String> {
         let level = match opts.optimization_level {
             0 => GraphOptimizationLevel::Disable,
             1 => GraphOptimizationLevel::Level1,
             2 => GraphOptimizationLevel::Level2,
             _ => GraphOptimizationLevel::All,
         };
-        let mut sessions = Vec::with_capacity(opts.sessions.max(1));
-        for _ in 0..opts.sessions.max(1) {
-            let session = Session::builder(&self.env)
+        let build = || {
+            Session::builder(&self.env)
                 .map_err(|e| e.to_string())?
                 .with_intra_threads(opts.intra_threads)
                 .map_err(|e| e.to_string())?
                 .with_inter_threads(opts.inter_threads)
                 .map_err(|e| e.to_string())?
+                .with_intra_op_spinning(opts.spinning)
+                .map_err(|e| e.to_string())?
+                .with_inter_op_spinning(opts.spinning)
+                .map_err(|e| e.to_string())?
                 .with_optimization_level(level)
                 .map_err(|e| e.to_string())?
                 .commit_from_file(file)
-                .map_err(|e| format!("ONNX Runtime rejected the model: {e}"))?;
-            sessions.push(Mutex::new(session));
+                .map_err(|e| format!("ONNX Runtime rejected the model: {e}"))
+        };
+        let mut sessions = Vec::with_capacity(opts.sessions.max(1));
+        for _ in 0..opts.sessions.max(1) {
+            sessions.push(build()?);
         }
-        let first = sessions[0].lock().map_err(|_| "session lock poisoned".to_owned())?;
+        let first = &sessions[0];
         let signature = Signature {
             inputs: first.inputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?,
             outputs: first.outputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?,
         };
-        drop(first);
         if signature.inputs.is_empty() || signature.outputs.is_empty() {
             return Err("the model declares no inputs or no outputs".into());
         }
-        Ok(Engine { signature, sessions, next: AtomicUsize::new(0) })
+        let batch = if signature.batchable() { opts.batch } else { BatchPolicy::OFF };
+        let all_outputs: Arc<[String]> = signature.outputs.iter().map(|o| o.name.clone()).collect();
+        let runner =
+            |session| OrtRunner { session, signature: signature.clone(), all_outputs: Arc::clone(&all_outputs) };
+        let mut runners: Vec<OrtRunner> = sessions.into_iter().map(runner).collect();
+        // Time a few single-row runs to decide whether the model is cheap enough to run inline.
+        let single_row = signature.zero_inputs();
+        let mut fastest = Duration::MAX;
+        for _ in 0..5 {
+            let started = Instant::now();
+            runners[0].run(single_row.clone(), &[]).map_err(|e| format!("warm-up failed: {e}"))?;
+            fastest = fastest.min(started.elapsed());
+        }
+        let inline = if fastest < opts.inline_below {
+            (0..runners.len()).map(|_| build().map(|s| Mutex::new(runner(s)))).collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
+        let batcher = Batcher::start(thread_name, runners, batch, Arc::clone(&stats))
+            .map_err(|e| format!("starting the model's worker threads: {e}"))?;
+        Ok(Engine { signature, batcher, inline, stats, single_row_run: fastest })
     }
 }
 
@@ -206,16 +284,52 @@ fn spec(name: &str, ty: &ValueType) -> Result<TensorSpec, String> {
     }
 }
 
-/// A loaded model: its signature and a pool of ONNX Runtime sessions.
+impl Signature {
+    /// Requests can be stacked when every input and output has a dynamic first dimension.
+    pub fn batchable(&self) -> bool {
+        self.inputs.iter().chain(&self.outputs).all(|t| t.shape.first() == Some(&-1))
+    }
+
+    /// Zero-valued inputs, dynamic dimensions as 1, in signature order.
+    fn zero_inputs(&self) -> Vec<NamedTensor> {
+        self.inputs
+            .iter()
+            .map(|s| {
+                let shape: Vec<i64> = s.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+                let n = shape.iter().product::<i64>().max(0) as usize;
+                NamedTensor { name: s.name.clone(), shape, data: TensorData::zeros(s.dtype, n) }
+            })
+            .collect()
+    }
+
+    /// Puts validated inputs in the order the model declares them.
+    fn order(&self, inputs: &mut [NamedTensor]) {
+        inputs.sort_by_key(|t| self.inputs.iter().position(|s| s.name == t.name));
+    }
+}
+
+/// Larger requests of a cheap model still go to its threads, so that the I/O
+/// threads are never held for long.
+const INLINE_MAX_ROWS: usize = 16;
+
+/// A loaded model: its signature and the worker threads that run its sessions.
 pub struct Engine {
     pub signature: Signature,
-    sessions: Vec<Mutex<Session>>,
-    next: AtomicUsize,
+    batcher: Batcher,
+    /// Sessions for running cheap models on the calling thread (empty otherwise).
+    inline: Vec<Mutex<OrtRunner>>,
+    stats: Arc<ExecStats>,
+    /// The fastest single-row run at load time.
+    pub single_row_run: Duration,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("signature", &self.signature).field("sessions", &self.sessions.len()).finish()
+        f.debug_struct("Engine")
+            .field("signature", &self.signature)
+            .field("batch", &self.batcher.policy())
+            .field("inline", &!self.inline.is_empty())
+            .finish()
     }
 }
 
@@ -225,11 +339,68 @@ impl Engine {
         validate(&self.signature, inputs, outputs)
     }
 
-    /// Runs the model (blocking; call off the async runtime). Inputs must be validated.
-    pub fn run(&self, inputs: Vec<NamedTensor>, outputs: &[String]) -> Result<Vec<NamedTensor>, ServeError> {
+    /// The batching this version actually uses (off when the model cannot stack rows).
+    pub fn batch_policy(&self) -> BatchPolicy {
+        self.batcher.policy()
+    }
+
+    /// Runs validated inputs on a worker thread, possibly stacked with other
+    /// requests. Dropping the future cancels the request if it has not run yet.
+    pub async fn infer(
+        &self,
+        mut inputs: Vec<NamedTensor>,
+        outputs: Vec<String>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<NamedTensor>, ServeError> {
+        self.signature.order(&mut inputs);
+        let rows = inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as usize);
+        if rows <= INLINE_MAX_ROWS
+            && !self.inline.is_empty()
+            && self.stats.queued.load(std::sync::atomic::Ordering::Relaxed) == 0
+            && let Some(mut runner) = self.inline.iter().find_map(|r| r.try_lock().ok())
+        {
+            let started = Instant::now();
+            let result = runner.run(inputs, &outputs);
+            self.stats.record(1, rows, started.elapsed());
+            return result;
+        }
+        self.batcher
+            .submit(inputs, outputs, deadline)
+            .await
+            .map_err(|_| ServeError::Internal("a model worker stopped".into()))?
+    }
+
+    /// Runs the model on zero-valued inputs shaped from the signature (dynamic
+    /// dims as 1), blocking; call from a blocking context.
+    pub fn warm_up(&self, runs: usize) -> Result<(), ServeError> {
+        for r in &self.inline {
+            let mut r = r.lock().map_err(|_| ServeError::Internal("an inline session panicked".into()))?;
+            r.run(self.signature.zero_inputs(), &[])?;
+        }
+        for _ in 0..runs {
+            let inputs = self.signature.zero_inputs();
+            self.batcher
+                .submit(inputs, Vec::new(), None)
+                .blocking_recv()
+                .map_err(|_| ServeError::Internal("a model worker stopped".into()))??;
+        }
+        Ok(())
+    }
+}
+
+/// One ONNX Runtime session, owned by one worker thread (no lock on the hot path).
+struct OrtRunner {
+    session: Session,
+    signature: Signature,
+    all_outputs: Arc<[String]>,
+}
+
+impl Runner for OrtRunner {
+    fn run(&mut self, inputs: Vec<NamedTensor>, outputs: &[String]) -> Result<Vec<NamedTensor>, ServeError> {
         let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
         for t in inputs {
             let shape = t.shape;
+            // Owned vectors move into the tensor: no copy of the request's data.
             let v = match t.data {
                 TensorData::F32(d) => Tensor::from_array((shape, d)).map(|t| t.into_dyn()),
                 TensorData::F64(d) => Tensor::from_array((shape, d)).map(|t| t.into_dyn()),
@@ -241,45 +412,22 @@ impl Engine {
             .map_err(|e| ServeError::InvalidArgument(format!("input {}: {e}", t.name)))?;
             values.push((t.name, v));
         }
-        // Prefer a free session; wait on one only when all are busy.
-        let n = self.sessions.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut guard = (0..n)
-            .find_map(|i| self.sessions[(start + i) % n].try_lock().ok())
-            .map_or_else(|| self.sessions[start % n].lock(), Ok)
-            .map_err(|_| ServeError::Internal("a model session panicked earlier".into()))?;
-        let result = guard.run(values).map_err(|e| ServeError::Model(e.to_string()))?;
-        let wanted: Vec<&TensorSpec> = if outputs.is_empty() {
-            self.signature.outputs.iter().collect()
-        } else {
-            outputs.iter().filter_map(|o| self.signature.outputs.iter().find(|s| &s.name == o)).collect()
-        };
+        let result = self.session.run(values).map_err(|e| ServeError::Model(e.to_string()))?;
+        let wanted: &[String] = if outputs.is_empty() { &self.all_outputs } else { outputs };
         let mut out = Vec::with_capacity(wanted.len());
-        for s in wanted {
+        for name in wanted {
+            let s = self
+                .signature
+                .outputs
+                .iter()
+                .find(|s| &s.name == name)
+                .ok_or_else(|| ServeError::InvalidArgument(format!("unknown output {name:?}")))?;
             let v = result
                 .get(&s.name)
                 .ok_or_else(|| ServeError::Model(format!("the model produced no output {:?}", s.name)))?;
             out.push(extract(&s.name, s.dtype, v)?);
         }
         Ok(out)
-    }
-
-    /// Runs the model on zero-valued inputs shaped from the signature (dynamic dims as 1).
-    pub fn warm_up(&self, runs: usize) -> Result<(), ServeError> {
-        for _ in 0..runs {
-            let inputs = self
-                .signature
-                .inputs
-                .iter()
-                .map(|s| {
-                    let shape: Vec<i64> = s.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
-                    let n = shape.iter().product::<i64>().max(0) as usize;
-                    NamedTensor { name: s.name.clone(), shape, data: TensorData::zeros(s.dtype, n) }
-                })
-                .collect();
-            self.run(inputs, &[])?;
-        }
-        Ok(())
     }
 }
 

@@ -18,6 +18,9 @@ pub enum ServeError {
     /// Too many requests in flight for this model.
     #[error("{0}")]
     Overloaded(String),
+    /// The caller's deadline passed before the model ran.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The model failed while computing on valid-looking inputs.
     #[error("model execution failed: {0}")]
     Model(String),
@@ -27,6 +30,22 @@ pub enum ServeError {
 }
 
 impl ServeError {
+    /// Every `kind()`, in a fixed order (metrics keep one counter per kind).
+    pub const KINDS: [&'static str; 8] = [
+        "not_found",
+        "unavailable",
+        "invalid_argument",
+        "version_mismatch",
+        "overloaded",
+        "deadline_exceeded",
+        "model",
+        "internal",
+    ];
+
+    pub fn kind_index(&self) -> usize {
+        Self::KINDS.iter().position(|k| *k == self.kind()).unwrap_or(Self::KINDS.len() - 1)
+    }
+
     /// A short, closed label for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -35,6 +54,7 @@ impl ServeError {
             ServeError::InvalidArgument(_) => "invalid_argument",
             ServeError::VersionMismatch(_) => "version_mismatch",
             ServeError::Overloaded(_) => "overloaded",
+            ServeError::DeadlineExceeded(_) => "deadline_exceeded",
             ServeError::Model(_) => "model",
             ServeError::Internal(_) => "internal",
         }

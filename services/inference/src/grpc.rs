@@ -27,6 +27,7 @@ pub(crate) fn status(e: ServeError) -> Status {
         ServeError::InvalidArgument(_) | ServeError::Model(_) => Code::InvalidArgument,
         ServeError::VersionMismatch(_) => Code::FailedPrecondition,
         ServeError::Overloaded(_) => Code::ResourceExhausted,
+        ServeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         ServeError::Internal(_) => Code::Internal,
     };
     let mut s = Status::new(code, e.to_string());
@@ -36,10 +37,28 @@ pub(crate) fn status(e: ServeError) -> Status {
     s
 }
 
+/// The caller's deadline from `grpc-timeout` (digits and a unit: H, M, S, m, u, n).
+pub(crate) fn deadline(md: &tonic::metadata::MetadataMap) -> Option<std::time::Instant> {
+    let v = md.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    };
+    std::time::Instant::now().checked_add(d)
+}
+
 #[tonic::async_trait]
 impl Inference for InferenceService {
     #[tracing::instrument(name = "grpc.predict", skip_all, fields(model = %request.get_ref().model))]
     async fn predict(&self, request: Request<PredictRequest>) -> Result<Response<PredictResponse>, Status> {
+        let deadline = deadline(request.metadata());
         let req = request.into_inner();
         let inputs = req.inputs.into_iter().map(from_pb).collect::<Result<Vec<_>, _>>().map_err(status)?;
         let input = PredictInput {
@@ -47,6 +66,8 @@ impl Inference for InferenceService {
             version: Some(req.version).filter(|v| !v.is_empty()),
             inputs,
             outputs: req.outputs,
+            deadline,
+            method: "grpc.Predict",
         };
         let p = self.models.predict(input).await.map_err(status)?;
         Ok(Response::new(PredictResponse {

@@ -59,6 +59,7 @@ impl IntoResponse for ApiError {
             ServeError::Model(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ServeError::VersionMismatch(_) => StatusCode::CONFLICT,
             ServeError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ServeError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let retry = matches!(self.0, ServeError::Overloaded(_) | ServeError::Unavailable(_));
@@ -141,6 +142,8 @@ async fn predict(
             version: None,
             inputs: vec![NamedTensor { name: input_name, shape, data }],
             outputs: vec![output],
+            deadline: None,
+            method: "rest.predict",
         })
         .await?;
     let prediction = p.outputs.into_iter().next().map_or(Elements::F32(Vec::new()), |t| Elements::from(t.data));
@@ -268,6 +271,8 @@ async fn predict_json(State(st): State<AppState>, body: Bytes) -> Result<Json<Va
             version: Some(req.version).filter(|v| !v.is_empty()),
             inputs,
             outputs: req.outputs,
+            deadline: None,
+            method: "rest.v1.predict",
         })
         .await?;
     let outputs: Vec<Value> = p

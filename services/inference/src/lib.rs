@@ -1,6 +1,7 @@
 //! Ferry Inference, the data plane: follows the registry, loads ONNX models
 //! with ONNX Runtime and serves them over gRPC and REST.
 
+pub mod batcher;
 pub mod config;
 mod delivery;
 pub mod engine;
@@ -20,6 +21,7 @@ pub mod spec;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use ferry_proto::{
     inference::v1::inference_server::InferenceServer, oip::grpc_inference_service_server::GrpcInferenceServiceServer,
 };
@@ -27,6 +29,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tonic::server::NamedService;
 use tracing::info;
 
+pub use crate::batcher::BatchPolicy;
 pub use crate::config::Config;
 use crate::{
     delivery::DeliveryConfig,
@@ -43,6 +46,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             intra_threads: cfg.intra_threads,
             inter_threads: cfg.inter_threads,
             optimization_level: cfg.optimization_level,
+            batch: BatchPolicy {
+                max_rows: cfg.max_batch_rows.max(1),
+                max_delay: Duration::from_micros(cfg.max_queue_delay_us),
+            },
+            inline_below: Duration::from_micros(cfg.inline_below_us),
+            spinning: cfg.ort_spinning,
         },
         warmup_runs: cfg.warmup_runs,
         max_in_flight: cfg.max_in_flight,
@@ -77,7 +86,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 
     let delivery = delivery::spawn(
         Arc::clone(&models),
-        mlflow,
+        mlflow.clone(),
         runtime,
         DeliveryConfig {
             registry_url: cfg.registry_url.clone(),
@@ -153,22 +162,28 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .add_service(reflection_v1alpha)
         .add_service(inference)
         .add_service(oip)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), async move {
+        .serve_with_incoming_shutdown(ferry_telemetry::net::nodelay_incoming(grpc_listener), async move {
             let _ = grpc_stop.wait_for(|s| *s).await;
         });
     let mut http_stop = stop.clone();
     let trace = tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &::http::Request<_>| {
         ferry_telemetry::server_span("http", req.uri().path(), req.headers())
     });
-    let app = http::router(Arc::clone(&models), cfg.rest_output.clone(), cfg.max_request_bytes).layer(trace);
-    let http = axum::serve(http_listener, app).with_graceful_shutdown(async move {
-        let _ = http_stop.wait_for(|s| *s).await;
-    });
+    let (set_id, echo_id) = ferry_telemetry::request_id_layers();
+    let app = http::router(Arc::clone(&models), cfg.rest_output.clone(), cfg.max_request_bytes)
+        .layer(trace)
+        .layer(echo_id)
+        .layer(set_id);
+    let http =
+        axum::serve(http_listener.tap_io(ferry_telemetry::net::set_nodelay), app).with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        });
     let mut metrics_stop = stop.clone();
     let metrics =
-        axum::serve(metrics_listener, metrics::router(Arc::clone(&models))).with_graceful_shutdown(async move {
-            let _ = metrics_stop.wait_for(|s| *s).await;
-        });
+        axum::serve(metrics_listener, metrics::router(metrics::Sources { models: Arc::clone(&models), mlflow }))
+            .with_graceful_shutdown(async move {
+                let _ = metrics_stop.wait_for(|s| *s).await;
+            });
     let servers = async { tokio::join!(grpc, http, metrics) };
     let mut deadline_stop = stop.clone();
     let drain_timeout = Duration::from_millis(cfg.drain_timeout_ms);

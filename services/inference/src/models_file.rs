@@ -10,6 +10,8 @@
 //! optimization_level = 3
 //! warmup_runs = 2
 //! max_in_flight = 128
+//! max_batch_rows = 64            # 1 turns request stacking off
+//! max_queue_delay_us = 500
 //!
 //! [[model]]
 //! spec = "llm@champion"
@@ -43,6 +45,8 @@ struct Entry {
     optimization_level: Option<u8>,
     warmup_runs: Option<usize>,
     max_in_flight: Option<usize>,
+    max_batch_rows: Option<usize>,
+    max_queue_delay_us: Option<u64>,
 }
 
 /// Reads the file; every entry starts from `defaults`.
@@ -65,6 +69,9 @@ fn parse(text: &str, defaults: ModelSettings) -> Result<Vec<(ModelSpec, ModelSet
             s.session.optimization_level = e.optimization_level.unwrap_or(s.session.optimization_level);
             s.warmup_runs = e.warmup_runs.unwrap_or(s.warmup_runs);
             s.max_in_flight = e.max_in_flight.unwrap_or(s.max_in_flight);
+            s.session.batch.max_rows = e.max_batch_rows.map_or(s.session.batch.max_rows, |r| r.max(1));
+            s.session.batch.max_delay =
+                e.max_queue_delay_us.map_or(s.session.batch.max_delay, std::time::Duration::from_micros);
             Ok((spec, s))
         })
         .collect()
@@ -78,15 +85,24 @@ mod tests {
     #[test]
     fn entries_override_defaults() {
         let defaults = ModelSettings {
-            session: SessionOptions { sessions: 2, intra_threads: 1, inter_threads: 1, optimization_level: 3 },
+            session: SessionOptions {
+                sessions: 2,
+                intra_threads: 1,
+                inter_threads: 1,
+                optimization_level: 3,
+                batch: crate::BatchPolicy::OFF,
+                inline_below: std::time::Duration::ZERO,
+                spinning: false,
+            },
             warmup_runs: 1,
             max_in_flight: 256,
         };
-        let text = "[[model]]\nspec = \"iris:Production\"\nsessions = 4\nmax_in_flight = 8\n\n[[model]]\nspec = \"big@champion\"\nremote = true\n";
+        let text = "[[model]]\nspec = \"iris:Production\"\nsessions = 4\nmax_in_flight = 8\nmax_batch_rows = 32\n\n[[model]]\nspec = \"big@champion\"\nremote = true\n";
         let m = parse(text, defaults).unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!((m[0].1.session.sessions, m[0].1.max_in_flight, m[0].1.warmup_runs), (4, 8, 1));
         assert!(m[1].0.remote && m[1].1.session.sessions == 2);
+        assert_eq!((m[0].1.session.batch.max_rows, m[1].1.session.batch.max_rows), (32, 1));
         assert!(parse("[[model]]\nspec = \"iris\"\n", defaults).is_err());
         assert!(parse("[[model]]\nspec = \"iris:Production\"\nthreads = 3\n", defaults).is_err());
     }

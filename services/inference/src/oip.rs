@@ -157,24 +157,24 @@ pub(crate) fn statistics(slot: &ModelSlot) -> oip::ModelStatistics {
     let s = &slot.stats;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let dur = |count: u64, ns: u64| Some(oip::StatisticDuration { count, ns });
-    let executions = get(&s.execution_count);
+    let e = &s.exec;
+    let requests = get(&e.requests);
     oip::ModelStatistics {
         name: slot.spec.name.clone(),
         version: slot.current().map(|m| m.version.clone()).unwrap_or_default(),
         last_inference: get(&s.last_inference_ms),
-        inference_count: get(&s.inference_count),
-        execution_count: executions,
-        // Every execution passed admission without waiting (Ferry rejects rather than
-        // queues), and its input and output handling is inside the compute time.
-        // Clients rely on these counts: perf_analyzer finds the serving version by
-        // the growth of the queue count and requires equal compute counts.
+        inference_count: get(&e.rows),
+        execution_count: get(&e.executions),
+        // Counted per request, as Triton does: perf_analyzer finds the serving
+        // version by the growth of the queue count and requires equal compute
+        // counts. Input and output handling is inside the compute time.
         inference_stats: Some(oip::InferStatistics {
             success: dur(get(&s.success_count), get(&s.success_ns)),
             fail: dur(get(&s.fail_count), get(&s.fail_ns)),
-            queue: dur(executions, 0),
-            compute_input: dur(executions, 0),
-            compute_infer: dur(executions, get(&s.compute_ns)),
-            compute_output: dur(executions, 0),
+            queue: dur(requests, get(&e.request_queue_ns)),
+            compute_input: dur(requests, 0),
+            compute_infer: dur(requests, get(&e.request_compute_ns)),
+            compute_output: dur(requests, 0),
         }),
         batch_stats: Vec::new(),
     }

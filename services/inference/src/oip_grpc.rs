@@ -127,6 +127,7 @@ impl GrpcInferenceService for OipService {
 
     #[tracing::instrument(name = "oip.model_infer", skip_all, fields(model = %request.get_ref().model_name))]
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        let deadline = crate::grpc::deadline(request.metadata());
         let r = request.into_inner();
         let raw = !r.raw_input_contents.is_empty();
         if raw && r.raw_input_contents.len() != r.inputs.len() {
@@ -156,6 +157,8 @@ impl GrpcInferenceService for OipService {
                 version: Some(r.model_version).filter(|v| !v.is_empty()),
                 inputs,
                 outputs: r.outputs.into_iter().map(|o| o.name).collect(),
+                deadline,
+                method: "grpc.ModelInfer",
             })
             .await
             .map_err(status)?;

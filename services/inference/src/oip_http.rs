@@ -258,6 +258,8 @@ async fn infer_in(
             version,
             inputs,
             outputs: req.outputs.into_iter().map(|o| o.name).collect(),
+            deadline: None,
+            method: "rest.v2.infer",
         })
         .await?;
     let mut blobs = Vec::new();

@@ -3,19 +3,22 @@
 //! so a swap never interrupts it; the old session is dropped after the last one.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
+
+use ferry_telemetry::metrics::{self, Histogram};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::{Semaphore, watch};
 
 use crate::{
+    batcher::ExecStats,
     engine::{Engine, NamedTensor, SessionOptions, Signature, validate},
     error::ServeError,
     remote::RemoteModel,
@@ -57,19 +60,59 @@ pub(crate) struct LoadFailure {
     pub(crate) at: Option<Instant>,
 }
 
+/// Requests of one (method, version) pair of a model: latency and outcomes.
+#[derive(Debug)]
+pub struct RequestSeries {
+    pub duration: Histogram,
+    /// Successes, then one counter per `ServeError::KINDS` entry.
+    pub outcomes: [AtomicU64; ServeError::KINDS.len() + 1],
+}
+
+/// Per-method, per-version request series of one model. Versions come and go
+/// with promotions, so the map grows by one entry per version served.
+#[derive(Debug, Default)]
+pub struct RequestMetrics {
+    series: RwLock<HashMap<(&'static str, String), Arc<RequestSeries>>>,
+}
+
+impl RequestMetrics {
+    fn record(&self, method: &'static str, version: &str, outcome: usize, elapsed: Duration) {
+        let found = self.series.read().ok().and_then(|m| m.get(&(method, version.to_owned())).cloned());
+        let series = match found {
+            Some(s) => s,
+            None => {
+                let Ok(mut m) = self.series.write() else { return };
+                Arc::clone(m.entry((method, version.to_owned())).or_insert_with(|| {
+                    Arc::new(RequestSeries {
+                        duration: Histogram::seconds(metrics::LATENCY_NS),
+                        outcomes: Default::default(),
+                    })
+                }))
+            }
+        };
+        series.duration.observe_duration(elapsed);
+        series.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every series, sorted by method then version.
+    pub fn snapshot(&self) -> Vec<((&'static str, String), Arc<RequestSeries>)> {
+        let mut all: Vec<_> =
+            self.series.read().map(|m| m.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect()).unwrap_or_default();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
 /// Cumulative request statistics of one model (Triton's statistics extension
 /// reports these): counts and total nanoseconds.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     pub success_count: AtomicU64,
     pub success_ns: AtomicU64,
     pub fail_count: AtomicU64,
     pub fail_ns: AtomicU64,
-    /// Inferences, counting each row of a batch.
-    pub inference_count: AtomicU64,
-    /// Model executions.
-    pub execution_count: AtomicU64,
-    pub compute_ns: AtomicU64,
+    /// Model calls, rows, queue and compute time, shared with every loaded version's workers.
+    pub exec: Arc<ExecStats>,
     /// Milliseconds since the epoch.
     pub last_inference_ms: AtomicU64,
     /// Versions loaded (or connected) and swapped in.
@@ -78,6 +121,31 @@ pub struct Stats {
     pub load_failures: AtomicU64,
     /// Nanoseconds spent in successful loads.
     pub load_ns: AtomicU64,
+    /// Successful loads: download, verify, load and warm-up.
+    pub load_duration: Histogram,
+    /// From the registry observing a change (or this process noticing it, when
+    /// polling) to the new version serving.
+    pub delivery_lag: Histogram,
+    pub requests: RequestMetrics,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            success_count: AtomicU64::default(),
+            success_ns: AtomicU64::default(),
+            fail_count: AtomicU64::default(),
+            fail_ns: AtomicU64::default(),
+            exec: Arc::default(),
+            last_inference_ms: AtomicU64::default(),
+            loads: AtomicU64::default(),
+            load_failures: AtomicU64::default(),
+            load_ns: AtomicU64::default(),
+            load_duration: Histogram::seconds(metrics::SLOW_NS),
+            delivery_lag: Histogram::seconds(metrics::SLOW_NS),
+            requests: RequestMetrics::default(),
+        }
+    }
 }
 
 impl Stats {
@@ -172,6 +240,10 @@ pub struct PredictInput {
     pub inputs: Vec<NamedTensor>,
     /// Outputs to return; empty means all.
     pub outputs: Vec<String>,
+    /// The caller's deadline (gRPC `grpc-timeout`); a request still queued then is dropped.
+    pub deadline: Option<Instant>,
+    /// The API that carried the request, for metrics: `grpc.Predict`, `rest.predict`, ...
+    pub method: &'static str,
 }
 
 #[derive(Debug)]
@@ -260,8 +332,17 @@ impl Models {
     pub async fn predict(&self, req: PredictInput) -> Result<Prediction, ServeError> {
         let slot = self.slot(&req.model)?;
         let started = Instant::now();
+        let method = req.method;
         let result = self.predict_in(slot, req).await;
-        slot.stats.record(result.is_ok(), started.elapsed().as_nanos() as u64);
+        let elapsed = started.elapsed();
+        slot.stats.record(result.is_ok(), elapsed.as_nanos() as u64);
+        match &result {
+            Ok(p) => slot.stats.requests.record(method, &p.version, 0, elapsed),
+            Err(e) => {
+                let version = slot.current().map(|m| m.version.clone()).unwrap_or_default();
+                slot.stats.requests.record(method, &version, 1 + e.kind_index(), elapsed);
+            }
+        }
         result
     }
 
@@ -288,34 +369,24 @@ impl Models {
             )));
         }
         validate(&model.signature, &req.inputs, &req.outputs)?;
-        // Rows in the batch: the leading dimension of the first input.
-        let rows = req.inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(1) as u64);
         let name = req.model;
-        let started = Instant::now();
         let (outputs, version) = match &model.backend {
-            Backend::Local { .. } => {
-                let run_model = Arc::clone(&model);
-                let outputs = tokio::task::spawn_blocking(move || {
-                    let _permit = permit;
-                    match &run_model.backend {
-                        Backend::Local { engine, .. } => engine.run(req.inputs, &req.outputs),
-                        Backend::Remote(_) => unreachable!("matched Local above"),
-                    }
-                })
-                .await
-                .map_err(|e| ServeError::Internal(format!("inference task failed: {e}")))??;
+            Backend::Local { engine, .. } => {
+                let outputs = engine.infer(req.inputs, req.outputs, req.deadline).await?;
+                drop(permit);
                 (outputs, model.version.clone())
             }
             Backend::Remote(remote) => {
+                // Rows in the batch: the leading dimension of the first input.
+                let rows = req.inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(1) as usize);
+                let started = Instant::now();
                 let (outputs, version) = remote.infer(req.inputs, &req.outputs).await?;
                 drop(permit);
+                slot.stats.exec.record(1, rows, started.elapsed());
                 // The remote's own label, when it gives one, is the truth.
                 (outputs, if version.is_empty() { model.version.clone() } else { version })
             }
         };
-        slot.stats.execution_count.fetch_add(1, Ordering::Relaxed);
-        slot.stats.inference_count.fetch_add(rows, Ordering::Relaxed);
-        slot.stats.compute_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(Prediction { model: name, version, outputs })
     }
 }

@@ -1,7 +1,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use ferry_mlflow::MlflowArgs;
-use ferry_telemetry::TelemetryArgs;
+use ferry_telemetry::{Secret, TelemetryArgs};
 
 /// Ferry Registry: the ModelRegistry gRPC service over MLflow.
 #[derive(Debug, Clone, clap::Parser)]
@@ -17,13 +17,16 @@ pub struct Config {
     pub mlflow: MlflowArgs,
     /// Bearer token required by mutating calls (gRPC and HTTP); unset means open.
     #[arg(long, env = "FERRY_REGISTRY_TOKEN", hide_env_values = true)]
-    pub auth_token: Option<String>,
+    pub auth_token: Option<Secret>,
+    /// Prometheus /metrics listen address (a separate port from the webhook receiver).
+    #[arg(long, env = "FERRY_REGISTRY_METRICS_ADDR", default_value = "127.0.0.1:9090")]
+    pub metrics_addr: SocketAddr,
     /// Require the token for reads too (GetModel, ListModels, WatchModels, ...).
     #[arg(long, env = "FERRY_PROTECT_READS", default_value_t = false)]
     pub protect_reads: bool,
     /// Secret shared with MLflow to sign webhook deliveries; enables /webhooks/mlflow.
     #[arg(long, env = "FERRY_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<Secret>,
     /// This registry's HTTP base URL as MLflow reaches it (e.g. http://registry:8081).
     /// With a webhook secret, the registry creates or repairs its webhook in MLflow.
     #[arg(long, env = "FERRY_PUBLIC_URL")]

@@ -36,7 +36,6 @@ pub(crate) fn router(registry: Registry, auth: Auth, webhooks: Option<Arc<Verifi
         .route("/register-model", post(register_model))
         .route("/set-model-stage", put(set_model_stage))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
         // Uploads stream to disk; the registry's own size limit applies.
         .layer(DefaultBodyLimit::disable())
         .with_state(AppState { registry, auth, webhooks })
@@ -204,60 +203,4 @@ async fn set_model_stage(
     })?;
     let v = st.registry.transition(&q.model_name, &q.version, &q.stage, q.archive_existing).await?;
     Ok(Json(json!({ "modelName": v.name, "version": v.version, "stage": v.current_stage })))
-}
-
-/// Prometheus metrics of the registry (on its HTTP port, beside the webhook receiver).
-async fn metrics(State(st): State<AppState>) -> Response {
-    use std::{fmt::Write, sync::atomic::Ordering::Relaxed};
-    let hub = &st.registry.hub;
-    let s = &hub.stats;
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    family("ferry_registry_subscribers", "gauge", "Open WatchModels streams.", &[("", hub.subscribers().to_string())]);
-    family(
-        "ferry_registry_changes_total",
-        "counter",
-        "Changes published (the newest revision).",
-        &[("", hub.revision().to_string())],
-    );
-    family(
-        "ferry_registry_reconciliations_total",
-        "counter",
-        "Reads of MLflow by the reconciliation loop, by result.",
-        &[
-            ("{result=\"success\"}", s.reconciliations_ok.load(Relaxed).to_string()),
-            ("{result=\"failure\"}", s.reconciliations_failed.load(Relaxed).to_string()),
-        ],
-    );
-    family(
-        "ferry_registry_reconcile_duration_seconds_total",
-        "counter",
-        "Time spent reading MLflow in successful reconciliations.",
-        &[("", (s.reconcile_ns.load(Relaxed) as f64 / 1e9).to_string())],
-    );
-    family(
-        "ferry_registry_webhook_deliveries_total",
-        "counter",
-        "MLflow webhook deliveries, by outcome.",
-        &[
-            ("{result=\"accepted\"}", s.webhooks_accepted.load(Relaxed).to_string()),
-            ("{result=\"duplicate\"}", s.webhooks_duplicate.load(Relaxed).to_string()),
-            ("{result=\"rejected\"}", s.webhooks_rejected.load(Relaxed).to_string()),
-        ],
-    );
-    family(
-        "ferry_registry_registrations_total",
-        "counter",
-        "RegisterModel calls that succeeded, by whether a version was created.",
-        &[
-            ("{result=\"created\"}", s.registrations_created.load(Relaxed).to_string()),
-            ("{result=\"existing\"}", s.registrations_existing.load(Relaxed).to_string()),
-        ],
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

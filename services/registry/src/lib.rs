@@ -8,6 +8,7 @@ pub mod error;
 mod grpc;
 mod http;
 pub mod hub;
+mod metrics;
 mod onnx;
 pub mod register;
 pub mod service;
@@ -16,6 +17,7 @@ pub mod webhook;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use ferry_proto::registry::v1::model_registry_server::ModelRegistryServer;
 use tokio::{net::TcpListener, sync::watch};
 use tracing::info;
@@ -28,6 +30,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let mlflow = ferry_mlflow::Client::new(cfg.mlflow.config()).context("MLflow client")?;
     let listener = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
     let http_listener = TcpListener::bind(cfg.http_addr).await.with_context(|| format!("binding {}", cfg.http_addr))?;
+    let metrics_listener =
+        TcpListener::bind(cfg.metrics_addr).await.with_context(|| format!("binding {}", cfg.metrics_addr))?;
 
     let hub = Hub::new(cfg.history, 4096);
     let (healthy_tx, mut healthy) = watch::channel(false);
@@ -65,6 +69,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    let metrics_sources = metrics::Sources { hub: Arc::clone(&hub), mlflow: mlflow.clone() };
     let registry = service::Registry {
         mlflow: mlflow.clone(),
         hub,
@@ -72,16 +77,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         max_model_bytes: cfg.max_model_bytes,
         upload_dir: cfg.upload_dir.clone(),
     };
-    let auth = auth::Auth::new(cfg.auth_token.as_deref(), cfg.protect_reads);
+    let auth = auth::Auth::new(cfg.auth_token.as_ref().map(ferry_telemetry::Secret::expose), cfg.protect_reads);
     let verifier = cfg
         .webhook_secret
-        .as_deref()
+        .as_ref()
+        .map(ferry_telemetry::Secret::expose)
         .filter(|s| !s.is_empty())
         .map(|s| Arc::new(webhook::Verifier::new(s, Duration::from_secs(cfg.webhook_window_s))));
     match (&cfg.webhook_secret, &cfg.public_url) {
-        (Some(secret), Some(public)) if !secret.is_empty() => {
+        (Some(secret), Some(public)) if !secret.expose().is_empty() => {
             let url = format!("{}/webhooks/mlflow", public.trim_end_matches('/'));
-            tokio::spawn(webhook::ensure(mlflow, url, secret.clone()));
+            tokio::spawn(webhook::ensure(mlflow, url, secret.expose().to_owned()));
         }
         _ => info!("no webhook secret and public URL: changes are picked up by polling MLflow only"),
     }
@@ -102,21 +108,29 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             ModelRegistryServer::new(grpc::RegistryService { registry: registry.clone(), auth: auth.clone() })
                 .max_decoding_message_size(8 << 20),
         )
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(ferry_telemetry::net::nodelay_incoming(listener), async move {
             let _ = grpc_stop.wait_for(|s| *s).await;
         });
+    let (set_id, echo_id) = ferry_telemetry::request_id_layers();
     let mut http_stop = stop.clone();
     let trace = tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &::http::Request<_>| {
         ferry_telemetry::server_span("http", req.uri().path(), req.headers())
     });
-    let http = axum::serve(http_listener, http::router(registry, auth, verifier).layer(trace)).with_graceful_shutdown(
-        async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-        },
-    );
-    let (g, h) = tokio::join!(grpc, http);
+    let http = axum::serve(
+        http_listener.tap_io(ferry_telemetry::net::set_nodelay),
+        http::router(registry, auth, verifier).layer(trace).layer(echo_id).layer(set_id),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    });
+    let mut metrics_stop = stop.clone();
+    let metrics = axum::serve(metrics_listener, metrics::router(metrics_sources)).with_graceful_shutdown(async move {
+        let _ = metrics_stop.wait_for(|s| *s).await;
+    });
+    let (g, h, m) = tokio::join!(grpc, http, metrics);
     g.context("gRPC server")?;
     h.context("HTTP server")?;
+    m.context("metrics server")?;
     reconciler.abort();
     info!("ferry-registry stopped");
     Ok(())
