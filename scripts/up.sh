@@ -4,7 +4,7 @@
 # promote it to Production, show a prediction over REST and gRPC, and keep
 # running until Ctrl-C, which stops every process this script started.
 #
-# Ports (override with env): MLFLOW_PORT=5000 REGISTRY_PORT=50051 REGISTRY_HTTP_PORT=8081
+# Ports (override with env): MLFLOW_PORT=5000 REGISTRY_PORT=50051 REGISTRY_HTTP_PORT=8081 REGISTRY_METRICS_PORT=9090
 # INFERENCE_GRPC_PORT=50052 INFERENCE_HTTP_PORT=8080 INFERENCE_METRICS_PORT=9091. State lives in .ferry/.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -13,6 +13,7 @@ cd "$ROOT"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 REGISTRY_PORT="${REGISTRY_PORT:-50051}"
 REGISTRY_HTTP_PORT="${REGISTRY_HTTP_PORT:-8081}"
+REGISTRY_METRICS_PORT="${REGISTRY_METRICS_PORT:-9090}"
 INFERENCE_GRPC_PORT="${INFERENCE_GRPC_PORT:-50052}"
 INFERENCE_HTTP_PORT="${INFERENCE_HTTP_PORT:-8080}"
 INFERENCE_METRICS_PORT="${INFERENCE_METRICS_PORT:-9091}"
@@ -20,7 +21,7 @@ STATE="$ROOT/.ferry"
 mkdir -p "$STATE/logs"
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$MLFLOW_PORT" "$REGISTRY_PORT" "$REGISTRY_HTTP_PORT" "$INFERENCE_GRPC_PORT" "$INFERENCE_HTTP_PORT" "$INFERENCE_METRICS_PORT"; do
+for p in "$MLFLOW_PORT" "$REGISTRY_PORT" "$REGISTRY_HTTP_PORT" "$REGISTRY_METRICS_PORT" "$INFERENCE_GRPC_PORT" "$INFERENCE_HTTP_PORT" "$INFERENCE_METRICS_PORT"; do
   port_free "$p" || { echo "up: port $p is in use; set MLFLOW_PORT / REGISTRY_PORT / INFERENCE_GRPC_PORT / INFERENCE_HTTP_PORT" >&2; exit 1; }
 done
 
@@ -61,7 +62,8 @@ export FERRY_REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
 export FERRY_INFERENCE_URL="http://127.0.0.1:$INFERENCE_GRPC_PORT"
 
 echo "up: starting ferry-registry on :$REGISTRY_PORT..."
-FERRY_REGISTRY_GRPC_ADDR="127.0.0.1:$REGISTRY_PORT" FERRY_REGISTRY_HTTP_ADDR="127.0.0.1:$REGISTRY_HTTP_PORT" start registry "$BIN/ferry-registry"
+FERRY_REGISTRY_GRPC_ADDR="127.0.0.1:$REGISTRY_PORT" FERRY_REGISTRY_HTTP_ADDR="127.0.0.1:$REGISTRY_HTTP_PORT" \
+FERRY_REGISTRY_METRICS_ADDR="127.0.0.1:$REGISTRY_METRICS_PORT" start registry "$BIN/ferry-registry"
 wait_until "ferry-registry" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REGISTRY_PORT"
 
 echo "up: training the sample model (scikit-learn LogisticRegression on iris → ONNX)..."
@@ -92,6 +94,7 @@ Ferry is running (Ctrl-C stops everything; logs in $STATE/logs/):
   Registry (HTTP)         http://127.0.0.1:$REGISTRY_HTTP_PORT  (/register-model, /set-model-stage)
   Inference (gRPC)        127.0.0.1:$INFERENCE_GRPC_PORT
   Inference (REST)        http://127.0.0.1:$INFERENCE_HTTP_PORT/predict  (also /v2/..., /v1/predict, /openapi.json)
+  Registry metrics        http://127.0.0.1:$REGISTRY_METRICS_PORT/metrics
   Inference metrics       http://127.0.0.1:$INFERENCE_METRICS_PORT/metrics
 Try:  $BIN/ferryctl watch          (changes as they happen)
       $BIN/ferryctl stage --name iris --version $version --stage Archived

@@ -148,7 +148,9 @@ fn burner() -> anyhow::Result<std::process::Child> {
     Ok(Command::new("sh").args(["-c", "while :; do :; done"]).stdin(Stdio::null()).spawn()?)
 }
 
-#[tokio::main(flavor = "current_thread")]
+// Multi-threaded so that the harness's own gRPC client keeps answering (h2
+// PINGs, GOAWAY) while the main task blocks on a load run or a process exit.
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let tmp = tempfile::tempdir()?;
@@ -306,60 +308,53 @@ async fn main() -> anyhow::Result<()> {
             "\nFerry inference RSS after the runs (both models loaded): {}",
             rss.trim_start_matches("VmRSS:").trim()
         ));
-        inf.proc.terminate(Duration::from_secs(10))?;
+        inf.proc.terminate(Duration::from_secs(30))?;
     }
 
     if threads {
         suite.table(
-            "ONNX Runtime thread settings, medium model, REST /predict c=64 (batch 1), idle machine vs one core kept busy",
-            "| system and setting | req/s idle | p99 ms idle | req/s with a competing load | p99 ms with a competing load |",
+            "ONNX Runtime thread settings, medium model, REST /predict batch 1: idle machine, then one core kept busy by another process",
+            "| system and setting | c=1 req/s | c=1 p99 ms | c=64 req/s | c=64 p99 ms | busy c=1 req/s | busy c=1 p99 ms | busy c=64 req/s | busy c=64 p99 ms |",
         );
+        let one = |v: &str| v.to_owned();
         let settings: Vec<(&str, Vec<(&'static str, String)>)> = vec![
-            ("Ferry: 2 sessions × 1 intra-op thread (default)", vec![]),
-            (
-                "Ferry: 1 session × 2 intra-op threads",
-                vec![("FERRY_SESSIONS", "1".into()), ("FERRY_INTRA_THREADS", "2".into())],
-            ),
-            (
-                "Ferry: 2 sessions × ONNX Runtime default threads",
-                vec![("FERRY_SESSIONS", "2".into()), ("FERRY_INTRA_THREADS", "0".into())],
-            ),
-            ("Ferry: batching off (2 × 1)", vec![("FERRY_MAX_BATCH_ROWS", "1".into())]),
+            ("Ferry: 1 session × 1 thread per core, no spinning (default)", vec![]),
+            ("Ferry: 2 sessions × 1 thread", vec![("FERRY_SESSIONS", one("2")), ("FERRY_INTRA_THREADS", one("1"))]),
+            ("Ferry: 2 sessions × 2 threads", vec![("FERRY_SESSIONS", one("2")), ("FERRY_INTRA_THREADS", one("2"))]),
+            ("Ferry: default, ONNX Runtime threads spinning", vec![("FERRY_ORT_SPINNING", one("true"))]),
+            ("Ferry: default, batching off", vec![("FERRY_MAX_BATCH_ROWS", one("1"))]),
         ];
+        let measure = |suite: &Suite, url: &str| -> anyhow::Result<String> {
+            let mut cells = Vec::new();
+            for busy in [false, true] {
+                let mut b = if busy { Some(burner()?) } else { None };
+                for c in [1, 64] {
+                    let r = load(suite.scenario(Target::Rest, url, &medium, 1, c));
+                    if let (Err(_), Some(b)) = (&r, b.as_mut()) {
+                        let _ = b.kill();
+                    }
+                    let r = r?;
+                    cells.push(format!("{:.0} | {}", r.rps, ms(r.p99_us)));
+                }
+                if let Some(mut b) = b {
+                    let _ = b.kill();
+                    let _ = b.wait();
+                }
+            }
+            Ok(cells.join(" | "))
+        };
         for (label, env) in settings {
             let mut inf = start_ferry(env).await?;
-            let idle = load(suite.scenario(Target::Rest, &inf.http, &medium, 1, 64))?;
-            let mut b = burner()?;
-            let busy = load(suite.scenario(Target::Rest, &inf.http, &medium, 1, 64));
-            let _ = b.kill();
-            let _ = b.wait();
-            let busy = busy?;
-            suite.line(&format!(
-                "| {label} | {:.0} | {} | {:.0} | {} |",
-                idle.rps,
-                ms(idle.p99_us),
-                busy.rps,
-                ms(busy.p99_us)
-            ));
-            inf.proc.terminate(Duration::from_secs(10))?;
+            let cells = measure(&suite, &inf.http)?;
+            suite.line(&format!("| {label} | {cells} |"));
+            inf.proc.terminate(Duration::from_secs(30))?;
         }
         for (label, intra) in
             [("Node gateway, ONNX Runtime default threads", None), ("Node gateway, 1 intra-op thread", Some(1))]
         {
             let Some((mut p, url)) = suite.gateway(&medium, intra)? else { break };
-            let idle = load(suite.scenario(Target::Rest, &url, &medium, 1, 64))?;
-            let mut b = burner()?;
-            let busy = load(suite.scenario(Target::Rest, &url, &medium, 1, 64));
-            let _ = b.kill();
-            let _ = b.wait();
-            let busy = busy?;
-            suite.line(&format!(
-                "| {label} | {:.0} | {} | {:.0} | {} |",
-                idle.rps,
-                ms(idle.p99_us),
-                busy.rps,
-                ms(busy.p99_us)
-            ));
+            let cells = measure(&suite, &url)?;
+            suite.line(&format!("| {label} | {cells} |"));
             p.terminate(Duration::from_secs(5))?;
         }
     }
@@ -391,7 +386,7 @@ async fn main() -> anyhow::Result<()> {
             r.errors,
             swapped.as_secs_f64() * 1e3
         ));
-        inf.proc.terminate(Duration::from_secs(10))?;
+        inf.proc.terminate(Duration::from_secs(30))?;
     }
     drop(registry);
 

@@ -39,11 +39,13 @@ pub struct Config {
     /// Where downloaded model files are kept.
     #[arg(long, env = "FERRY_MODEL_DIR", default_value = ".ferry/models")]
     pub model_dir: PathBuf,
-    /// ONNX Runtime sessions per model (requests that run at once).
-    #[arg(long, env = "FERRY_SESSIONS", default_value_t = 2)]
+    /// ONNX Runtime sessions per model, each on its own thread: model calls
+    /// that run at once. Concurrent requests are stacked into batches, so one
+    /// session with every core usually serves best (BENCHMARKS.md).
+    #[arg(long, env = "FERRY_SESSIONS", default_value_t = 1)]
     pub sessions: usize,
-    /// ONNX Runtime intra-op threads per session.
-    #[arg(long, env = "FERRY_INTRA_THREADS", default_value_t = 1)]
+    /// ONNX Runtime intra-op threads per session; 0 means one per available core.
+    #[arg(long, env = "FERRY_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
     /// ONNX Runtime inter-op threads per session.
     #[arg(long, env = "FERRY_INTER_THREADS", default_value_t = 1)]
@@ -54,7 +56,7 @@ pub struct Config {
     /// Most rows stacked into one model call from concurrent requests (1 = no
     /// batching). Applies only to models whose inputs and outputs all have a
     /// dynamic first dimension.
-    #[arg(long, env = "FERRY_MAX_BATCH_ROWS", default_value_t = 64)]
+    #[arg(long, env = "FERRY_MAX_BATCH_ROWS", default_value_t = 128)]
     pub max_batch_rows: usize,
     /// How long a busy model may hold a batch open for more requests, in
     /// microseconds. 0 takes only what is already queued; an idle model never waits.

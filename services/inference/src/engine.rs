@@ -220,10 +220,10 @@ impl Runtime {
             2 => GraphOptimizationLevel::Level2,
             _ => GraphOptimizationLevel::All,
         };
-        let build = || {
+        let build = |intra_threads: usize| {
             Session::builder(&self.env)
                 .map_err(|e| e.to_string())?
-                .with_intra_threads(opts.intra_threads)
+                .with_intra_threads(intra_threads)
                 .map_err(|e| e.to_string())?
                 .with_inter_threads(opts.inter_threads)
                 .map_err(|e| e.to_string())?
@@ -238,7 +238,7 @@ impl Runtime {
         };
         let mut sessions = Vec::with_capacity(opts.sessions.max(1));
         for _ in 0..opts.sessions.max(1) {
-            sessions.push(build()?);
+            sessions.push(build(opts.intra_threads)?);
         }
         let first = &sessions[0];
         let signature = Signature {
@@ -261,8 +261,11 @@ impl Runtime {
             runners[0].run(single_row.clone(), &[]).map_err(|e| format!("warm-up failed: {e}"))?;
             fastest = fastest.min(started.elapsed());
         }
+        // One inline session per core: each async worker thread can run one at once.
         let inline = if fastest < opts.inline_below {
-            (0..runners.len()).map(|_| build().map(|s| Mutex::new(runner(s)))).collect::<Result<Vec<_>, _>>()?
+            let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+            // A cheap model gains nothing from a thread pool; it runs on the caller's thread.
+            (0..n).map(|_| build(1).map(|s| Mutex::new(runner(s)))).collect::<Result<Vec<_>, _>>()?
         } else {
             Vec::new()
         };

@@ -37,13 +37,18 @@ use crate::{
     serving::{ModelSettings, Models},
 };
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
 /// Runs the service until `shutdown` resolves, then drains and returns.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let runtime = Runtime::load(&cfg.ort_library).map_err(anyhow::Error::msg)?;
     let defaults = ModelSettings {
         session: SessionOptions {
             sessions: cfg.sessions,
-            intra_threads: cfg.intra_threads,
+            // ONNX Runtime's own 0 also means "all cores", but with spinning pool threads.
+            intra_threads: if cfg.intra_threads == 0 { cores() } else { cfg.intra_threads },
             inter_threads: cfg.inter_threads,
             optimization_level: cfg.optimization_level,
             batch: BatchPolicy {
@@ -166,9 +171,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             let _ = grpc_stop.wait_for(|s| *s).await;
         });
     let mut http_stop = stop.clone();
-    let trace = tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &::http::Request<_>| {
-        ferry_telemetry::server_span("http", req.uri().path(), req.headers())
-    });
+    let trace = tower_http::trace::TraceLayer::new_for_http()
+        // Expected 503s (readiness while loading, draining) are not errors; metrics count failures.
+        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
+        .make_span_with(|req: &::http::Request<_>| {
+            ferry_telemetry::server_span("http", req.uri().path(), req.headers())
+        });
     let (set_id, echo_id) = ferry_telemetry::request_id_layers();
     let app = http::router(Arc::clone(&models), cfg.rest_output.clone(), cfg.max_request_bytes)
         .layer(trace)

@@ -64,7 +64,11 @@ fn parse(text: &str, defaults: ModelSettings) -> Result<Vec<(ModelSpec, ModelSet
             spec.remote = e.remote;
             let mut s = defaults;
             s.session.sessions = e.sessions.unwrap_or(s.session.sessions);
-            s.session.intra_threads = e.intra_threads.unwrap_or(s.session.intra_threads);
+            s.session.intra_threads = match e.intra_threads {
+                Some(0) => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+                Some(n) => n,
+                None => s.session.intra_threads,
+            };
             s.session.inter_threads = e.inter_threads.unwrap_or(s.session.inter_threads);
             s.session.optimization_level = e.optimization_level.unwrap_or(s.session.optimization_level);
             s.warmup_runs = e.warmup_runs.unwrap_or(s.warmup_runs);

@@ -113,9 +113,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         });
     let (set_id, echo_id) = ferry_telemetry::request_id_layers();
     let mut http_stop = stop.clone();
-    let trace = tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &::http::Request<_>| {
-        ferry_telemetry::server_span("http", req.uri().path(), req.headers())
-    });
+    let trace = tower_http::trace::TraceLayer::new_for_http()
+        // Expected 503s (readiness while loading, draining) are not errors; metrics count failures.
+        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
+        .make_span_with(|req: &::http::Request<_>| {
+            ferry_telemetry::server_span("http", req.uri().path(), req.headers())
+        });
     let http = axum::serve(
         http_listener.tap_io(ferry_telemetry::net::set_nodelay),
         http::router(registry, auth, verifier).layer(trace).layer(echo_id).layer(set_id),

@@ -16,8 +16,6 @@ use std::{
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use ferry_proto::{inference::v1 as pb, oip};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use tokio::sync::{Mutex, Semaphore};
 
 /// What is called.
@@ -195,11 +193,11 @@ impl Tally {
 
 /// One caller's connection and its prepared request.
 enum Client {
+    /// A keep-alive HTTP/1.1 connection sending one prepared request, as wrk
+    /// does: the generator's own cost per request stays small, so that it
+    /// takes as little of the machine from the server as it can.
     Http {
-        sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-        uri: http::Uri,
-        host: String,
-        body: Bytes,
+        conn: RawHttp,
     },
     Grpc {
         client: pb::inference_client::InferenceClient<tonic::transport::Channel>,
@@ -214,21 +212,7 @@ enum Client {
 impl Client {
     async fn call(&mut self) -> Result<(), String> {
         match self {
-            Client::Http { sender, uri, host, body } => {
-                sender.ready().await.map_err(|e| e.to_string())?;
-                let req = http::Request::post(uri.clone())
-                    .header(http::header::HOST, host.as_str())
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(Full::new(body.clone()))
-                    .map_err(|e| e.to_string())?;
-                let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-                let status = resp.status();
-                let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-                if !status.is_success() {
-                    return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
-                }
-                Ok(())
-            }
+            Client::Http { conn } => conn.call().await,
             Client::Grpc { client, request } => {
                 client.predict(request.clone()).await.map(drop).map_err(|s| format!("{:?}: {}", s.code(), s.message()))
             }
@@ -297,9 +281,15 @@ impl Connector {
             Target::Rest | Target::RestV2 => {
                 let stream = tokio::net::TcpStream::connect(self.addr.context("no address")?).await?;
                 stream.set_nodelay(true)?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(conn);
-                Client::Http { sender, uri: self.path.parse()?, host: self.host.clone(), body: self.body.clone() }
+                let mut request = format!(
+                    "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    self.path,
+                    self.host,
+                    self.body.len()
+                )
+                .into_bytes();
+                request.extend_from_slice(&self.body);
+                Client::Http { conn: RawHttp { stream, request, buf: Vec::with_capacity(4096) } }
             }
             Target::Grpc => Client::Grpc {
                 client: pb::inference_client::InferenceClient::new(self.channels[i % self.channels.len()].clone())
@@ -335,6 +325,101 @@ impl Connector {
             },
             Target::InProcess => bail!("in-process runs have no client"),
         })
+    }
+}
+
+struct RawHttp {
+    stream: tokio::net::TcpStream,
+    request: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl RawHttp {
+    async fn call(&mut self) -> Result<(), String> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(&self.request).await.map_err(|e| e.to_string())?;
+        self.buf.clear();
+        // Read the head, then exactly the body it announces.
+        let (head_len, status, body_len) = loop {
+            if let Some(parsed) = parse_head(&self.buf)? {
+                break parsed;
+            }
+            self.read_more().await?;
+        };
+        let total = match body_len {
+            BodyLen::Exact(n) => head_len + n,
+            BodyLen::Chunked => loop {
+                if let Some(end) = chunked_end(&self.buf[head_len..]) {
+                    break head_len + end;
+                }
+                self.read_more().await?;
+            },
+        };
+        while self.buf.len() < total {
+            self.read_more().await?;
+        }
+        if !(200..300).contains(&status) {
+            let body = String::from_utf8_lossy(&self.buf[head_len..total]);
+            return Err(format!("HTTP {status}: {body}"));
+        }
+        Ok(())
+    }
+
+    async fn read_more(&mut self) -> Result<(), String> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 8192];
+        let n = self.stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the server closed the connection".into());
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+enum BodyLen {
+    Exact(usize),
+    Chunked,
+}
+
+/// `(head length, status, body length)` once the head is complete.
+fn parse_head(buf: &[u8]) -> Result<Option<(usize, u16, BodyLen)>, String> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
+    let head = std::str::from_utf8(&buf[..end]).map_err(|e| e.to_string())?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let mut len = BodyLen::Exact(0);
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else { continue };
+        if k.eq_ignore_ascii_case("content-length") {
+            len = BodyLen::Exact(v.trim().parse().map_err(|_| format!("bad content-length {v:?}"))?);
+        } else if k.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked") {
+            len = BodyLen::Chunked;
+        }
+    }
+    Ok(Some((end + 4, status, len)))
+}
+
+/// Where a chunked body ends (after the last chunk's CRLF), once it is complete.
+fn chunked_end(body: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let line_end = body[at..].windows(2).position(|w| w == b"\r\n")? + at;
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&body[at..line_end]).ok()?.split(';').next()?.trim(), 16).ok()?;
+        at = line_end + 2;
+        if size == 0 {
+            let trailer_end = body[at..].windows(2).position(|w| w == b"\r\n")? + at;
+            return Some(trailer_end + 2);
+        }
+        if body.len() < at + size + 2 {
+            return None;
+        }
+        at += size + 2;
     }
 }
 
