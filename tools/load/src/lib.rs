@@ -590,3 +590,53 @@ fn in_process(s: &Scenario) -> anyhow::Result<Report> {
     }
     Ok(all.report(s.duration.as_secs_f64(), s.batch, None, rss_mb(std::process::id())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_heads_and_bodies() {
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n").unwrap().is_none(), "head not complete yet");
+        let (len, status, body) =
+            parse_head(b"HTTP/1.1 429 Too Many\r\nContent-Length: 12\r\n\r\n{\"error\":1}").unwrap().unwrap();
+        assert_eq!((len, status), (45, 429));
+        assert!(matches!(body, BodyLen::Exact(12)));
+        let (_, _, body) = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
+        assert!(matches!(body, BodyLen::Chunked));
+        assert!(parse_head(b"garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn finds_the_end_of_a_chunked_body() {
+        assert_eq!(chunked_end(b"5\r\nhello\r\n0\r\n\r\n"), Some(15));
+        assert_eq!(chunked_end(b"5\r\nhello\r\n"), None, "last chunk missing");
+        assert_eq!(chunked_end(b"5\r\nhel"), None, "chunk incomplete");
+    }
+
+    #[test]
+    fn percentiles_and_rates_come_from_every_sample() {
+        let start = Instant::now();
+        let mut t = Tally::default();
+        for us in 1..=100u32 {
+            t.latencies_us.push(us);
+            t.second.push(u16::from(us > 50));
+        }
+        t.add(start, start, Err("boom".into()));
+        let r = t.report(2.0, 4, None, None);
+        assert_eq!((r.requests, r.errors), (100, 1), "the failed call is an error, not a sample");
+        assert_eq!(r.first_error.as_deref(), Some("boom"));
+        assert_eq!((r.p50_us, r.p99_us, r.max_us), (51.0, 100.0, 100.0));
+        assert_eq!(r.rps, 50.0);
+        assert_eq!(r.inferences_per_s, 200.0);
+        assert_eq!(r.p99_by_second_us, vec![50.0, 100.0]);
+    }
+
+    #[test]
+    fn every_system_gets_the_same_rows() {
+        assert_eq!(rows(4, 2), vec![5.1, 3.5, 1.4, 0.2, 5.1, 3.5, 1.4, 0.2]);
+        let a = rows(512, 1);
+        assert_eq!(a, rows(512, 1));
+        assert!(a.iter().all(|v| (0.0..1.0).contains(v)) && a[0] != a[1]);
+    }
+}
