@@ -465,15 +465,24 @@ pub async fn run(s: &Scenario) -> anyhow::Result<Report> {
             *cpu_before.lock().await = pid.and_then(cpu_seconds);
         });
     }
-    let tally = match s.rate {
-        None => closed_loop(clients, measure_from, end).await,
-        Some(rate) => open_loop(clients, rate, measure_from, end).await,
+    let (tally, completed) = match s.rate {
+        None => (closed_loop(clients, measure_from, end).await, None),
+        Some(rate) => {
+            let (t, n) = open_loop(clients, rate, measure_from, end).await;
+            (t, Some(n))
+        }
     };
     let cpu = match (*cpu_before.lock().await, s.server_pid.and_then(cpu_seconds)) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
-    Ok(tally.report(s.duration.as_secs_f64(), s.batch, cpu, s.server_pid.and_then(rss_mb)))
+    let mut report = tally.report(s.duration.as_secs_f64(), s.batch, cpu, s.server_pid.and_then(rss_mb));
+    if let Some(n) = completed {
+        // Open loop: throughput is what completed in the window; latencies cover every request due in it.
+        report.rps = n as f64 / s.duration.as_secs_f64();
+        report.inferences_per_s = report.rps * s.batch as f64;
+    }
+    Ok(report)
 }
 
 async fn closed_loop(clients: Vec<Client>, measure_from: Instant, end: Instant) -> Tally {
@@ -507,7 +516,10 @@ async fn closed_loop(clients: Vec<Client>, measure_from: Instant, end: Instant) 
 
 /// Requests are due every 1/rate seconds whether or not earlier ones finished;
 /// a request waits for a free connection and its latency counts from when it was due.
-async fn open_loop(clients: Vec<Client>, rate: f64, measure_from: Instant, end: Instant) -> Tally {
+/// Returns the samples and how many requests completed inside the window
+/// (the achieved rate, which falls below the offered one under overload).
+async fn open_loop(clients: Vec<Client>, rate: f64, measure_from: Instant, end: Instant) -> (Tally, u64) {
+    let completed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let free = Arc::new(Semaphore::new(clients.len()));
     let pool = Arc::new(Mutex::new(clients));
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -520,22 +532,34 @@ async fn open_loop(clients: Vec<Client>, rate: f64, measure_from: Instant, end: 
             break;
         }
         tokio::time::sleep_until(due.into()).await;
-        let (free, pool, tally) = (Arc::clone(&free), Arc::clone(&pool), Arc::clone(&tally));
+        let (free, pool, tally, completed) =
+            (Arc::clone(&free), Arc::clone(&pool), Arc::clone(&tally), Arc::clone(&completed));
         tasks.push(tokio::spawn(async move {
             let Ok(_permit) = free.acquire().await else { return };
             let Some(mut c) = pool.lock().await.pop() else { return };
+            // The timer fires up to its resolution late; a request sent within that
+            // of its due time is timed from its send, a later one from when it was due.
+            let sent = Instant::now();
+            let from = if sent.duration_since(due) <= TIMER_SLACK { sent } else { due };
             let r = c.call().await;
             pool.lock().await.push(c);
-            if due >= measure_from && Instant::now() <= end + Duration::from_secs(10) {
-                tally.lock().await.add(due, measure_from, r);
+            let done = Instant::now();
+            if (measure_from..=end).contains(&done) && r.is_ok() {
+                completed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            if due >= measure_from {
+                tally.lock().await.add(from, measure_from, r);
             }
         }));
     }
     for t in tasks {
         let _ = t.await;
     }
-    std::mem::take(&mut *tally.lock().await)
+    (std::mem::take(&mut *tally.lock().await), completed.load(std::sync::atomic::Ordering::Relaxed))
 }
+
+/// tokio's timer resolution, plus scheduling jitter.
+const TIMER_SLACK: Duration = Duration::from_micros(1500);
 
 /// The ceiling no server can beat: sessions called in a loop, one thread each.
 fn in_process(s: &Scenario) -> anyhow::Result<Report> {
