@@ -1,15 +1,11 @@
 use std::{
-    collections::HashMap,
     fmt,
     path::Path,
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
-use ferry_telemetry::metrics::{self, Histogram};
+use ferry_telemetry::metrics::{self, Family};
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::{Serialize, de::DeserializeOwned};
@@ -80,18 +76,8 @@ pub struct Client {
 }
 
 /// Latency and outcome of every HTTP call to MLflow, by endpoint (each retry
-/// attempt is a call).
-#[derive(Debug, Default)]
-struct CallMetrics {
-    by_endpoint: RwLock<HashMap<String, Arc<CallSeries>>>,
-}
-
-#[derive(Debug)]
-struct CallSeries {
-    duration: Histogram,
-    /// "ok", then one counter per `OUTCOMES` error entry.
-    outcomes: [AtomicU64; OUTCOMES.len()],
-}
+/// attempt is a call); outcomes as `OUTCOMES`.
+type CallMetrics = Family<String, { OUTCOMES.len() }>;
 
 const OUTCOMES: [&str; 8] = [
     "ok",
@@ -114,26 +100,6 @@ fn outcome<T>(r: &Result<T>) -> usize {
         Err(ErrorKind::Unavailable) => 5,
         Err(ErrorKind::Timeout) => 6,
         Err(ErrorKind::Internal) => 7,
-    }
-}
-
-impl CallMetrics {
-    fn record(&self, endpoint: &str, outcome: usize, elapsed: Duration) {
-        let found = self.by_endpoint.read().ok().and_then(|m| m.get(endpoint).cloned());
-        let series = match found {
-            Some(s) => s,
-            None => {
-                let Ok(mut m) = self.by_endpoint.write() else { return };
-                Arc::clone(m.entry(endpoint.to_owned()).or_insert_with(|| {
-                    Arc::new(CallSeries {
-                        duration: Histogram::seconds(metrics::LATENCY_NS),
-                        outcomes: Default::default(),
-                    })
-                }))
-            }
-        };
-        series.duration.observe_duration(elapsed);
-        series.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -162,13 +128,7 @@ impl Client {
     /// outcome, and their latency.
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write;
-        let mut all: Vec<(String, Arc<CallSeries>)> = self
-            .calls
-            .by_endpoint
-            .read()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect())
-            .unwrap_or_default();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let all = self.calls.snapshot();
         metrics::header(out, "ferry_mlflow_requests_total", "counter", "HTTP calls to MLflow by endpoint and outcome.");
         for (endpoint, s) in &all {
             for (i, n) in s.outcomes.iter().enumerate() {
@@ -221,7 +181,7 @@ impl Client {
         loop {
             let started = Instant::now();
             let result = attempt().await;
-            self.calls.record(what, outcome(&result), started.elapsed());
+            self.calls.record(what.to_owned(), outcome(&result), started.elapsed());
             match result {
                 Err(e) if e.is_retryable() && n + 1 < attempts => {
                     warn!(what, attempt = n, error = %e, "MLflow call failed; retrying");

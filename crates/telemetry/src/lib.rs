@@ -313,6 +313,60 @@ pub mod metrics {
         }
     }
 
+    /// Latency and outcome counts of one labelled series (a method and version,
+    /// an MLflow endpoint, ...); outcome 0 is success by convention.
+    #[derive(Debug)]
+    pub struct Series<const N: usize> {
+        pub duration: Histogram,
+        pub outcomes: [AtomicU64; N],
+    }
+
+    /// Series by key, created on first use. The request path takes a read
+    /// lock for the lookup; the write lock only when a key is new.
+    #[derive(Debug)]
+    pub struct Family<K, const N: usize> {
+        series: std::sync::RwLock<std::collections::HashMap<K, std::sync::Arc<Series<N>>>>,
+    }
+
+    impl<K, const N: usize> Default for Family<K, N> {
+        fn default() -> Self {
+            Self { series: std::sync::RwLock::default() }
+        }
+    }
+
+    impl<K: Eq + std::hash::Hash + Clone + Ord, const N: usize> Family<K, N> {
+        pub fn record(&self, key: K, outcome: usize, elapsed: Duration) {
+            let found = self.series.read().ok().and_then(|m| m.get(&key).cloned());
+            let series = match found {
+                Some(s) => s,
+                None => {
+                    let Ok(mut m) = self.series.write() else { return };
+                    std::sync::Arc::clone(m.entry(key).or_insert_with(|| {
+                        std::sync::Arc::new(Series {
+                            duration: Histogram::seconds(LATENCY_NS),
+                            outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
+                        })
+                    }))
+                }
+            };
+            series.duration.observe_duration(elapsed);
+            if let Some(n) = series.outcomes.get(outcome) {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+
+        /// Every series, sorted by key.
+        pub fn snapshot(&self) -> Vec<(K, std::sync::Arc<Series<N>>)> {
+            let mut all: Vec<_> = self
+                .series
+                .read()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), std::sync::Arc::clone(v))).collect())
+                .unwrap_or_default();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all
+        }
+    }
+
     /// `# HELP` and `# TYPE` lines of a family.
     pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -3,16 +3,16 @@
 //! so a swap never interrupts it; the old session is dropped after the last one.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     path::PathBuf,
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Instant, SystemTime},
 };
 
-use ferry_telemetry::metrics::{self, Histogram};
+use ferry_telemetry::metrics::{self, Family, Histogram};
 
 use arc_swap::ArcSwapOption;
 use tokio::sync::{Semaphore, watch};
@@ -60,48 +60,10 @@ pub(crate) struct LoadFailure {
     pub(crate) at: Option<Instant>,
 }
 
-/// Requests of one (method, version) pair of a model: latency and outcomes.
-#[derive(Debug)]
-pub struct RequestSeries {
-    pub duration: Histogram,
-    /// Successes, then one counter per `ServeError::KINDS` entry.
-    pub outcomes: [AtomicU64; ServeError::KINDS.len() + 1],
-}
-
-/// Per-method, per-version request series of one model. Versions come and go
-/// with promotions, so the map grows by one entry per version served.
-#[derive(Debug, Default)]
-pub struct RequestMetrics {
-    series: RwLock<HashMap<(&'static str, String), Arc<RequestSeries>>>,
-}
-
-impl RequestMetrics {
-    fn record(&self, method: &'static str, version: &str, outcome: usize, elapsed: Duration) {
-        let found = self.series.read().ok().and_then(|m| m.get(&(method, version.to_owned())).cloned());
-        let series = match found {
-            Some(s) => s,
-            None => {
-                let Ok(mut m) = self.series.write() else { return };
-                Arc::clone(m.entry((method, version.to_owned())).or_insert_with(|| {
-                    Arc::new(RequestSeries {
-                        duration: Histogram::seconds(metrics::LATENCY_NS),
-                        outcomes: Default::default(),
-                    })
-                }))
-            }
-        };
-        series.duration.observe_duration(elapsed);
-        series.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Every series, sorted by method then version.
-    pub fn snapshot(&self) -> Vec<((&'static str, String), Arc<RequestSeries>)> {
-        let mut all: Vec<_> =
-            self.series.read().map(|m| m.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect()).unwrap_or_default();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
-    }
-}
+/// Per-(method, version) request latency and outcomes of one model: outcome 0
+/// is success, then one per `ServeError::KINDS` entry. Versions come and go
+/// with promotions, so this grows by one series per version served.
+pub type RequestMetrics = Family<(&'static str, String), { ServeError::KINDS.len() + 1 }>;
 
 /// Cumulative request statistics of one model (Triton's statistics extension
 /// reports these): counts and total nanoseconds.
@@ -337,10 +299,10 @@ impl Models {
         let elapsed = started.elapsed();
         slot.stats.record(result.is_ok(), elapsed.as_nanos() as u64);
         match &result {
-            Ok(p) => slot.stats.requests.record(method, &p.version, 0, elapsed),
+            Ok(p) => slot.stats.requests.record((method, p.version.clone()), 0, elapsed),
             Err(e) => {
                 let version = slot.current().map(|m| m.version.clone()).unwrap_or_default();
-                slot.stats.requests.record(method, &version, 1 + e.kind_index(), elapsed);
+                slot.stats.requests.record((method, version), 1 + e.kind_index(), elapsed);
             }
         }
         result
