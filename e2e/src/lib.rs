@@ -203,30 +203,49 @@ impl Mlflow {
     }
 
     pub async fn start_with(dir: &Path, opts: MlflowOptions) -> anyhow::Result<Self> {
-        let port = free_port();
-        let mut cmd = Command::new(venv().join("bin/mlflow"));
-        cmd.args(["server", "--host", "127.0.0.1", "--port", &port.to_string(), "--workers", "1"])
-            .arg("--backend-store-uri")
-            .arg(opts.backend_store_uri.unwrap_or_else(|| format!("sqlite:///{}", dir.join("mlflow.db").display())))
-            .arg("--artifacts-destination")
-            .arg(opts.artifacts_destination.unwrap_or_else(|| dir.join("artifacts").display().to_string()))
-            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false");
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
+        // The port is free when picked but MLflow binds it seconds later; another
+        // process (often a client's ephemeral port) can take it meanwhile: retry then.
+        for attempt in 1..=3 {
+            let port = free_port();
+            let mut cmd = Command::new(venv().join("bin/mlflow"));
+            cmd.args(["server", "--host", "127.0.0.1", "--port", &port.to_string(), "--workers", "1"])
+                .arg("--backend-store-uri")
+                .arg(
+                    opts.backend_store_uri
+                        .clone()
+                        .unwrap_or_else(|| format!("sqlite:///{}", dir.join("mlflow.db").display())),
+                )
+                .arg("--artifacts-destination")
+                .arg(opts.artifacts_destination.clone().unwrap_or_else(|| dir.join("artifacts").display().to_string()))
+                .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false");
+            for (k, v) in &opts.env {
+                cmd.env(k, v);
+            }
+            let mut proc = Proc::spawn("mlflow", &mut cmd, dir)?;
+            let url = format!("http://127.0.0.1:{port}");
+            let health = format!("{url}/health");
+            let http = reqwest::Client::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(180);
+            loop {
+                if http.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+                    return Ok(Self { url, proc });
+                }
+                let log = proc.log_tail();
+                let port_taken = log.contains("address already in use");
+                if port_taken && attempt < 3 {
+                    let _ = proc.terminate(Duration::from_secs(10));
+                    break;
+                }
+                if !proc.is_running() || port_taken {
+                    bail!("MLflow exited before answering /health\n--- mlflow log ---\n{log}");
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("timed out after 180s waiting for MLflow /health\n--- mlflow log ---\n{log}");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
-        let proc = Proc::spawn("mlflow", &mut cmd, dir)?;
-        let url = format!("http://127.0.0.1:{port}");
-        let health = format!("{url}/health");
-        let http = reqwest::Client::new();
-        let waited = wait_for("MLflow /health", Duration::from_secs(180), || {
-            let (http, health) = (http.clone(), health.clone());
-            async move { Ok(http.get(&health).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())) }
-        })
-        .await;
-        if let Err(e) = waited {
-            bail!("{e}\n--- mlflow log ---\n{}", proc.log_tail());
-        }
-        Ok(Self { url, proc })
+        bail!("MLflow could not bind a port in 3 attempts")
     }
 }
 
