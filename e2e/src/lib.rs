@@ -522,6 +522,31 @@ pub async fn start_inference(
     })
 }
 
+/// The sample model, registered, promoted and serving: what most tests start from.
+pub struct IrisStack {
+    pub mlflow: Mlflow,
+    pub registry: Registry,
+    pub inference: Inference,
+    /// The ONNX file registered as version 1.
+    pub model: PathBuf,
+}
+
+/// Starts MLflow (sqlite), the registry and an inference service (with
+/// `inference_env`) serving `iris:Production` = version 1 of the sample model.
+pub async fn serve_iris(dir: &Path, inference_env: &[(&str, String)]) -> anyhow::Result<IrisStack> {
+    let mlflow = Mlflow::start(dir).await?;
+    let model = dir.join("iris.onnx");
+    train_iris(&model, 1.0)?;
+    let mut registry = start_registry(dir, &mlflow.url, &[]).await?;
+    register_file(&mut registry.client, "iris", &model).await?;
+    promote(&mut registry.client, "iris", "1").await?;
+    let inference = start_inference(dir, &mlflow.url, Some(&registry.url), "iris:Production", inference_env).await?;
+    wait_serving(&inference.client, "iris", "1", &[5.1, 3.5, 1.4, 0.2], Duration::from_secs(60))
+        .await
+        .with_context(|| inference.proc.log_tail())?;
+    Ok(IrisStack { mlflow, registry, inference, model })
+}
+
 /// Uploads a file through `RegisterModel` in 64 KiB chunks.
 pub async fn register_file(
     client: &mut ModelRegistryClient<Channel>,

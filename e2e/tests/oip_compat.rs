@@ -3,27 +3,17 @@
 //! contents, HTTP with the binary-data extension and plain JSON, health,
 //! metadata, model configuration and statistics.
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
-use anyhow::{Context, ensure};
-use ferry_e2e::{
-    Mlflow, promote, register_file, repo_root, start_inference, start_registry, train_iris, venv, wait_serving,
-};
+use anyhow::ensure;
+use ferry_e2e::{IrisStack, repo_root, serve_iris, venv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tritonclient_grpc_and_http() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let mlflow = Mlflow::start(d).await?;
-    let model = d.join("iris.onnx");
-    train_iris(&model, 1.0)?;
-    let mut registry = start_registry(d, &mlflow.url, &[]).await?;
-    register_file(&mut registry.client, "iris", &model).await?;
-    promote(&mut registry.client, "iris", "1").await?;
-    let inference = start_inference(d, &mlflow.url, Some(&registry.url), "iris:Production", &[]).await?;
-    wait_serving(&inference.client, "iris", "1", &[5.1, 3.5, 1.4, 0.2], Duration::from_secs(60))
-        .await
-        .with_context(|| inference.proc.log_tail())?;
+    // The MLflow and registry processes live as long as their bindings.
+    let IrisStack { inference, model, mlflow: _mlflow, registry: _registry } = serve_iris(d, &[]).await?;
 
     let grpc = inference.grpc.trim_start_matches("http://").to_owned();
     let http = inference.http.trim_start_matches("http://").to_owned();

@@ -6,10 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use ferry_e2e::{
-    Mlflow, assert_close, promote, python, reference_predict, register_file, repo_root, start_inference,
-    start_registry, train_iris, wait_serving,
-};
+use ferry_e2e::{IrisStack, assert_close, python, reference_predict, repo_root, serve_iris};
 use serde_json::{Value, json};
 
 const ROW: [f32; 4] = [5.9, 3.0, 5.1, 1.8];
@@ -18,19 +15,11 @@ const ROW: [f32; 4] = [5.9, 3.0, 5.1, 1.8];
 async fn rest_api_matches_its_openapi_document() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let mlflow = Mlflow::start(d).await?;
-    let model = d.join("iris.onnx");
-    train_iris(&model, 1.0)?;
-    let mut registry = start_registry(d, &mlflow.url, &[]).await?;
-    register_file(&mut registry.client, "iris", &model).await?;
-    promote(&mut registry.client, "iris", "1").await?;
     // JSON logs at debug for the HTTP layer: the request-id and no-payload checks below read them.
     let logging =
         [("FERRY_LOG_JSON", "true".to_owned()), ("FERRY_LOG", "info,ferry_inference=debug,tower_http=debug".into())];
-    let inference = start_inference(d, &mlflow.url, Some(&registry.url), "iris:Production", &logging).await?;
-    wait_serving(&inference.client, "iris", "1", &ROW, Duration::from_secs(60))
-        .await
-        .with_context(|| inference.proc.log_tail())?;
+    // The MLflow and registry processes live as long as their bindings.
+    let IrisStack { inference, model, mlflow: _mlflow, registry: _registry } = serve_iris(d, &logging).await?;
     let http = reqwest::Client::new();
     let base = &inference.http;
 

@@ -177,7 +177,7 @@ impl Batcher {
         deadline: Option<Instant>,
     ) -> oneshot::Receiver<Result<Vec<NamedTensor>, ServeError>> {
         let (reply, rx) = oneshot::channel();
-        let rows = inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as usize);
+        let rows = crate::engine::rows(&inputs);
         let job = Job { inputs, outputs, rows, deadline, queued_at: Instant::now(), reply };
         let mut q = self.shared.lock();
         if q.closed {
@@ -245,9 +245,11 @@ fn work<R: Runner>(shared: &Shared, mut runner: R) {
             if policy.enabled() {
                 take_more(&mut q, &mut batch, policy.max_rows);
                 if under_load && !policy.max_delay.is_zero() {
-                    let earliest = batch.iter().filter_map(|j| j.deadline).min();
-                    let until =
-                        (Instant::now() + policy.max_delay).min(earliest.unwrap_or(Instant::now() + policy.max_delay));
+                    // Never past the earliest deadline in the batch.
+                    let mut until = Instant::now() + policy.max_delay;
+                    if let Some(earliest) = batch.iter().filter_map(|j| j.deadline).min() {
+                        until = until.min(earliest);
+                    }
                     while rows_of(&batch) < policy.max_rows && !q.closed {
                         let now = Instant::now();
                         if now >= until {

@@ -156,6 +156,11 @@ impl TensorData {
     }
 }
 
+/// Rows in a request: the first dimension of its first input (1 for a scalar).
+pub(crate) fn rows(inputs: &[NamedTensor]) -> usize {
+    inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as usize)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct NamedTensor {
     pub name: String,
@@ -271,7 +276,7 @@ impl Runtime {
         };
         let batcher = Batcher::start(thread_name, runners, batch, Arc::clone(&stats))
             .map_err(|e| format!("starting the model's worker threads: {e}"))?;
-        Ok(Engine { signature, batcher, inline, stats, single_row_run: fastest })
+        Ok(Engine { signature, batcher, inline, stats })
     }
 }
 
@@ -322,8 +327,6 @@ pub struct Engine {
     /// Sessions for running cheap models on the calling thread (empty otherwise).
     inline: Vec<Mutex<OrtRunner>>,
     stats: Arc<ExecStats>,
-    /// The fastest single-row run at load time.
-    pub single_row_run: Duration,
 }
 
 impl std::fmt::Debug for Engine {
@@ -337,16 +340,6 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Checks inputs against the signature: every error names the input and what was expected.
-    pub fn validate(&self, inputs: &[NamedTensor], outputs: &[String]) -> Result<(), ServeError> {
-        validate(&self.signature, inputs, outputs)
-    }
-
-    /// The batching this version actually uses (off when the model cannot stack rows).
-    pub fn batch_policy(&self) -> BatchPolicy {
-        self.batcher.policy()
-    }
-
     /// Runs validated inputs on a worker thread, possibly stacked with other
     /// requests. Dropping the future cancels the request if it has not run yet.
     pub async fn infer(
@@ -356,7 +349,7 @@ impl Engine {
         deadline: Option<Instant>,
     ) -> Result<Vec<NamedTensor>, ServeError> {
         self.signature.order(&mut inputs);
-        let rows = inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as usize);
+        let rows = rows(&inputs);
         if rows <= INLINE_MAX_ROWS
             && !self.inline.is_empty()
             && self.stats.queued.load(std::sync::atomic::Ordering::Relaxed) == 0

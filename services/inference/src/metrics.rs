@@ -36,15 +36,21 @@ async fn render(State(src): State<Sources>) -> impl IntoResponse {
         "counter",
         "Requests by API method, model, version and outcome code.",
     );
-    for s in models.slots() {
-        for ((method, version), series) in s.stats.requests.snapshot() {
-            let labels = format!("method=\"{method}\",model=\"{}\",version=\"{}\"", esc(&s.spec.name), esc(&version));
-            for (i, n) in series.outcomes.iter().enumerate() {
-                let n = val(n);
-                if n > 0 {
-                    let code = if i == 0 { "ok" } else { ServeError::KINDS[i - 1] };
-                    let _ = writeln!(out, "ferry_inference_requests_total{{{labels},code=\"{code}\"}} {n}");
-                }
+    // One snapshot per model, with its label set rendered once, for both families.
+    let series: Vec<(String, _)> = models
+        .slots()
+        .flat_map(|s| {
+            s.stats.requests.snapshot().into_iter().map(|((method, version), series)| {
+                (format!("method=\"{method}\",model=\"{}\",version=\"{}\"", esc(&s.spec.name), esc(&version)), series)
+            })
+        })
+        .collect();
+    for (labels, s) in &series {
+        for (i, n) in s.outcomes.iter().enumerate() {
+            let n = val(n);
+            if n > 0 {
+                let code = if i == 0 { "ok" } else { ServeError::KINDS[i - 1] };
+                let _ = writeln!(out, "ferry_inference_requests_total{{{labels},code=\"{code}\"}} {n}");
             }
         }
     }
@@ -54,11 +60,8 @@ async fn render(State(src): State<Sources>) -> impl IntoResponse {
         "histogram",
         "Time from decoded request to encoded answer, by API method, model and version.",
     );
-    for s in models.slots() {
-        for ((method, version), series) in s.stats.requests.snapshot() {
-            let labels = format!("method=\"{method}\",model=\"{}\",version=\"{}\"", esc(&s.spec.name), esc(&version));
-            series.duration.render(&mut out, "ferry_inference_request_duration_seconds", &labels);
-        }
+    for (labels, s) in &series {
+        s.duration.render(&mut out, "ferry_inference_request_duration_seconds", labels);
     }
 
     let model_label = |name: &str| format!("model=\"{}\"", esc(name));

@@ -339,8 +339,7 @@ impl Models {
                 (outputs, model.version.clone())
             }
             Backend::Remote(remote) => {
-                // Rows in the batch: the leading dimension of the first input.
-                let rows = req.inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(1) as usize);
+                let rows = crate::engine::rows(&req.inputs);
                 let started = Instant::now();
                 let (outputs, version) = remote.infer(req.inputs, &req.outputs).await?;
                 drop(permit);
