@@ -332,6 +332,8 @@ async fn control_plane_over_real_mlflow() -> anyhow::Result<()> {
         &[
             ("FERRY_REGISTRY_GRPC_ADDR", format!("127.0.0.1:{}", free_port())),
             ("FERRY_REGISTRY_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+            // Not the default :9090, which another process on the machine may hold.
+            ("FERRY_REGISTRY_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
             ("MLFLOW_TRACKING_URI", mlflow.url.clone()),
             ("FERRY_WEBHOOK_SECRET", SECRET.into()),
             ("FERRY_PUBLIC_URL", moved.clone()),

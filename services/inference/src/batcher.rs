@@ -102,8 +102,10 @@ impl ExecStats {
 }
 
 type Reply = oneshot::Sender<Result<Vec<NamedTensor>, ServeError>>;
+pub(crate) type Outputs = oneshot::Receiver<Result<Vec<NamedTensor>, ServeError>>;
 
-struct Job {
+/// One request on its way to the model; dropping the receiver cancels it.
+pub(crate) struct Job {
     /// In signature order, validated.
     inputs: Vec<NamedTensor>,
     outputs: Vec<String>,
@@ -114,6 +116,13 @@ struct Job {
 }
 
 impl Job {
+    /// A request with validated inputs in signature order, and where its outputs will arrive.
+    pub(crate) fn new(inputs: Vec<NamedTensor>, outputs: Vec<String>, deadline: Option<Instant>) -> (Job, Outputs) {
+        let (reply, rx) = oneshot::channel();
+        let rows = crate::engine::rows(&inputs);
+        (Job { inputs, outputs, rows, deadline, queued_at: Instant::now(), reply }, rx)
+    }
+
     /// Whether `other` can be stacked under this job: same outputs, same trailing shapes.
     fn stacks_with(&self, other: &Job) -> bool {
         self.outputs == other.outputs
@@ -170,26 +179,23 @@ impl Batcher {
     }
 
     /// Queues a request; the receiver yields its outputs. Dropping the receiver cancels it.
-    pub(crate) fn submit(
-        &self,
-        inputs: Vec<NamedTensor>,
-        outputs: Vec<String>,
-        deadline: Option<Instant>,
-    ) -> oneshot::Receiver<Result<Vec<NamedTensor>, ServeError>> {
-        let (reply, rx) = oneshot::channel();
-        let rows = crate::engine::rows(&inputs);
-        let job = Job { inputs, outputs, rows, deadline, queued_at: Instant::now(), reply };
+    pub(crate) fn submit(&self, inputs: Vec<NamedTensor>, outputs: Vec<String>, deadline: Option<Instant>) -> Outputs {
+        let (job, rx) = Job::new(inputs, outputs, deadline);
+        self.enqueue(job);
+        rx
+    }
+
+    pub(crate) fn enqueue(&self, job: Job) {
         let mut q = self.shared.lock();
         if q.closed {
             drop(q);
             let _ = job.reply.send(Err(ServeError::Unavailable("this model version is unloading".into())));
-            return rx;
+            return;
         }
         q.jobs.push_back(job);
         drop(q);
         self.shared.stats.queued.fetch_add(1, Ordering::Relaxed);
         self.shared.wake.notify_one();
-        rx
     }
 }
 
@@ -269,23 +275,42 @@ fn work<R: Runner>(shared: &Shared, mut runner: R) {
         let now = Instant::now();
         let waited: u64 = batch.iter().map(|j| now.duration_since(j.queued_at).as_nanos() as u64).sum();
         shared.stats.request_queue_ns.fetch_add(waited, Ordering::Relaxed);
-        batch.retain_mut(|j| {
-            if j.reply.is_closed() {
-                return false;
-            }
-            if j.deadline.is_some_and(|d| d <= now) {
-                let (tx, _) = oneshot::channel();
-                let reply = std::mem::replace(&mut j.reply, tx);
-                let _ = reply.send(Err(ServeError::DeadlineExceeded("the deadline passed while queued".into())));
-                return false;
-            }
-            true
-        });
+        drop_finished(&mut batch, now);
         if batch.is_empty() {
             continue;
         }
         last_rows = rows_of(&batch);
         execute(&mut runner, batch, &shared.stats);
+    }
+}
+
+/// Drops requests whose caller went away, and answers those past their deadline.
+fn drop_finished(batch: &mut Vec<Job>, now: Instant) {
+    batch.retain_mut(|j| {
+        if j.reply.is_closed() {
+            return false;
+        }
+        if j.deadline.is_some_and(|d| d <= now) {
+            let (tx, _) = oneshot::channel();
+            let reply = std::mem::replace(&mut j.reply, tx);
+            let _ = reply.send(Err(ServeError::DeadlineExceeded("the deadline passed while queued".into())));
+            return false;
+        }
+        true
+    });
+}
+
+/// Runs `jobs` on the calling thread, stacking those that stack (oldest first,
+/// at most `max_rows` rows a call).
+pub(crate) fn run_now<R: Runner>(runner: &mut R, jobs: Vec<Job>, max_rows: usize, stats: &ExecStats) {
+    let mut q = Queue { jobs: jobs.into(), closed: false };
+    while let Some(first) = q.jobs.pop_front() {
+        let mut batch = vec![first];
+        take_more(&mut q, &mut batch, max_rows);
+        drop_finished(&mut batch, Instant::now());
+        if !batch.is_empty() {
+            execute(runner, batch, stats);
+        }
     }
 }
 

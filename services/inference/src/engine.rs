@@ -3,7 +3,7 @@
 
 use std::{
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -13,8 +13,9 @@ use ort::{
 };
 
 use crate::{
-    batcher::{BatchPolicy, Batcher, ExecStats, Runner},
+    batcher::{BatchPolicy, Batcher, ExecStats, Job, Runner},
     error::ServeError,
+    inline::Inline,
 };
 
 /// Element types Ferry accepts and returns.
@@ -270,9 +271,10 @@ impl Runtime {
         let inline = if fastest < opts.inline_below {
             let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
             // A cheap model gains nothing from a thread pool; it runs on the caller's thread.
-            (0..n).map(|_| build(1).map(|s| Mutex::new(runner(s)))).collect::<Result<Vec<_>, _>>()?
+            let runners = (0..n).map(|_| build(1).map(runner)).collect::<Result<Vec<_>, _>>()?;
+            Some(Inline::new(runners, batch.max_rows))
         } else {
-            Vec::new()
+            None
         };
         let batcher = Batcher::start(thread_name, runners, batch, Arc::clone(&stats))
             .map_err(|e| format!("starting the model's worker threads: {e}"))?;
@@ -324,8 +326,8 @@ const INLINE_MAX_ROWS: usize = 16;
 pub struct Engine {
     pub signature: Signature,
     batcher: Batcher,
-    /// Sessions for running cheap models on the calling thread (empty otherwise).
-    inline: Vec<Mutex<OrtRunner>>,
+    /// Sessions for running cheap models on the calling thread.
+    inline: Option<Inline<OrtRunner>>,
     stats: Arc<ExecStats>,
 }
 
@@ -334,14 +336,14 @@ impl std::fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("signature", &self.signature)
             .field("batch", &self.batcher.policy())
-            .field("inline", &!self.inline.is_empty())
+            .field("inline", &self.inline.is_some())
             .finish()
     }
 }
 
 impl Engine {
-    /// Runs validated inputs on a worker thread, possibly stacked with other
-    /// requests. Dropping the future cancels the request if it has not run yet.
+    /// Runs validated inputs, possibly stacked with other requests: a cheap
+    /// model's on this thread, others' on a model thread. Dropping the future cancels the request if it has not run yet.
     pub async fn infer(
         &self,
         mut inputs: Vec<NamedTensor>,
@@ -350,26 +352,20 @@ impl Engine {
     ) -> Result<Vec<NamedTensor>, ServeError> {
         self.signature.order(&mut inputs);
         let rows = rows(&inputs);
-        if rows <= INLINE_MAX_ROWS
-            && !self.inline.is_empty()
-            && self.stats.queued.load(std::sync::atomic::Ordering::Relaxed) == 0
-            && let Some(mut runner) = self.inline.iter().find_map(|r| r.try_lock().ok())
-        {
-            let started = Instant::now();
-            let result = runner.run(inputs, &outputs);
-            self.stats.record(1, rows, started.elapsed());
-            return result;
+        let (job, outputs) = Job::new(inputs, outputs, deadline);
+        match &self.inline {
+            Some(inline) if rows <= INLINE_MAX_ROWS && self.stats.queued.load(Ordering::Relaxed) == 0 => {
+                inline.run(job, &self.batcher, &self.stats).await;
+            }
+            _ => self.batcher.enqueue(job),
         }
-        self.batcher
-            .submit(inputs, outputs, deadline)
-            .await
-            .map_err(|_| ServeError::Internal("a model worker stopped".into()))?
+        outputs.await.map_err(|_| ServeError::Internal("a model worker stopped".into()))?
     }
 
     /// Runs the model on zero-valued inputs shaped from the signature (dynamic
     /// dims as 1), blocking; call from a blocking context.
     pub fn warm_up(&self, runs: usize) -> Result<(), ServeError> {
-        for r in &self.inline {
+        for r in self.inline.iter().flat_map(Inline::runners) {
             let mut r = r.lock().map_err(|_| ServeError::Internal("an inline session panicked".into()))?;
             r.run(self.signature.zero_inputs(), &[])?;
         }

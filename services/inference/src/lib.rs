@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 mod grpc;
 mod http;
+mod inline;
 pub mod memory;
 mod metrics;
 mod models_file;

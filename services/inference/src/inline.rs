@@ -1,0 +1,235 @@
+//! Cheap models run on the I/O thread that decoded the request: handing a
+//! call of a few microseconds to a model thread costs more than the call.
+//!
+//! Requests that arrive together are still stacked, without a hand-off: the
+//! first to arrive leads. It yields once to the async runtime, which runs the
+//! other requests its last I/O poll brought in (they join the leader's list)
+//! and polls I/O once more without blocking; then the leader runs the list as
+//! few model calls as stack and hands out the results. No timer is involved:
+//! a lone request costs one extra non-blocking poll.
+
+use std::sync::{Mutex, MutexGuard};
+
+use crate::batcher::{Batcher, ExecStats, Job, Runner, run_now};
+
+/// Most rows of one inline call: the I/O thread is never held for long.
+const MAX_ROWS: usize = 64;
+
+pub(crate) struct Inline<R> {
+    /// One per async worker thread, so that every thread can lead at once.
+    runners: Vec<Mutex<R>>,
+    pending: Mutex<Pending>,
+    /// Rows per call when stacking; 1 runs each request alone.
+    max_rows: usize,
+}
+
+#[derive(Default)]
+struct Pending {
+    jobs: Vec<Job>,
+    /// Whether a leader is yielding and will take `jobs`.
+    led: bool,
+}
+
+impl<R: Runner> Inline<R> {
+    pub(crate) fn new(runners: Vec<R>, max_rows: usize) -> Self {
+        Self {
+            runners: runners.into_iter().map(Mutex::new).collect(),
+            pending: Mutex::default(),
+            max_rows: max_rows.clamp(1, MAX_ROWS),
+        }
+    }
+
+    pub(crate) fn runners(&self) -> &[Mutex<R>] {
+        &self.runners
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `job` on this thread, stacked with requests that arrive meanwhile;
+    /// when every inline session is busy they go to `batcher` instead. The
+    /// job's receiver has its outputs once this returns (or later, from the
+    /// leader or the batcher, if another request leads).
+    pub(crate) async fn run(&self, job: Job, batcher: &Batcher, stats: &ExecStats) {
+        let lead = {
+            let mut p = self.lock();
+            p.jobs.push(job);
+            !std::mem::replace(&mut p.led, true)
+        };
+        if !lead {
+            return;
+        }
+        let mut leader = Leader { inline: self, batcher, done: false };
+        if self.max_rows > 1 {
+            tokio::task::yield_now().await;
+        }
+        leader.finish(stats);
+    }
+
+    fn take(&self) -> Vec<Job> {
+        let mut p = self.lock();
+        p.led = false;
+        std::mem::take(&mut p.jobs)
+    }
+}
+
+/// The leader's duty to run what it collected, even if its own caller goes away.
+struct Leader<'a, R: Runner> {
+    inline: &'a Inline<R>,
+    batcher: &'a Batcher,
+    done: bool,
+}
+
+impl<R: Runner> Leader<'_, R> {
+    fn finish(&mut self, stats: &ExecStats) {
+        self.done = true;
+        let jobs = self.inline.take();
+        match self.inline.runners.iter().find_map(|r| r.try_lock().ok()) {
+            Some(mut runner) => run_now(&mut *runner, jobs, self.inline.max_rows, stats),
+            None => jobs.into_iter().for_each(|j| self.batcher.enqueue(j)),
+        }
+    }
+}
+
+impl<R: Runner> Drop for Leader<'_, R> {
+    fn drop(&mut self) {
+        // Cancelled while yielding: the others' requests go to the model threads.
+        if !self.done {
+            self.inline.take().into_iter().for_each(|j| self.batcher.enqueue(j));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        future::Future,
+        sync::Arc,
+        task::Poll,
+        time::{Duration, Instant},
+    };
+
+    use super::*;
+    use crate::{
+        batcher::{BatchPolicy, Outputs},
+        engine::{NamedTensor, TensorData},
+        error::ServeError,
+    };
+
+    type Calls = Arc<Mutex<Vec<(&'static str, usize)>>>;
+
+    /// Doubles its input and records who ran how many rows.
+    struct Doubler {
+        who: &'static str,
+        calls: Calls,
+    }
+
+    impl Runner for Doubler {
+        fn run(&mut self, inputs: Vec<NamedTensor>, _: &[String]) -> Result<Vec<NamedTensor>, ServeError> {
+            let t = &inputs[0];
+            self.calls.lock().unwrap().push((self.who, t.shape[0] as usize));
+            let TensorData::F32(v) = &t.data else { unreachable!() };
+            let data = TensorData::F32(v.iter().map(|x| x * 2.0).collect());
+            Ok(vec![NamedTensor { name: "y".into(), shape: t.shape.clone(), data }])
+        }
+    }
+
+    struct Setup {
+        inline: Arc<Inline<Doubler>>,
+        batcher: Arc<Batcher>,
+        stats: Arc<ExecStats>,
+        calls: Calls,
+    }
+
+    fn setup(max_rows: usize) -> Setup {
+        let calls = Calls::default();
+        let stats = Arc::new(ExecStats::default());
+        let policy = BatchPolicy { max_rows, max_delay: Duration::ZERO };
+        let worker = Doubler { who: "model thread", calls: Arc::clone(&calls) };
+        let batcher = Arc::new(Batcher::start("test", vec![worker], policy, Arc::clone(&stats)).unwrap());
+        let inline = Arc::new(Inline::new(vec![Doubler { who: "inline", calls: Arc::clone(&calls) }], max_rows));
+        Setup { inline, batcher, stats, calls }
+    }
+
+    fn job(x: f32) -> (Job, Outputs) {
+        let t = NamedTensor { name: "x".into(), shape: vec![1, 2], data: TensorData::F32(vec![x; 2]) };
+        Job::new(vec![t], vec![], None)
+    }
+
+    async fn value(rx: Outputs) -> TensorData {
+        tokio::time::timeout(Duration::from_secs(5), rx).await.unwrap().unwrap().unwrap().remove(0).data
+    }
+
+    #[tokio::test]
+    async fn requests_arriving_together_run_as_one_call_on_the_callers_thread() {
+        let s = setup(64);
+        let tasks: Vec<_> = (0..5)
+            .map(|i| {
+                let (inline, batcher, stats) = (Arc::clone(&s.inline), Arc::clone(&s.batcher), Arc::clone(&s.stats));
+                tokio::spawn(async move {
+                    let (j, rx) = job(i as f32);
+                    inline.run(j, &batcher, &stats).await;
+                    value(rx).await
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap(), TensorData::F32(vec![2.0 * i as f32; 2]), "request {i} got another row");
+        }
+        assert_eq!(*s.calls.lock().unwrap(), vec![("inline", 5)]);
+    }
+
+    #[tokio::test]
+    async fn a_lone_request_runs_at_once_and_stacking_off_runs_each_alone() {
+        let s = setup(64);
+        let started = Instant::now();
+        let (j, rx) = job(3.0);
+        s.inline.run(j, &s.batcher, &s.stats).await;
+        assert_eq!(value(rx).await, TensorData::F32(vec![6.0; 2]));
+        assert!(started.elapsed() < Duration::from_secs(1));
+
+        let s = setup(1);
+        let tasks: Vec<_> = (0..3)
+            .map(|i| {
+                let (inline, batcher, stats) = (Arc::clone(&s.inline), Arc::clone(&s.batcher), Arc::clone(&s.stats));
+                tokio::spawn(async move {
+                    let (j, rx) = job(i as f32);
+                    inline.run(j, &batcher, &stats).await;
+                    value(rx).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*s.calls.lock().unwrap(), vec![("inline", 1); 3]);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_leader_hands_the_others_to_the_model_threads() {
+        let s = setup(64);
+        let (lead_job, lead_rx) = job(1.0);
+        let mut lead = Box::pin(s.inline.run(lead_job, &s.batcher, &s.stats));
+        let first = std::future::poll_fn(|cx| Poll::Ready(lead.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "the leader runs before others could join");
+        let (j, rx) = job(2.0);
+        s.inline.run(j, &s.batcher, &s.stats).await;
+        // The caller of the leading request goes away while it yields.
+        drop((lead, lead_rx));
+        assert_eq!(value(rx).await, TensorData::F32(vec![4.0; 2]));
+        assert_eq!(*s.calls.lock().unwrap(), vec![("model thread", 1)], "the cancelled request ran");
+    }
+
+    #[tokio::test]
+    #[allow(clippy::await_holding_lock, reason = "the held lock is the busy session under test")]
+    async fn busy_inline_sessions_hand_the_request_to_the_model_threads() {
+        let s = setup(64);
+        let busy = s.inline.runners()[0].lock().unwrap();
+        let (j, rx) = job(5.0);
+        s.inline.run(j, &s.batcher, &s.stats).await;
+        assert_eq!(value(rx).await, TensorData::F32(vec![10.0; 2]));
+        drop(busy);
+        assert_eq!(*s.calls.lock().unwrap(), vec![("model thread", 1)]);
+    }
+}
