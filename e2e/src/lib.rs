@@ -442,30 +442,59 @@ pub struct Registry {
 }
 
 pub async fn start_registry(dir: &Path, mlflow_url: &str, extra: &[(&str, String)]) -> anyhow::Result<Registry> {
-    let (grpc_port, http_port, metrics_port) = (free_port(), free_port(), free_port());
-    let mut env = vec![
-        ("FERRY_REGISTRY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
-        ("FERRY_REGISTRY_METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
-        ("FERRY_REGISTRY_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
-        ("MLFLOW_TRACKING_URI", mlflow_url.to_owned()),
-        ("FERRY_POLL_INTERVAL_MS", "300".to_owned()),
-    ];
-    env.extend(extra.iter().cloned());
-    let proc = ferry("ferry-registry", dir, &[], &env)?;
-    let url = format!("http://127.0.0.1:{grpc_port}");
-    let client = wait_for("the registry", Duration::from_secs(30), || {
-        let url = url.clone();
-        async move { Ok(ModelRegistryClient::connect(url).await.ok()) }
-    })
-    .await
-    .with_context(|| proc.log_tail())?;
-    Ok(Registry {
-        proc,
-        url,
-        http: format!("http://127.0.0.1:{http_port}"),
-        metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
-        client,
-    })
+    for _ in 0..3 {
+        let (grpc_port, http_port, metrics_port) = (free_port(), free_port(), free_port());
+        let mut env = vec![
+            ("FERRY_REGISTRY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
+            ("FERRY_REGISTRY_METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
+            ("FERRY_REGISTRY_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            ("MLFLOW_TRACKING_URI", mlflow_url.to_owned()),
+            ("FERRY_POLL_INTERVAL_MS", "300".to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        let mut proc = ferry("ferry-registry", dir, &[], &env)?;
+        let url = format!("http://127.0.0.1:{grpc_port}");
+        let connect = || ModelRegistryClient::connect(url.clone());
+        if let Some(client) = connect_unless_port_taken(&mut proc, "the registry", connect).await? {
+            return Ok(Registry {
+                proc,
+                url,
+                http: format!("http://127.0.0.1:{http_port}"),
+                metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+                client,
+            });
+        }
+    }
+    bail!("the registry could not bind its ports in 3 attempts")
+}
+
+/// Connects to a service just started on ports picked free. Another process
+/// (tests run in parallel) can take such a port before the service binds it;
+/// the service then exits with "address in use" and this returns `None`, for
+/// the caller to start it again on new ports.
+async fn connect_unless_port_taken<C, E, F: std::future::Future<Output = Result<C, E>>>(
+    proc: &mut Proc,
+    what: &str,
+    connect: impl Fn() -> F,
+) -> anyhow::Result<Option<C>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(client) = connect().await {
+            return Ok(Some(client));
+        }
+        if !proc.is_running() {
+            // The whole log: a backtrace can follow the error's cause.
+            let log = std::fs::read_to_string(&proc.log).unwrap_or_default();
+            if log.to_ascii_lowercase().contains("address already in use") {
+                return Ok(None);
+            }
+            bail!("{what} exited before accepting connections\n{}", proc.log_tail());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("timed out after 30s waiting for {what}\n{}", proc.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A running inference service and a connected gRPC client.
@@ -486,40 +515,40 @@ pub async fn start_inference(
     models: &str,
     extra: &[(&str, String)],
 ) -> anyhow::Result<Inference> {
-    let (grpc_port, http_port, metrics_port) = (free_port(), free_port(), free_port());
-    let model_dir = dir.join(format!("models-{grpc_port}"));
-    let mut env = vec![
-        ("FERRY_INFERENCE_METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
-        ("FERRY_INFERENCE_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
-        ("FERRY_INFERENCE_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
-        ("MLFLOW_TRACKING_URI", mlflow_url.to_owned()),
-        ("ORT_DYLIB_PATH", ort_library()?.display().to_string()),
-        ("FERRY_MODEL_DIR", model_dir.display().to_string()),
-        ("FERRY_POLL_INTERVAL_MS", "500".to_owned()),
-    ];
-    if !models.is_empty() {
-        env.push(("FERRY_MODELS", models.to_owned()));
+    for _ in 0..3 {
+        let (grpc_port, http_port, metrics_port) = (free_port(), free_port(), free_port());
+        let model_dir = dir.join(format!("models-{grpc_port}"));
+        let mut env = vec![
+            ("FERRY_INFERENCE_METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
+            ("FERRY_INFERENCE_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
+            ("FERRY_INFERENCE_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            ("MLFLOW_TRACKING_URI", mlflow_url.to_owned()),
+            ("ORT_DYLIB_PATH", ort_library()?.display().to_string()),
+            ("FERRY_MODEL_DIR", model_dir.display().to_string()),
+            ("FERRY_POLL_INTERVAL_MS", "500".to_owned()),
+        ];
+        if !models.is_empty() {
+            env.push(("FERRY_MODELS", models.to_owned()));
+        }
+        if let Some(r) = registry_url {
+            env.push(("FERRY_REGISTRY_URL", r.to_owned()));
+        }
+        env.extend(extra.iter().cloned());
+        let mut proc = ferry("ferry-inference", dir, &[], &env)?;
+        let url = format!("http://127.0.0.1:{grpc_port}");
+        let connect = || InferenceClient::connect(url.clone());
+        if let Some(client) = connect_unless_port_taken(&mut proc, "inference gRPC", connect).await? {
+            return Ok(Inference {
+                proc,
+                grpc: url,
+                http: format!("http://127.0.0.1:{http_port}"),
+                metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+                model_dir,
+                client,
+            });
+        }
     }
-    if let Some(r) = registry_url {
-        env.push(("FERRY_REGISTRY_URL", r.to_owned()));
-    }
-    env.extend(extra.iter().cloned());
-    let proc = ferry("ferry-inference", dir, &[], &env)?;
-    let url = format!("http://127.0.0.1:{grpc_port}");
-    let client = wait_for("inference gRPC", Duration::from_secs(30), || {
-        let url = url.clone();
-        async move { Ok(InferenceClient::connect(url).await.ok()) }
-    })
-    .await
-    .with_context(|| proc.log_tail())?;
-    Ok(Inference {
-        proc,
-        grpc: url,
-        http: format!("http://127.0.0.1:{http_port}"),
-        metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
-        model_dir,
-        client,
-    })
+    bail!("the inference service could not bind its ports in 3 attempts")
 }
 
 /// The sample model, registered, promoted and serving: what most tests start from.

@@ -1,6 +1,8 @@
 //! Logging, tracing and shutdown, shared by every Ferry service so that spans,
 //! log formats and signal handling are the same everywhere.
 
+use std::io::IsTerminal;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
@@ -50,7 +52,8 @@ pub fn init(
     let fmt = if args.log_json {
         tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true).boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_target(false).boxed()
+        // Colour codes only for a terminal: log files and collectors get plain text.
+        tracing_subscriber::fmt::layer().with_target(false).with_ansi(std::io::stdout().is_terminal()).boxed()
     };
     let (otel, provider) = match &args.otlp_endpoint {
         Some(endpoint) => {

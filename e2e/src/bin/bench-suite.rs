@@ -6,7 +6,9 @@
 //!     bench/run.sh [--gateway DIR]          # builds, prepares, runs this
 //!     target/release/bench-suite --gateway /tmp/fastify-gateway --duration 5
 //!
-//! Sections: `inproc` (the ceiling), `throughput` (tiny and medium model,
+//! Sections: `inproc` (the ceiling), `headline` (the targets' comparisons,
+//! measured in interleaved rounds so that a machine's drift hits both sides
+//! alike; medians reported), `throughput` (tiny and medium model,
 //! c = 1/16/64/256, batch 1 and 32, REST /predict, gRPC Predict, OIP
 //! ModelInfer, Node gateway), `threads` (ONNX Runtime thread settings, with
 //! and without a competing CPU load), `swap` (p99 per second around a hot swap
@@ -39,8 +41,14 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     concurrency: Vec<usize>,
     /// Sections to run.
-    #[arg(long, value_delimiter = ',', default_value = "inproc,throughput,threads,swap,delivery")]
+    #[arg(long, value_delimiter = ',', default_value = "inproc,headline,throughput,threads,swap,delivery")]
     sections: Vec<String>,
+    /// Interleaved rounds of the headline comparisons (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Measured seconds per point within a headline round.
+    #[arg(long, default_value_t = 3.0)]
+    round_duration: f64,
     /// Where the markdown results go (also printed).
     #[arg(long, default_value = "bench/results/latest.md")]
     out: PathBuf,
@@ -157,8 +165,8 @@ async fn main() -> anyhow::Result<()> {
     let d = tmp.path().to_owned();
     let mut suite = Suite { ort: ort_library()?, dir: d.clone(), md: String::new(), args };
     let want = |s: &str| suite.args.sections.iter().any(|x| x == s);
-    let (inproc, throughput, threads, swap, delivery) =
-        (want("inproc"), want("throughput"), want("threads"), want("swap"), want("delivery"));
+    let (inproc, headline, throughput, threads, swap, delivery) =
+        (want("inproc"), want("headline"), want("throughput"), want("threads"), want("swap"), want("delivery"));
 
     let tiny = Model { name: "iris", file: d.join("tiny.onnx"), width: 4, output: "probabilities" };
     let medium = Model { name: "mlp", file: d.join("medium.onnx"), width: 512, output: "output" };
@@ -176,6 +184,8 @@ async fn main() -> anyhow::Result<()> {
 
     // The ceiling: the model in a loop, no network.
     let mut best_inproc: BTreeMap<&str, f64> = BTreeMap::new();
+    // The medium model's best in-process setting: (rows/s, batch, sessions, intra-op threads).
+    let mut best_medium = (0.0, 128, 2, 1);
     if inproc {
         suite.table(
             "In-process ONNX Runtime (the ceiling: no network, no server)",
@@ -190,6 +200,9 @@ async fn main() -> anyhow::Result<()> {
                     let r = load(s)?;
                     let e = best_inproc.entry(m.name).or_default();
                     *e = e.max(r.inferences_per_s);
+                    if m.width != 4 && r.inferences_per_s > best_medium.0 {
+                        best_medium = (r.inferences_per_s, b, c, intra);
+                    }
                     let intra_s = if intra == 0 { "default".to_owned() } else { intra.to_string() };
                     suite.line(&format!(
                         "| {} | {b} | {c} × {intra_s} | {:.0} | {} | {} |",
@@ -220,6 +233,73 @@ async fn main() -> anyhow::Result<()> {
             Ok::<Inference, anyhow::Error>(inf)
         }
     };
+
+    if headline {
+        let mut inf = start_ferry(vec![]).await?;
+        let gw = suite.gateway(&tiny, None)?;
+        let floor = format!("http://{}", ferry_load::floor::spawn()?);
+        let (_, best_b, best_c, best_intra) = best_medium;
+        let rounds = suite.args.rounds.max(1);
+        let mut rows: Vec<(&str, &str, Vec<f64>)> = vec![
+            ("tiny, REST /predict c=64: Ferry ÷ gateway req/s", "≥ 4", Vec::new()),
+            ("tiny, REST /predict c=64: Ferry ÷ gateway p99", "≤ 0.5", Vec::new()),
+            ("medium, batch-32 OIP ModelInfer c=64: Ferry ÷ in-process best rows/s", "≥ 0.85", Vec::new()),
+            ("tiny c=1 p50: gRPC Predict − in-process, µs", "≤ 50", Vec::new()),
+            ("tiny c=1 p50: OIP ModelInfer − in-process, µs", "≤ 50", Vec::new()),
+            ("tiny c=1 p50: REST /predict − in-process, µs", "", Vec::new()),
+            ("c=1 p50 of the loopback floor (a do-nothing HTTP server), µs", "", Vec::new()),
+        ];
+        let short = |mut s: Scenario, pid: Option<u32>| {
+            s.duration = Duration::from_secs_f64(suite.args.round_duration);
+            s.server_pid = pid;
+            s
+        };
+        for _ in 0..rounds {
+            let ferry = load(short(suite.scenario(Target::Rest, &inf.http, &tiny, 1, 64), None))?;
+            if let Some((_, url)) = &gw {
+                let g = load(short(suite.scenario(Target::Rest, url, &tiny, 1, 64), None))?;
+                rows[0].2.push(ferry.rps / g.rps);
+                rows[1].2.push(ferry.p99_us / g.p99_us);
+            }
+            let batched = load(short(suite.scenario(Target::Oip, &inf.grpc, &medium, 32, 64), None))?;
+            let mut s = short(suite.scenario(Target::InProcess, "", &medium, best_b, best_c), None);
+            s.intra_threads = best_intra;
+            let ceiling = load(s)?;
+            rows[2].2.push(batched.inferences_per_s / ceiling.inferences_per_s);
+            let mut s = short(suite.scenario(Target::InProcess, "", &tiny, 1, 1), None);
+            s.intra_threads = 1;
+            let alone = load(s)?.p50_us;
+            for (i, target) in [(3, Target::Grpc), (4, Target::Oip), (5, Target::Rest)] {
+                let url = if target == Target::Rest { &inf.http } else { &inf.grpc };
+                rows[i].2.push(load(short(suite.scenario(target, url, &tiny, 1, 1), None))?.p50_us - alone);
+            }
+            rows[6].2.push(load(short(suite.scenario(Target::Rest, &floor, &tiny, 1, 1), None))?.p50_us);
+        }
+        let in_process = if best_intra == 0 { "default".to_owned() } else { best_intra.to_string() };
+        suite.table(
+            &format!(
+                "Headline: {rounds} interleaved rounds of {} s per point (in-process best for the medium model: batch {best_b}, {best_c} × {in_process} threads)",
+                suite.args.round_duration
+            ),
+            &format!(
+                "| measure | target | {} | median |",
+                (1..=rounds).map(|r| format!("round {r}")).collect::<Vec<_>>().join(" | ")
+            ),
+        );
+        for (what, target, mut v) in rows {
+            if v.is_empty() {
+                continue;
+            }
+            let cells: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+            v.sort_by(f64::total_cmp);
+            let median = v[v.len() / 2];
+            suite.line(&format!("| {what} | {target} | {} | **{median:.2}** |", cells.join(" | ")));
+        }
+        if let Some((mut p, _)) = gw {
+            p.terminate(Duration::from_secs(5))?;
+        }
+        inf.proc.terminate(Duration::from_secs(30))?;
+    }
 
     if throughput {
         let mut inf = start_ferry(vec![]).await?;

@@ -47,6 +47,12 @@ pub struct Config {
     /// ONNX Runtime intra-op threads per session; 0 means one per available core.
     #[arg(long, env = "FERRY_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
+    /// Single-threaded sessions per batchable model that compute batches side
+    /// by side while requests queue up; the multi-threaded session serves
+    /// when they do not (lowest latency alone). Each holds a copy of the
+    /// weights: default one per core for model files up to 64 MiB; 0 = off.
+    #[arg(long, env = "FERRY_THROUGHPUT_SESSIONS")]
+    pub throughput_sessions: Option<usize>,
     /// ONNX Runtime inter-op threads per session.
     #[arg(long, env = "FERRY_INTER_THREADS", default_value_t = 1)]
     pub inter_threads: usize,

@@ -175,6 +175,12 @@ pub struct SessionOptions {
     /// Sessions, each with its own worker thread: how many model calls run at once.
     pub sessions: usize,
     pub intra_threads: usize,
+    /// Single-threaded sessions that run batches side by side while requests
+    /// queue up, the (one) multi-threaded session serving otherwise; 0 turns
+    /// this off. Used only for batchable models with more than one intra-op
+    /// thread. Each holds its own copy of the weights, so by default (`None`)
+    /// only models up to `THROUGHPUT_DEFAULT_MAX_BYTES` get one per core.
+    pub throughput_sessions: Option<usize>,
     pub inter_threads: usize,
     pub optimization_level: u8,
     /// Request stacking; only used when every input and output has a dynamic first dimension.
@@ -242,11 +248,7 @@ impl Runtime {
                 .commit_from_file(file)
                 .map_err(|e| format!("ONNX Runtime rejected the model: {e}"))
         };
-        let mut sessions = Vec::with_capacity(opts.sessions.max(1));
-        for _ in 0..opts.sessions.max(1) {
-            sessions.push(build(opts.intra_threads)?);
-        }
-        let first = &sessions[0];
+        let first = build(opts.intra_threads)?;
         let signature = Signature {
             inputs: first.inputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?,
             outputs: first.outputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?,
@@ -258,7 +260,7 @@ impl Runtime {
         let all_outputs: Arc<[String]> = signature.outputs.iter().map(|o| o.name.clone()).collect();
         let runner =
             |session| OrtRunner { session, signature: signature.clone(), all_outputs: Arc::clone(&all_outputs) };
-        let mut runners: Vec<OrtRunner> = sessions.into_iter().map(runner).collect();
+        let mut runners = vec![runner(first)];
         // Time a few single-row runs to decide whether the model is cheap enough to run inline.
         let single_row = signature.zero_inputs();
         let mut fastest = Duration::MAX;
@@ -276,7 +278,18 @@ impl Runtime {
         } else {
             None
         };
-        let batcher = Batcher::start(thread_name, runners, batch, Arc::clone(&stats))
+        let wanted = opts.throughput_sessions.unwrap_or_else(|| {
+            let small = std::fs::metadata(file).is_ok_and(|m| m.len() <= THROUGHPUT_DEFAULT_MAX_BYTES);
+            if small { std::thread::available_parallelism().map_or(1, std::num::NonZero::get) } else { 0 }
+        });
+        let throughput = inline.is_none() && batch.enabled() && wanted > 0 && opts.intra_threads > 1;
+        let (wide_sessions, narrow_sessions) = if throughput { (1, wanted) } else { (opts.sessions.max(1), 0) };
+        for _ in 1..wide_sessions {
+            runners.push(runner(build(opts.intra_threads)?));
+        }
+        let narrow = (0..narrow_sessions).map(|_| build(1).map(runner)).collect::<Result<Vec<_>, _>>()?;
+        let (workers, wide) = if throughput { (narrow, runners.pop()) } else { (runners, None) };
+        let batcher = Batcher::start(thread_name, workers, wide, batch, Arc::clone(&stats))
             .map_err(|e| format!("starting the model's worker threads: {e}"))?;
         Ok(Engine { signature, batcher, inline, stats })
     }
@@ -317,6 +330,10 @@ impl Signature {
         inputs.sort_by_key(|t| self.inputs.iter().position(|s| s.name == t.name));
     }
 }
+
+/// Largest model file that gets throughput sessions by default: each holds its
+/// own copy of the weights (about twice the file size in RSS, measured).
+const THROUGHPUT_DEFAULT_MAX_BYTES: u64 = 64 << 20;
 
 /// Larger requests of a cheap model still go to its threads, so that the I/O
 /// threads are never held for long.

@@ -147,7 +147,7 @@ mod tests {
         let stats = Arc::new(ExecStats::default());
         let policy = BatchPolicy { max_rows, max_delay: Duration::ZERO };
         let worker = Doubler { who: "model thread", calls: Arc::clone(&calls) };
-        let batcher = Arc::new(Batcher::start("test", vec![worker], policy, Arc::clone(&stats)).unwrap());
+        let batcher = Arc::new(Batcher::start("test", vec![worker], None, policy, Arc::clone(&stats)).unwrap());
         let inline = Arc::new(Inline::new(vec![Doubler { who: "inline", calls: Arc::clone(&calls) }], max_rows));
         Setup { inline, batcher, stats, calls }
     }

@@ -50,6 +50,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             sessions: cfg.sessions,
             // ONNX Runtime's own 0 also means "all cores", but with spinning pool threads.
             intra_threads: if cfg.intra_threads == 0 { cores() } else { cfg.intra_threads },
+            throughput_sessions: cfg.throughput_sessions,
             inter_threads: cfg.inter_threads,
             optimization_level: cfg.optimization_level,
             batch: BatchPolicy {

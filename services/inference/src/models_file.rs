@@ -4,8 +4,9 @@
 //! ```toml
 //! [[model]]
 //! spec = "iris:Production"      # name:Stage, name@alias or name/version
-//! sessions = 2
-//! intra_threads = 1
+//! sessions = 1
+//! intra_threads = 2             # 0 = one per core
+//! throughput_sessions = 2        # single-threaded sessions for busy periods; 0 = off
 //! inter_threads = 1
 //! optimization_level = 3
 //! warmup_runs = 2
@@ -41,6 +42,7 @@ struct Entry {
     remote: bool,
     sessions: Option<usize>,
     intra_threads: Option<usize>,
+    throughput_sessions: Option<usize>,
     inter_threads: Option<usize>,
     optimization_level: Option<u8>,
     warmup_runs: Option<usize>,
@@ -69,6 +71,7 @@ fn parse(text: &str, defaults: ModelSettings) -> Result<Vec<(ModelSpec, ModelSet
                 Some(n) => n,
                 None => s.session.intra_threads,
             };
+            s.session.throughput_sessions = e.throughput_sessions.or(s.session.throughput_sessions);
             s.session.inter_threads = e.inter_threads.unwrap_or(s.session.inter_threads);
             s.session.optimization_level = e.optimization_level.unwrap_or(s.session.optimization_level);
             s.warmup_runs = e.warmup_runs.unwrap_or(s.warmup_runs);
@@ -92,6 +95,7 @@ mod tests {
             session: SessionOptions {
                 sessions: 2,
                 intra_threads: 1,
+                throughput_sessions: None,
                 inter_threads: 1,
                 optimization_level: 3,
                 batch: crate::BatchPolicy::OFF,

@@ -6,6 +6,8 @@
 //! compared on equal work. Latencies are exact (every sample kept), measured
 //! from when a request was due: open-loop runs do not hide queueing.
 
+pub mod floor;
+
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -662,5 +664,31 @@ mod tests {
         let a = rows(512, 1);
         assert_eq!(a, rows(512, 1));
         assert!(a.iter().all(|v| (0.0..1.0).contains(v)) && a[0] != a[1]);
+    }
+
+    #[tokio::test]
+    async fn the_rest_client_keeps_a_connection_busy_against_the_floor_server() {
+        let addr = crate::floor::spawn().unwrap();
+        let s = Scenario {
+            target: Target::Rest,
+            url: format!("http://{addr}"),
+            model: "m".into(),
+            input: "input".into(),
+            width: 4,
+            batch: 1,
+            concurrency: 2,
+            duration: Duration::from_millis(300),
+            warmup: Duration::from_millis(50),
+            rate: None,
+            connections: 1,
+            model_file: None,
+            ort_library: None,
+            intra_threads: 1,
+            server_pid: None,
+        };
+        let r = run(&s).await.unwrap();
+        assert_eq!(r.errors, 0, "{:?}", r.first_error);
+        assert!(r.requests > 100, "only {} requests in 0.3 s", r.requests);
+        assert!(r.p50_us > 0.0 && r.p50_us <= r.p99_us);
     }
 }
