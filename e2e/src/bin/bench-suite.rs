@@ -393,7 +393,7 @@ async fn main() -> anyhow::Result<()> {
 
     if threads {
         suite.table(
-            "ONNX Runtime thread settings, medium model, REST /predict batch 1: idle machine, then one core kept busy by another process; last column: client batches of 32 rows (OIP REST /v2), idle",
+            "ONNX Runtime thread settings, medium model, REST /predict batch 1: idle machine, then one core kept busy by another process; last column: client batches of 32 rows (OIP gRPC ModelInfer), idle",
             "| system and setting | c=1 req/s | c=1 p99 ms | c=64 req/s | c=64 p99 ms | busy c=1 req/s | busy c=1 p99 ms | busy c=64 req/s | busy c=64 p99 ms | batch-32 c=64 rows/s |",
         );
         let one = |v: &str| v.to_owned();
@@ -412,7 +412,7 @@ async fn main() -> anyhow::Result<()> {
             ("Ferry: default, ONNX Runtime threads spinning", vec![("FERRY_ORT_SPINNING", one("true"))]),
             ("Ferry: default, batching off", vec![("FERRY_MAX_BATCH_ROWS", one("1"))]),
         ];
-        let measure = |suite: &Suite, url: &str, v2: bool| -> anyhow::Result<String> {
+        let measure = |suite: &Suite, url: &str, grpc: Option<&str>| -> anyhow::Result<String> {
             let mut cells = Vec::new();
             for busy in [false, true] {
                 let mut b = if busy { Some(burner()?) } else { None };
@@ -429,16 +429,15 @@ async fn main() -> anyhow::Result<()> {
                     let _ = b.wait();
                 }
             }
-            cells.push(if v2 {
-                format!("{:.0}", load(suite.scenario(Target::RestV2, url, &medium, 32, 64))?.inferences_per_s)
-            } else {
-                "–".to_owned()
+            cells.push(match grpc {
+                Some(g) => format!("{:.0}", load(suite.scenario(Target::Oip, g, &medium, 32, 64))?.inferences_per_s),
+                None => "–".to_owned(),
             });
             Ok(cells.join(" | "))
         };
         for (label, env) in settings {
             let mut inf = start_ferry(env).await?;
-            let cells = measure(&suite, &inf.http, true)?;
+            let cells = measure(&suite, &inf.http, Some(&inf.grpc))?;
             suite.line(&format!("| {label} | {cells} |"));
             inf.proc.terminate(Duration::from_secs(30))?;
         }
@@ -446,7 +445,7 @@ async fn main() -> anyhow::Result<()> {
             [("Node gateway, ONNX Runtime default threads", None), ("Node gateway, 1 intra-op thread", Some(1))]
         {
             let Some((mut p, url)) = suite.gateway(&medium, intra)? else { break };
-            let cells = measure(&suite, &url, false)?;
+            let cells = measure(&suite, &url, None)?;
             suite.line(&format!("| {label} | {cells} |"));
             p.terminate(Duration::from_secs(5))?;
         }
