@@ -180,24 +180,14 @@ mod tests {
     #[tokio::test]
     async fn requests_arriving_together_run_as_one_call_on_the_callers_thread() {
         let s = setup(64);
-        let tasks: Vec<_> = (0..5)
-            .map(|i| {
-                let (inline, batcher, stats) = (Arc::clone(&s.inline), Arc::clone(&s.batcher), Arc::clone(&s.stats));
-                tokio::spawn(async move {
-                    let (j, rx) = job(i as f32);
-                    inline.run(j, &batcher, &stats).await;
-                    value(rx).await
-                })
-            })
-            .collect();
-        for (i, t) in tasks.into_iter().enumerate() {
-            assert_eq!(t.await.unwrap(), TensorData::F32(vec![2.0 * i as f32; 2]), "request {i} got another row");
+        for (i, out) in together(&s, 5).await.into_iter().enumerate() {
+            assert_eq!(out, TensorData::F32(vec![2.0 * i as f32; 2]), "request {i} got another row");
         }
         assert_eq!(*s.calls.lock().unwrap(), vec![("inline", 5)]);
     }
 
-    /// Spawns `n` requests together and waits for them.
-    async fn together(s: &Setup, n: usize) {
+    /// Spawns `n` requests (row values 0..n) together; their outputs in order.
+    async fn together(s: &Setup, n: usize) -> Vec<TensorData> {
         let tasks: Vec<_> = (0..n)
             .map(|i| {
                 let (inline, batcher, stats) = (Arc::clone(&s.inline), Arc::clone(&s.batcher), Arc::clone(&s.stats));
@@ -208,9 +198,11 @@ mod tests {
                 })
             })
             .collect();
+        let mut outs = Vec::new();
         for t in tasks {
-            t.await.unwrap();
+            outs.push(t.await.unwrap());
         }
+        outs
     }
 
     #[tokio::test]
@@ -234,19 +226,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(1));
 
         let s = setup(1);
-        let tasks: Vec<_> = (0..3)
-            .map(|i| {
-                let (inline, batcher, stats) = (Arc::clone(&s.inline), Arc::clone(&s.batcher), Arc::clone(&s.stats));
-                tokio::spawn(async move {
-                    let (j, rx) = job(i as f32);
-                    inline.run(j, &batcher, &stats).await;
-                    value(rx).await
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
+        together(&s, 3).await;
         assert_eq!(*s.calls.lock().unwrap(), vec![("inline", 1); 3]);
     }
 
