@@ -116,6 +116,9 @@ async fn python_client_changes_reach_subscribers_and_inference() -> anyhow::Resu
     let f3 = d.join("v3.onnx");
     train_iris(&f3, 0.3)?;
     ensure!(register(&mut reg, &f3).await? == "3");
+    // Only a version the registry has seen can be reported deleted: wait for it first.
+    next_change(&mut resumed, Duration::from_secs(20), |e| e.kind() == ChangeKind::VersionCreated && e.version == "3")
+        .await?;
     let r = reqwest::Client::new()
         .delete(format!("{}/api/2.0/mlflow/model-versions/delete", mlflow.url))
         .json(&serde_json::json!({"name": "iris", "version": "3"}))
