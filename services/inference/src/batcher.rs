@@ -7,8 +7,8 @@
 //! batch runs goes to the wide session, which finishes a lone request
 //! fastest; while requests keep queuing, batches run side by side on the
 //! narrow sessions, which waste no time synchronising threads (ONNX Runtime
-//! splitting one call over cores computes about a quarter less per second
-//! than the same cores running separate calls). A worker takes the
+//! splitting one call over cores computes fewer rows per second than the same
+//! cores running separate calls: BENCHMARKS.md). A worker takes the
 //! oldest request and, when batching is on, every queued request that stacks
 //! with it (same trailing input shapes, same outputs) up to `max_rows`, runs
 //! them as one call and splits the outputs back by rows. It waits for more

@@ -157,6 +157,11 @@ impl TensorData {
     }
 }
 
+/// Cores this process may use: the default for per-core threads and sessions.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
 /// Rows in a request: the first dimension of its first input (1 for a scalar).
 pub(crate) fn rows(inputs: &[NamedTensor]) -> usize {
     inputs.first().and_then(|t| t.shape.first()).map_or(1, |&d| d.max(0) as usize)
@@ -271,7 +276,7 @@ impl Runtime {
         }
         // One inline session per core: each async worker thread can run one at once.
         let inline = if fastest < opts.inline_below {
-            let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+            let n = cores();
             // A cheap model gains nothing from a thread pool; it runs on the caller's thread.
             let runners = (0..n).map(|_| build(1).map(runner)).collect::<Result<Vec<_>, _>>()?;
             Some(Inline::new(runners, batch.max_rows))
@@ -280,7 +285,7 @@ impl Runtime {
         };
         let wanted = opts.throughput_sessions.unwrap_or_else(|| {
             let small = std::fs::metadata(file).is_ok_and(|m| m.len() <= THROUGHPUT_DEFAULT_MAX_BYTES);
-            if small { std::thread::available_parallelism().map_or(1, std::num::NonZero::get) } else { 0 }
+            if small { cores() } else { 0 }
         });
         let throughput = inline.is_none() && batch.enabled() && wanted > 0 && opts.intra_threads > 1;
         let (wide_sessions, narrow_sessions) = if throughput { (1, wanted) } else { (opts.sessions.max(1), 0) };

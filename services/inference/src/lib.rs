@@ -38,10 +38,6 @@ use crate::{
     serving::{ModelSettings, Models},
 };
 
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-}
-
 /// Runs the service until `shutdown` resolves, then drains and returns.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let runtime = Runtime::load(&cfg.ort_library).map_err(anyhow::Error::msg)?;
@@ -49,7 +45,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         session: SessionOptions {
             sessions: cfg.sessions,
             // ONNX Runtime's own 0 also means "all cores", but with spinning pool threads.
-            intra_threads: if cfg.intra_threads == 0 { cores() } else { cfg.intra_threads },
+            intra_threads: if cfg.intra_threads == 0 { engine::cores() } else { cfg.intra_threads },
             throughput_sessions: cfg.throughput_sessions,
             inter_threads: cfg.inter_threads,
             optimization_level: cfg.optimization_level,

@@ -67,7 +67,7 @@ fn parse(text: &str, defaults: ModelSettings) -> Result<Vec<(ModelSpec, ModelSet
             let mut s = defaults;
             s.session.sessions = e.sessions.unwrap_or(s.session.sessions);
             s.session.intra_threads = match e.intra_threads {
-                Some(0) => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+                Some(0) => crate::engine::cores(),
                 Some(n) => n,
                 None => s.session.intra_threads,
             };
