@@ -1,7 +1,10 @@
-//! The loopback floor: an HTTP/1.1 server that does nothing but answer every
-//! request with a fixed `/predict`-shaped reply, one blocking thread per
-//! connection. No real server can answer the same client faster on the same
-//! machine, so it calibrates what the network path alone costs there.
+//! The loopback floors: servers that do nothing but answer every request with
+//! a fixed reply shaped like Ferry's. `spawn` is HTTP/1.1, one blocking thread
+//! per connection: no real server can answer the same client faster on the
+//! same machine, so it calibrates what the network path alone costs there.
+//! `spawn_grpc` is tonic, the gRPC stack Ferry serves with, answering
+//! `Predict`: what the network path plus HTTP/2 and gRPC framing cost, the
+//! part of a gRPC call that is not Ferry's.
 
 use std::{
     io::{Read, Write},
@@ -21,6 +24,67 @@ pub fn spawn() -> std::io::Result<SocketAddr> {
         }
     })?;
     Ok(addr)
+}
+
+/// Starts a tonic server answering `ferry.inference.v1.Inference/Predict` with
+/// a fixed iris-shaped reply, on a thread and runtime of its own.
+pub fn spawn_grpc() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("floor-grpc".into()).spawn(move || {
+        rt.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(pb::inference_server::InferenceServer::new(Nothing))
+                .serve_with_incoming(incoming)
+                .await;
+        });
+    })?;
+    Ok(addr)
+}
+
+use ferry_proto::inference::v1 as pb;
+
+struct Nothing;
+
+#[tonic::async_trait]
+impl pb::inference_server::Inference for Nothing {
+    async fn predict(
+        &self,
+        _: tonic::Request<pb::PredictRequest>,
+    ) -> Result<tonic::Response<pb::PredictResponse>, tonic::Status> {
+        let tensor = |name: &str, shape: Vec<i64>| pb::Tensor { name: name.into(), shape, ..Default::default() };
+        Ok(tonic::Response::new(pb::PredictResponse {
+            model: "iris".into(),
+            model_version: "1".into(),
+            outputs: vec![
+                pb::Tensor { int64_data: vec![2], dtype: pb::DataType::Int64.into(), ..tensor("label", vec![1]) },
+                pb::Tensor {
+                    float_data: vec![0.0004, 0.2347, 0.7647],
+                    dtype: pb::DataType::Float32.into(),
+                    ..tensor("probabilities", vec![1, 3])
+                },
+            ],
+        }))
+    }
+
+    async fn get_model_metadata(
+        &self,
+        _: tonic::Request<pb::GetModelMetadataRequest>,
+    ) -> Result<tonic::Response<pb::GetModelMetadataResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("the floor only answers Predict"))
+    }
+
+    async fn list_models(
+        &self,
+        _: tonic::Request<pb::ListModelsRequest>,
+    ) -> Result<tonic::Response<pb::ListModelsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("the floor only answers Predict"))
+    }
 }
 
 fn serve(mut stream: TcpStream) -> std::io::Result<()> {
