@@ -7,6 +7,7 @@ mod delivery;
 pub mod engine;
 pub mod error;
 mod grpc;
+mod grpc_web;
 mod http;
 mod inline;
 pub mod memory;
@@ -144,22 +145,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, models = ?cfg.models.iter().map(ToString::to_string).collect::<Vec<_>>(), "ferry-inference listening");
 
     let mut grpc_stop = stop.clone();
-    // gRPC-Web for browser clients, on the same port (HTTP/1.1 accepted), with
-    // CORS so pages served from other origins can call it.
-    let grpc_web_cors = tower_http::cors::CorsLayer::new()
-        .allow_origin(tower_http::cors::Any)
-        .allow_methods([::http::Method::POST, ::http::Method::OPTIONS])
-        .allow_headers(tower_http::cors::Any)
-        .expose_headers([
-            ::http::HeaderName::from_static("grpc-status"),
-            ::http::HeaderName::from_static("grpc-message"),
-            ::http::HeaderName::from_static("grpc-status-details-bin"),
-        ]);
     let grpc = tonic::transport::Server::builder()
-        .trace_fn(|req| ferry_telemetry::server_span("grpc", req.uri().path(), req.headers()))
+        .trace_fn(|req| {
+            ferry_telemetry::server_span(ferry_telemetry::Plane::Data, "grpc", req.uri().path(), req.headers())
+        })
+        // gRPC-Web for browsers on the same port (HTTP/1.1 accepted).
         .accept_http1(true)
-        .layer(grpc_web_cors)
-        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(grpc_web::BrowserLayer)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -173,7 +165,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         // Expected 503s (readiness while loading, draining) are not errors; metrics count failures.
         .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
         .make_span_with(|req: &::http::Request<_>| {
-            ferry_telemetry::server_span("http", req.uri().path(), req.headers())
+            ferry_telemetry::server_span(ferry_telemetry::Plane::Data, "http", req.uri().path(), req.headers())
         });
     let (set_id, echo_id) = ferry_telemetry::request_id_layers();
     let app = http::router(Arc::clone(&models), cfg.rest_output.clone(), cfg.max_request_bytes)
