@@ -56,7 +56,7 @@ pub(crate) fn deadline(md: &tonic::metadata::MetadataMap) -> Option<std::time::I
 
 #[tonic::async_trait]
 impl Inference for InferenceService {
-    #[tracing::instrument(name = "grpc.predict", skip_all, fields(model = %request.get_ref().model))]
+    #[tracing::instrument(target = "ferry::request", level = "debug", name = "grpc.predict", skip_all, fields(model = %request.get_ref().model))]
     async fn predict(&self, request: Request<PredictRequest>) -> Result<Response<PredictResponse>, Status> {
         let deadline = deadline(request.metadata());
         let req = request.into_inner();

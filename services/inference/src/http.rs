@@ -90,7 +90,7 @@ struct PredictBody {
 
 /// `POST /predict {"data":[...]}` → `{"modelVersion","prediction"}`: one row of
 /// numbers into the model's single input, one output back (flattened).
-#[tracing::instrument(name = "http.predict", skip_all, fields(model))]
+#[tracing::instrument(target = "ferry::request", level = "debug", name = "http.predict", skip_all, fields(model))]
 async fn predict(
     State(st): State<AppState>,
     Query(q): Query<PredictQuery>,

@@ -125,7 +125,7 @@ impl GrpcInferenceService for OipService {
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
 
-    #[tracing::instrument(name = "oip.model_infer", skip_all, fields(model = %request.get_ref().model_name))]
+    #[tracing::instrument(target = "ferry::request", level = "debug", name = "oip.model_infer", skip_all, fields(model = %request.get_ref().model_name))]
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let deadline = crate::grpc::deadline(request.metadata());
         let r = request.into_inner();

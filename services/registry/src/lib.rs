@@ -100,7 +100,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     info!(grpc = %listener.local_addr()?, http = %http_listener.local_addr()?, mlflow = %cfg.mlflow.url, "ferry-registry listening");
     let mut grpc_stop = stop.clone();
     let grpc = tonic::transport::Server::builder()
-        .trace_fn(|req| ferry_telemetry::server_span("grpc", req.uri().path(), req.headers()))
+        .trace_fn(|req| {
+            ferry_telemetry::server_span(ferry_telemetry::Plane::Control, "grpc", req.uri().path(), req.headers())
+        })
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -117,7 +119,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         // Expected 503s (readiness while loading, draining) are not errors; metrics count failures.
         .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
         .make_span_with(|req: &::http::Request<_>| {
-            ferry_telemetry::server_span("http", req.uri().path(), req.headers())
+            ferry_telemetry::server_span(ferry_telemetry::Plane::Control, "http", req.uri().path(), req.headers())
         });
     let http = axum::serve(
         http_listener.tap_io(ferry_telemetry::net::set_nodelay),
