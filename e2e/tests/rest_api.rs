@@ -88,6 +88,28 @@ async fn rest_api_matches_its_openapi_document() -> anyhow::Result<()> {
     }
     ensure!(checked >= 18, "only {checked} operations checked");
 
+    // Browsers on other origins: a preflight is answered, and a prediction
+    // sent with an Origin carries the CORS header the page needs to read it.
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, format!("{base}/predict"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await?;
+    let allowed = preflight.headers().get("access-control-allow-methods").and_then(|v| v.to_str().ok());
+    ensure!(preflight.status().is_success() && allowed.is_some_and(|m| m.contains("POST")), "{preflight:?}");
+    let r = http
+        .post(format!("{base}/predict"))
+        .header("origin", "https://app.example")
+        .json(&json!({"data": ROW}))
+        .send()
+        .await?;
+    ensure!(
+        r.status() == 200 && r.headers().get("access-control-allow-origin").is_some_and(|v| v == "*"),
+        "a browser's prediction without CORS headers: {r:?}"
+    );
+
     // Request ids: the caller's is echoed and made up otherwise; the request's log
     // lines carry it; logs are JSON; no input value reaches the log.
     let distinctive = [5.4321f32, 3.1234, 1.4321, 0.2345];

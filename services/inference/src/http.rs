@@ -13,7 +13,6 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tower_http::cors::{Any, CorsLayer};
 
 use ferry_proto::inference::v1 as pb;
 
@@ -30,10 +29,6 @@ struct AppState {
 }
 
 pub(crate) fn router(models: Arc<Models>, rest_output: Option<String>, max_request_bytes: usize) -> Router {
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
     Router::new()
         .route("/predict", post(predict))
         .route("/v1/predict", post(predict_json))
@@ -44,7 +39,6 @@ pub(crate) fn router(models: Arc<Models>, rest_output: Option<String>, max_reque
         .with_state(AppState { models: Arc::clone(&models), rest_output })
         .merge(crate::oip_http::routes().with_state(models))
         .layer(DefaultBodyLimit::max(max_request_bytes))
-        .layer(cors)
 }
 
 /// The one mapping from serving errors to HTTP statuses.

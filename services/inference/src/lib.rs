@@ -2,12 +2,12 @@
 //! with ONNX Runtime and serves them over gRPC and REST.
 
 pub mod batcher;
+mod browser;
 pub mod config;
 mod delivery;
 pub mod engine;
 pub mod error;
 mod grpc;
-mod grpc_web;
 mod http;
 mod inline;
 pub mod memory;
@@ -151,7 +151,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         })
         // gRPC-Web for browsers on the same port (HTTP/1.1 accepted).
         .accept_http1(true)
-        .layer(grpc_web::BrowserLayer)
+        .layer(browser::GrpcBrowserLayer)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -168,14 +168,22 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             ferry_telemetry::server_span(ferry_telemetry::Plane::Data, "http", req.uri().path(), req.headers())
         });
     let (set_id, echo_id) = ferry_telemetry::request_id_layers();
-    let app = http::router(Arc::clone(&models), cfg.rest_output.clone(), cfg.max_request_bytes)
-        .layer(trace)
+    // Around the router, not on it: `Router::layer` wraps every route, and
+    // the wrapped route is cloned, boxed, for each request.
+    let app = tower::ServiceBuilder::new()
+        .map_response(|r: ::http::Response<_>| r.map(axum::body::Body::new))
+        .layer(set_id)
         .layer(echo_id)
-        .layer(set_id);
-    let http =
-        axum::serve(http_listener.tap_io(ferry_telemetry::net::set_nodelay), app).with_graceful_shutdown(async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-        });
+        .layer(trace)
+        .layer(browser::HttpBrowserLayer)
+        .service(http::router(Arc::clone(&models), cfg.rest_output.clone(), cfg.max_request_bytes));
+    let http = axum::serve(
+        http_listener.tap_io(ferry_telemetry::net::set_nodelay),
+        axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    });
     let mut metrics_stop = stop.clone();
     let metrics =
         axum::serve(metrics_listener, metrics::router(metrics::Sources { models: Arc::clone(&models), mlflow }))
