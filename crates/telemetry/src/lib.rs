@@ -152,17 +152,37 @@ const REQUEST_ID: &str = "x-request-id";
 
 /// Unique within the process and, by its time-and-pid prefix, across restarts.
 fn new_request_id() -> String {
+    let mut buf = [0; REQUEST_ID_MAX];
+    String::from_utf8_lossy(new_request_id_into(&mut buf)).into_owned()
+}
+
+/// `prefix-counter` in hex: at most 8 + 1 + 16 bytes.
+const REQUEST_ID_MAX: usize = 25;
+
+/// Writes a new id into `buf` without formatting machinery: HTTP requests
+/// each get one.
+fn new_request_id_into(buf: &mut [u8; REQUEST_ID_MAX]) -> &[u8] {
     use std::sync::{
         OnceLock,
         atomic::{AtomicU64, Ordering},
     };
     static PREFIX: OnceLock<u32> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    let prefix = PREFIX.get_or_init(|| {
+    let prefix = *PREFIX.get_or_init(|| {
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         t ^ std::process::id().rotate_left(16)
     });
-    format!("{prefix:08x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in buf[..8].iter_mut().enumerate() {
+        *b = HEX[(prefix >> (28 - 4 * i) & 0xf) as usize];
+    }
+    buf[8] = b'-';
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let digits = (16 - n.leading_zeros() as usize / 4).max(1);
+    for i in 0..digits {
+        buf[9 + i] = HEX[(n >> (4 * (digits - 1 - i)) & 0xf) as usize];
+    }
+    &buf[..9 + digits]
 }
 
 /// Gives every HTTP request an `x-request-id` (the caller's, or a new one)
@@ -181,7 +201,8 @@ pub struct MakeRequestId;
 
 impl tower_http::request_id::MakeRequestId for MakeRequestId {
     fn make_request_id<B>(&mut self, _: &http::Request<B>) -> Option<tower_http::request_id::RequestId> {
-        http::HeaderValue::from_str(&new_request_id()).ok().map(tower_http::request_id::RequestId::new)
+        let mut buf = [0; REQUEST_ID_MAX];
+        http::HeaderValue::from_bytes(new_request_id_into(&mut buf)).ok().map(tower_http::request_id::RequestId::new)
     }
 }
 
@@ -455,5 +476,28 @@ impl std::str::FromStr for Secret {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Self(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_the_callers_or_new_and_distinct() {
+        let mut h = http::HeaderMap::new();
+        let (a, b) = (request_id(&h), request_id(&h));
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            let (prefix, n) = id.split_once('-').expect("prefix-counter");
+            assert_eq!(prefix.len(), 8, "{id}");
+            assert!(u32::from_str_radix(prefix, 16).is_ok() && u64::from_str_radix(n, 16).is_ok(), "{id}");
+        }
+        let counter = |id: &str| u64::from_str_radix(id.split_once('-').unwrap().1, 16).unwrap();
+        assert!(counter(&b) > counter(&a), "{a} then {b}");
+        h.insert(REQUEST_ID, "caller-7".parse().unwrap());
+        assert_eq!(request_id(&h), "caller-7");
+        h.insert(REQUEST_ID, "has space".parse().unwrap());
+        assert_ne!(request_id(&h), "has space", "only sane tokens are taken");
     }
 }
