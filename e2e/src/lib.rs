@@ -251,11 +251,30 @@ impl Mlflow {
 
 /// A Ferry service binary.
 pub fn ferry(bin: &str, dir: &Path, args: &[String], env: &[(&str, String)]) -> anyhow::Result<Proc> {
+    ferry_under(&[], bin, dir, args, env)
+}
+
+/// A Ferry binary run by `wrapper` (a command and its arguments, such as
+/// valgrind's); directly when `wrapper` is empty.
+pub fn ferry_under(
+    wrapper: &[String],
+    bin: &str,
+    dir: &Path,
+    args: &[String],
+    env: &[(&str, String)],
+) -> anyhow::Result<Proc> {
     let path = bin_dir().join(bin);
     if !path.exists() {
         bail!("{} not built; run `cargo build --bins` first (scripts/test.sh does)", path.display());
     }
-    let mut cmd = Command::new(path);
+    let mut cmd = match wrapper.split_first() {
+        Some((program, wrapper_args)) => {
+            let mut c = Command::new(program);
+            c.args(wrapper_args).arg(path);
+            c
+        }
+        None => Command::new(path),
+    };
     cmd.args(args).env("FERRY_LOG", "info,ferry_registry=debug,ferry_inference=debug");
     for (k, v) in env {
         cmd.env(k, v);
@@ -515,6 +534,18 @@ pub async fn start_inference(
     models: &str,
     extra: &[(&str, String)],
 ) -> anyhow::Result<Inference> {
+    start_inference_under(&[], dir, mlflow_url, registry_url, models, extra).await
+}
+
+/// [`start_inference`], the binary run by `wrapper` (see [`ferry_under`]).
+pub async fn start_inference_under(
+    wrapper: &[String],
+    dir: &Path,
+    mlflow_url: &str,
+    registry_url: Option<&str>,
+    models: &str,
+    extra: &[(&str, String)],
+) -> anyhow::Result<Inference> {
     for _ in 0..3 {
         let (grpc_port, http_port, metrics_port) = (free_port(), free_port(), free_port());
         let model_dir = dir.join(format!("models-{grpc_port}"));
@@ -534,7 +565,7 @@ pub async fn start_inference(
             env.push(("FERRY_REGISTRY_URL", r.to_owned()));
         }
         env.extend(extra.iter().cloned());
-        let mut proc = ferry("ferry-inference", dir, &[], &env)?;
+        let mut proc = ferry_under(wrapper, "ferry-inference", dir, &[], &env)?;
         let url = format!("http://127.0.0.1:{grpc_port}");
         let connect = || InferenceClient::connect(url.clone());
         if let Some(client) = connect_unless_port_taken(&mut proc, "inference gRPC", connect).await? {

@@ -2,10 +2,11 @@
 //! a fixed reply shaped like Ferry's. `spawn` is HTTP/1.1, one blocking thread
 //! per connection: no real server can answer the same client faster on the
 //! same machine, so it calibrates what the network path alone costs there.
-//! `spawn_grpc` is tonic, the gRPC stack Ferry serves with, answering
-//! `Predict`: what the network path plus HTTP/2 and gRPC framing cost, the
-//! part of a gRPC call that is not Ferry's.
+//! `spawn_grpc` (tonic answering `Predict`) and `spawn_axum` (axum answering
+//! `POST /predict`) are the stacks Ferry serves with, on a runtime like
+//! Ferry's, doing nothing else: the part of a call that is not Ferry's.
 
+use axum::serve::ListenerExt;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -27,21 +28,47 @@ pub fn spawn() -> std::io::Result<SocketAddr> {
 }
 
 /// Starts a tonic server answering `ferry.inference.v1.Inference/Predict` with
-/// a fixed iris-shaped reply, on a thread and runtime of its own.
+/// a fixed iris-shaped reply, on a runtime like Ferry's (a thread per core).
 pub fn spawn_grpc() -> std::io::Result<SocketAddr> {
+    serve_async("floor-grpc", |listener| async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let _ = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(pb::inference_server::InferenceServer::new(Nothing))
+            .serve_with_incoming(incoming)
+            .await;
+    })
+}
+
+/// Starts an axum server answering `POST /predict` with [`REPLY`]'s body: the
+/// HTTP stack Ferry's REST adapter is built on, doing nothing else.
+pub fn spawn_axum() -> std::io::Result<SocketAddr> {
+    serve_async("floor-axum", |listener| async move {
+        let body = &REPLY[REPLY.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4)..];
+        let app = axum::Router::new().route(
+            "/predict",
+            axum::routing::post(move |_: axum::body::Bytes| async move {
+                ([(http::header::CONTENT_TYPE, "application/json")], body)
+            }),
+        );
+        let _ = axum::serve(listener.tap_io(|tcp| drop(tcp.set_nodelay(true))), app).await;
+    })
+}
+
+/// Runs `serve` on a loopback listener with a multi-threaded runtime of its own.
+fn serve_async<F: std::future::Future<Output = ()> + Send + 'static>(
+    name: &str,
+    serve: impl FnOnce(tokio::net::TcpListener) -> F + Send + 'static,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("floor-grpc".into()).spawn(move || {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    std::thread::Builder::new().name(name.into()).spawn(move || {
         rt.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let _ = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(pb::inference_server::InferenceServer::new(Nothing))
-                .serve_with_incoming(incoming)
-                .await;
+            if let Ok(listener) = tokio::net::TcpListener::from_std(listener) {
+                serve(listener).await;
+            }
         });
     })?;
     Ok(addr)

@@ -626,9 +626,23 @@ async fn open_loop(clients: Vec<Client>, rate: f64, measure_from: Instant, end: 
 /// tokio's timer resolution, plus scheduling jitter.
 const TIMER_SLACK: Duration = Duration::from_micros(1500);
 
+/// One in-process model call: the input tensor built from the rows, the run,
+/// the outputs dropped. Its own function so that `valgrind --tool=callgrind
+/// --toggle-collect=ferry_load::in_process_call` counts exactly it.
+#[inline(never)]
+pub fn in_process_call(
+    session: &mut ort::session::Session,
+    input: &str,
+    shape: [usize; 2],
+    data: &[f32],
+) -> Result<(), String> {
+    let x = ort::value::Tensor::from_array((shape, data.to_vec())).map_err(|e| e.to_string())?;
+    session.run(ort::inputs![input => x]).map(drop).map_err(|e| e.to_string())
+}
+
 /// The ceiling no server can beat: sessions called in a loop, one thread each.
 fn in_process(s: &Scenario) -> anyhow::Result<Report> {
-    use ort::{session::Session, value::Tensor};
+    use ort::session::Session;
     let lib = s.ort_library.as_ref().context("--ort-library is required in process")?;
     let file = s.model_file.as_ref().context("--model-file is required in process")?;
     // ONNX Runtime allows one environment per process; later runs reuse it.
@@ -639,40 +653,45 @@ fn in_process(s: &Scenario) -> anyhow::Result<Report> {
         })
         .as_ref()
         .map_err(|e| anyhow::anyhow!("loading ONNX Runtime from {}: {e}", lib.display()))?;
-    let data = rows(s.width, s.batch);
+    fn ort_err(e: impl std::fmt::Display) -> anyhow::Error {
+        anyhow::anyhow!("ONNX Runtime: {e}")
+    }
+    let sessions = (0..s.concurrency.max(1))
+        .map(|_| {
+            Session::builder(env)
+                .map_err(ort_err)?
+                .with_intra_threads(s.intra_threads)
+                .map_err(ort_err)?
+                .with_inter_threads(1)
+                .map_err(ort_err)?
+                .commit_from_file(file)
+                .map_err(ort_err)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // The clock starts once every session is built.
     let measure_from = Instant::now() + s.warmup;
     let end = measure_from + s.duration;
-    let threads: Vec<_> = (0..s.concurrency.max(1))
-        .map(|_| {
-            let ort_err = |e: String| anyhow::anyhow!("ONNX Runtime: {e}");
-            let mut session = Session::builder(env)
-                .map_err(|e| ort_err(e.to_string()))?
-                .with_intra_threads(s.intra_threads)
-                .map_err(|e| ort_err(e.to_string()))?
-                .with_inter_threads(1)
-                .map_err(|e| ort_err(e.to_string()))?
-                .commit_from_file(file)
-                .map_err(|e| ort_err(e.to_string()))?;
+    let data = rows(s.width, s.batch);
+    let threads: Vec<_> = sessions
+        .into_iter()
+        .map(|mut session| {
             let (data, input, batch, width) = (data.clone(), s.input.clone(), s.batch, s.width);
-            Ok(std::thread::spawn(move || {
+            std::thread::spawn(move || {
                 let mut t = Tally::default();
                 loop {
                     let started = Instant::now();
                     if started >= end {
                         break;
                     }
-                    let r =
-                        Tensor::from_array(([batch, width], data.clone())).map_err(|e| e.to_string()).and_then(|x| {
-                            session.run(ort::inputs![input.as_str() => x]).map(drop).map_err(|e| e.to_string())
-                        });
+                    let r = in_process_call(&mut session, &input, [batch, width], &data);
                     if started >= measure_from {
                         t.add(started, measure_from, r);
                     }
                 }
                 t
-            }))
+            })
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect();
     let mut all = Tally::default();
     for t in threads {
         all.merge(t.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?);
@@ -755,6 +774,13 @@ mod tests {
         assert_eq!(r.errors, 0, "{:?}", r.first_error);
         assert!(r.requests > 100, "only {} requests in 0.3 s", r.requests);
         assert!(r.p50_us > 0.0 && r.p50_us <= r.p99_us);
+    }
+
+    #[tokio::test]
+    async fn the_axum_floor_answers_predict() {
+        let r = run(&floor_scenario(Target::Rest, crate::floor::spawn_axum().unwrap())).await.unwrap();
+        assert_eq!(r.errors, 0, "{:?}", r.first_error);
+        assert!(r.requests > 100, "only {} requests in 0.3 s", r.requests);
     }
 
     #[tokio::test]

@@ -8,14 +8,18 @@
 
 use std::{io::Write, path::PathBuf, time::Duration};
 
+use anyhow::Context;
 use clap::Parser;
 use ferry_load::{Report, Scenario, Target};
 
 #[derive(Debug, Parser)]
 #[command(name = "ferry-load", version, about = "Load generator for Ferry (and peers) with exact latency percentiles")]
 struct Args {
+    #[arg(long, value_enum, required_unless_present = "serve_floor")]
+    target: Option<Target>,
+    /// Serve a do-nothing floor server instead (prints its address, runs until killed).
     #[arg(long, value_enum)]
-    target: Target,
+    serve_floor: Option<Floor>,
     /// Server base URL (gRPC or HTTP).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
@@ -63,8 +67,31 @@ struct Args {
     threads: usize,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Floor {
+    /// HTTP/1.1 answered by a blocking thread per connection: the network path alone.
+    Http,
+    /// axum (hyper) answering `POST /predict`: Ferry's REST stack doing nothing.
+    Axum,
+    /// tonic answering `Predict`: Ferry's gRPC stack doing nothing.
+    Grpc,
+}
+
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    if let Some(floor) = a.serve_floor {
+        let addr = match floor {
+            Floor::Http => ferry_load::floor::spawn()?,
+            Floor::Axum => ferry_load::floor::spawn_axum()?,
+            Floor::Grpc => ferry_load::floor::spawn_grpc()?,
+        };
+        println!("{addr}");
+        std::io::stdout().flush()?;
+        loop {
+            std::thread::park();
+        }
+    }
+    let target = a.target.context("--target is required")?;
     let rt = if a.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
@@ -73,7 +100,7 @@ fn main() -> anyhow::Result<()> {
     println!("label\ttarget\tmodel\tbatch\tconc\t{}", Report::header());
     for &c in &a.concurrency {
         let s = Scenario {
-            target: a.target,
+            target,
             url: a.url.clone(),
             model: a.model.clone(),
             input: a.input.clone(),
@@ -90,7 +117,7 @@ fn main() -> anyhow::Result<()> {
             server_pid: a.server_pid,
         };
         let r = rt.block_on(ferry_load::run(&s))?;
-        println!("{}\t{:?}\t{}\t{}\t{c}\t{}", a.label, a.target, a.model, a.batch, r.row());
+        println!("{}\t{target:?}\t{}\t{}\t{c}\t{}", a.label, a.model, a.batch, r.row());
         if let Some(e) = &r.first_error {
             eprintln!("  first error: {e}");
         }

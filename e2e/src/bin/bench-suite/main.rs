@@ -8,12 +8,16 @@
 //!
 //! Sections: `inproc` (the ceiling), `headline` (the targets' comparisons,
 //! measured in interleaved rounds so that a machine's drift hits both sides
-//! alike; medians reported), `throughput` (tiny and medium model,
+//! alike; medians reported), `instructions` (instructions per request in the
+//! server process, counted by callgrind: Ferry against do-nothing servers of
+//! each protocol and the in-process model call), `throughput` (tiny and medium model,
 //! c = 1/16/64/256, batch 1 and 32, REST /predict, gRPC Predict, OIP
 //! ModelInfer, Node gateway), `threads` (ONNX Runtime thread settings, with
 //! and without a competing CPU load), `swap` (p99 per second around a hot swap
 //! under load), `delivery` (alias moved in MLflow → first answer from the new
 //! version, with and without webhooks).
+
+mod instructions;
 
 use std::{
     collections::BTreeMap,
@@ -41,7 +45,11 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     concurrency: Vec<usize>,
     /// Sections to run.
-    #[arg(long, value_delimiter = ',', default_value = "inproc,headline,throughput,threads,swap,delivery")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "inproc,headline,instructions,throughput,threads,swap,delivery"
+    )]
     sections: Vec<String>,
     /// Interleaved rounds of the headline comparisons (the median is reported).
     #[arg(long, default_value_t = 5)]
@@ -165,8 +173,15 @@ async fn main() -> anyhow::Result<()> {
     let d = tmp.path().to_owned();
     let mut suite = Suite { ort: ort_library()?, dir: d.clone(), md: String::new(), args };
     let want = |s: &str| suite.args.sections.iter().any(|x| x == s);
-    let (inproc, headline, throughput, threads, swap, delivery) =
-        (want("inproc"), want("headline"), want("throughput"), want("threads"), want("swap"), want("delivery"));
+    let (inproc, headline, counted, throughput, threads, swap, delivery) = (
+        want("inproc"),
+        want("headline"),
+        want("instructions"),
+        want("throughput"),
+        want("threads"),
+        want("swap"),
+        want("delivery"),
+    );
 
     let tiny = Model { name: "iris", file: d.join("tiny.onnx"), width: 4, output: "probabilities" };
     let medium = Model { name: "mlp", file: d.join("medium.onnx"), width: 512, output: "output" };
@@ -225,7 +240,8 @@ async fn main() -> anyhow::Result<()> {
     let start_ferry = |extra: Vec<(&'static str, String)>| {
         let (d, mlflow, reg) = (d.clone(), mlflow.url.clone(), registry.url.clone());
         async move {
-            let mut env: Vec<(&str, String)> = vec![("FERRY_LOG", "warn".to_owned())];
+            // The service default, as users run it.
+            let mut env: Vec<(&str, String)> = vec![("FERRY_LOG", "info".to_owned())];
             env.extend(extra);
             let inf = start_inference(&d, &mlflow, Some(&reg), "iris:Production,mlp:Production", &env).await?;
             wait_serving(&inf.client, "iris", "1", &[5.1, 3.5, 1.4, 0.2], Duration::from_secs(60)).await?;
@@ -238,6 +254,8 @@ async fn main() -> anyhow::Result<()> {
         let mut inf = start_ferry(vec![]).await?;
         let gw = suite.gateway(&tiny, None)?;
         let floor = format!("http://{}", ferry_load::floor::spawn()?);
+        let grpc_floor = format!("http://{}", ferry_load::floor::spawn_grpc()?);
+        let axum_floor = format!("http://{}", ferry_load::floor::spawn_axum()?);
         let (_, best_b, best_c, best_intra) = best_medium;
         let rounds = suite.args.rounds.max(1);
         let mut rows: Vec<(&str, &str, Vec<f64>)> = vec![
@@ -247,7 +265,10 @@ async fn main() -> anyhow::Result<()> {
             ("tiny c=1 p50: gRPC Predict − in-process, µs", "≤ 50", Vec::new()),
             ("tiny c=1 p50: OIP ModelInfer − in-process, µs", "≤ 50", Vec::new()),
             ("tiny c=1 p50: REST /predict − in-process, µs", "", Vec::new()),
-            ("c=1 p50 of the loopback floor (a do-nothing HTTP server), µs", "", Vec::new()),
+            ("c=1 p50: tonic answering Predict, doing nothing − in-process, µs", "", Vec::new()),
+            ("c=1 p50 of the loopback floor (a do-nothing HTTP/1.1 server), µs", "", Vec::new()),
+            ("tiny c=1 p50: gRPC Predict − tonic doing nothing, µs", "", Vec::new()),
+            ("tiny c=1 p50: REST /predict − axum doing nothing, µs", "", Vec::new()),
         ];
         let short = |mut s: Scenario, pid: Option<u32>| {
             s.duration = Duration::from_secs_f64(suite.args.round_duration);
@@ -269,11 +290,25 @@ async fn main() -> anyhow::Result<()> {
             let mut s = short(suite.scenario(Target::InProcess, "", &tiny, 1, 1), None);
             s.intra_threads = 1;
             let alone = load(s)?.p50_us;
-            for (i, target) in [(3, Target::Grpc), (4, Target::Oip), (5, Target::Rest)] {
-                let url = if target == Target::Rest { &inf.http } else { &inf.grpc };
-                rows[i].2.push(load(short(suite.scenario(target, url, &tiny, 1, 1), None))?.p50_us - alone);
+            let c1 = |target, url: &str| load(short(suite.scenario(target, url, &tiny, 1, 1), None)).map(|r| r.p50_us);
+            let (grpc, oip, rest) =
+                (c1(Target::Grpc, &inf.grpc)?, c1(Target::Oip, &inf.grpc)?, c1(Target::Rest, &inf.http)?);
+            let (grpc_floor, http_floor, axum_floor) =
+                (c1(Target::Grpc, &grpc_floor)?, c1(Target::Rest, &floor)?, c1(Target::Rest, &axum_floor)?);
+            for (i, v) in [
+                grpc - alone,
+                oip - alone,
+                rest - alone,
+                grpc_floor - alone,
+                http_floor,
+                grpc - grpc_floor,
+                rest - axum_floor,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                rows[3 + i].2.push(v);
             }
-            rows[6].2.push(load(short(suite.scenario(Target::Rest, &floor, &tiny, 1, 1), None))?.p50_us);
         }
         let in_process = if best_intra == 0 { "default".to_owned() } else { best_intra.to_string() };
         suite.table(
@@ -299,6 +334,10 @@ async fn main() -> anyhow::Result<()> {
             p.terminate(Duration::from_secs(5))?;
         }
         inf.proc.terminate(Duration::from_secs(30))?;
+    }
+
+    if counted {
+        instructions::section(&mut suite, &tiny, &mlflow.url, &registry.url).await?;
     }
 
     if throughput {
