@@ -31,6 +31,8 @@ pub enum Target {
     Rest,
     /// Open Inference Protocol REST `POST /v2/models/{model}/infer`, JSON data.
     RestV2,
+    /// MLflow's scoring server (`mlflow models serve`): `POST /invocations {"inputs": [[...]]}`.
+    Invocations,
     /// No server: ONNX Runtime sessions in this process, one per concurrent caller.
     InProcess,
 }
@@ -242,6 +244,10 @@ impl Connector {
                 }]}))?,
                 format!("/v2/models/{}/infer", s.model),
             ),
+            Target::Invocations => {
+                let rows: Vec<&[f32]> = data.chunks(s.width.max(1)).collect();
+                (serde_json::to_vec(&serde_json::json!({ "inputs": rows }))?, "/invocations".to_owned())
+            }
             Target::Grpc | Target::Oip | Target::InProcess => (Vec::new(), String::new()),
         };
         let mut channels = Vec::new();
@@ -251,7 +257,7 @@ impl Connector {
                 channels.push(GrpcCall::connect(addr).await.with_context(|| format!("connecting to {}", s.url))?);
             }
         }
-        let addr = if matches!(s.target, Target::Rest | Target::RestV2) {
+        let addr = if matches!(s.target, Target::Rest | Target::RestV2 | Target::Invocations) {
             Some(tokio::net::lookup_host(&host).await?.next().context("resolving the host")?)
         } else {
             None
@@ -264,7 +270,7 @@ impl Connector {
         let data = rows(s.width, s.batch);
         let shape = vec![s.batch as i64, s.width as i64];
         Ok(match s.target {
-            Target::Rest | Target::RestV2 => {
+            Target::Rest | Target::RestV2 | Target::Invocations => {
                 let stream = tokio::net::TcpStream::connect(self.addr.context("no address")?).await?;
                 stream.set_nodelay(true)?;
                 let mut request = format!(

@@ -12,12 +12,14 @@
 //! server process, counted by callgrind: Ferry against do-nothing servers of
 //! each protocol and the in-process model call), `throughput` (tiny and medium model,
 //! c = 1/16/64/256, batch 1 and 32, REST /predict, gRPC Predict, OIP
-//! ModelInfer, Node gateway), `threads` (ONNX Runtime thread settings, with
+//! ModelInfer, Node gateway), `peers` (`mlflow models serve` on the versions
+//! Ferry registered, against Ferry's REST), `threads` (ONNX Runtime thread settings, with
 //! and without a competing CPU load), `swap` (p99 per second around a hot swap
 //! under load), `delivery` (alias moved in MLflow → first answer from the new
 //! version, with and without webhooks).
 
 mod instructions;
+mod peers;
 
 use std::{
     collections::BTreeMap,
@@ -173,11 +175,12 @@ async fn main() -> anyhow::Result<()> {
     let d = tmp.path().to_owned();
     let mut suite = Suite { ort: ort_library()?, dir: d.clone(), md: String::new(), args };
     let want = |s: &str| suite.args.sections.iter().any(|x| x == s);
-    let (inproc, headline, counted, throughput, threads, swap, delivery) = (
+    let (inproc, headline, counted, throughput, peers, threads, swap, delivery) = (
         want("inproc"),
         want("headline"),
         want("instructions"),
         want("throughput"),
+        want("peers"),
         want("threads"),
         want("swap"),
         want("delivery"),
@@ -427,6 +430,12 @@ async fn main() -> anyhow::Result<()> {
             "\nFerry inference RSS after the runs (both models loaded): {}",
             rss.trim_start_matches("VmRSS:").trim()
         ));
+        inf.proc.terminate(Duration::from_secs(30))?;
+    }
+
+    if peers {
+        let mut inf = start_ferry(vec![]).await?;
+        peers::section(&mut suite, [&tiny, &medium], &inf, &mlflow.url).await?;
         inf.proc.terminate(Duration::from_secs(30))?;
     }
 
