@@ -73,9 +73,13 @@ pub struct Config {
     /// being handed to a model thread. 0 disables.
     #[arg(long, env = "FERRY_INLINE_BELOW_US", default_value_t = 50)]
     pub inline_below_us: u64,
-    /// Let idle ONNX Runtime pool threads spin (only matters with more than one
-    /// intra-op thread; spinning starves other work on a shared machine).
-    #[arg(long, env = "FERRY_ORT_SPINNING", default_value_t = false)]
+    /// Let ONNX Runtime's pool threads spin a while before they sleep (only a
+    /// session with more than one intra-op thread has a pool). With spinning a
+    /// lone request gets every core; without, waking the pool for each step
+    /// of the graph cost more than it saved (a 2-thread session ran a batch-1
+    /// MLP no faster than 1 thread), but spinning threads compete with other
+    /// work: turn it off under a CPU quota (BENCHMARKS.md, threads).
+    #[arg(long, env = "FERRY_ORT_SPINNING", default_value_t = true, action = clap::ArgAction::Set)]
     pub ort_spinning: bool,
     /// Warm-up runs on zero inputs before a new version is swapped in.
     #[arg(long, env = "FERRY_WARMUP_RUNS", default_value_t = 1)]

@@ -194,8 +194,8 @@ pub struct SessionOptions {
     /// decoded the request when no request is queued, skipping the hand-off to
     /// a model thread (which costs more than such a model's run). Zero disables.
     pub inline_below: Duration,
-    /// Whether idle ONNX Runtime pool threads spin; spinning threads starve
-    /// everything else on a shared machine.
+    /// Whether ONNX Runtime pool threads spin before sleeping: a lone request
+    /// gets every core, at the cost of CPU that other work on the machine wants.
     pub spinning: bool,
 }
 

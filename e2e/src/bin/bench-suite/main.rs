@@ -50,7 +50,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "inproc,headline,instructions,throughput,threads,swap,delivery"
+        default_value = "inproc,headline,instructions,throughput,peers,threads,swap,delivery"
     )]
     sections: Vec<String>,
     /// Interleaved rounds of the headline comparisons (the median is reported).
@@ -448,7 +448,7 @@ async fn main() -> anyhow::Result<()> {
         let no_throughput = ("FERRY_THROUGHPUT_SESSIONS", one("0"));
         let settings: Vec<(&str, Vec<(&'static str, String)>)> = vec![
             (
-                "Ferry default: 1 session × 1 thread per core, + 1 single-threaded throughput session per core, no spinning",
+                "Ferry default: 1 session × 1 thread per core (spinning), + 1 single-threaded throughput session per core",
                 vec![],
             ),
             ("Ferry: 1 session × 1 thread per core, no throughput sessions", vec![no_throughput.clone()]),
@@ -457,7 +457,7 @@ async fn main() -> anyhow::Result<()> {
                 "Ferry: 2 sessions × 2 threads",
                 vec![("FERRY_SESSIONS", one("2")), ("FERRY_INTRA_THREADS", one("2")), no_throughput],
             ),
-            ("Ferry: default, ONNX Runtime threads spinning", vec![("FERRY_ORT_SPINNING", one("true"))]),
+            ("Ferry: default, ONNX Runtime threads not spinning", vec![("FERRY_ORT_SPINNING", one("false"))]),
             ("Ferry: default, batching off", vec![("FERRY_MAX_BATCH_ROWS", one("1"))]),
         ];
         let measure = |suite: &Suite, url: &str, grpc: Option<&str>| -> anyhow::Result<String> {
