@@ -256,6 +256,7 @@ async fn main() -> anyhow::Result<()> {
     if headline {
         let mut inf = start_ferry(vec![]).await?;
         let gw = suite.gateway(&tiny, None)?;
+        let gw_medium = suite.gateway(&medium, None)?;
         let floor = format!("http://{}", ferry_load::floor::spawn()?);
         let grpc_floor = format!("http://{}", ferry_load::floor::spawn_grpc()?);
         let axum_floor = format!("http://{}", ferry_load::floor::spawn_axum()?);
@@ -264,6 +265,8 @@ async fn main() -> anyhow::Result<()> {
         let mut rows: Vec<(&str, &str, Vec<f64>)> = vec![
             ("tiny, REST /predict c=64: Ferry ÷ gateway req/s", "≥ 4", Vec::new()),
             ("tiny, REST /predict c=64: Ferry ÷ gateway p99", "≤ 0.5", Vec::new()),
+            ("medium, REST /predict c=64: Ferry ÷ gateway req/s", "≥ 3", Vec::new()),
+            ("medium, REST /predict c=1: Ferry ÷ gateway req/s", "≥ 1", Vec::new()),
             ("medium, batch-32 OIP ModelInfer c=64: Ferry ÷ in-process best rows/s", "≥ 0.85", Vec::new()),
             ("tiny c=1 p50: gRPC Predict − in-process, µs", "≤ 50", Vec::new()),
             ("tiny c=1 p50: OIP ModelInfer − in-process, µs", "≤ 50", Vec::new()),
@@ -285,11 +288,18 @@ async fn main() -> anyhow::Result<()> {
                 rows[0].2.push(ferry.rps / g.rps);
                 rows[1].2.push(ferry.p99_us / g.p99_us);
             }
+            if let Some((_, url)) = &gw_medium {
+                for (row, c) in [(2, 64), (3, 1)] {
+                    let f = load(short(suite.scenario(Target::Rest, &inf.http, &medium, 1, c), None))?;
+                    let g = load(short(suite.scenario(Target::Rest, url, &medium, 1, c), None))?;
+                    rows[row].2.push(f.rps / g.rps);
+                }
+            }
             let batched = load(short(suite.scenario(Target::Oip, &inf.grpc, &medium, 32, 64), None))?;
             let mut s = short(suite.scenario(Target::InProcess, "", &medium, best_b, best_c), None);
             s.intra_threads = best_intra;
             let ceiling = load(s)?;
-            rows[2].2.push(batched.inferences_per_s / ceiling.inferences_per_s);
+            rows[4].2.push(batched.inferences_per_s / ceiling.inferences_per_s);
             let mut s = short(suite.scenario(Target::InProcess, "", &tiny, 1, 1), None);
             s.intra_threads = 1;
             let alone = load(s)?.p50_us;
@@ -310,7 +320,7 @@ async fn main() -> anyhow::Result<()> {
             .into_iter()
             .enumerate()
             {
-                rows[3 + i].2.push(v);
+                rows[5 + i].2.push(v);
             }
         }
         let in_process = if best_intra == 0 { "default".to_owned() } else { best_intra.to_string() };
@@ -333,7 +343,7 @@ async fn main() -> anyhow::Result<()> {
             let median = v[v.len() / 2];
             suite.line(&format!("| {what} | {target} | {} | **{median:.2}** |", cells.join(" | ")));
         }
-        if let Some((mut p, _)) = gw {
+        for (mut p, _) in gw.into_iter().chain(gw_medium) {
             p.terminate(Duration::from_secs(5))?;
         }
         inf.proc.terminate(Duration::from_secs(30))?;
