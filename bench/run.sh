@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The performance suite in one command: Ferry against the Node.js gateway it
 # replaces and against the in-process ONNX Runtime limit, same machine, same
-# run (e2e/src/bin/bench-suite.rs). Results: bench/results/latest.md.
+# run (e2e/src/bin/bench-suite/). Results: bench/results/latest.md.
 #
 #   bench/run.sh [--gateway-src DIR] [bench-suite flags, e.g. --duration 10 --sections throughput]
 #
