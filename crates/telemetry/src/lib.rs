@@ -43,7 +43,8 @@ impl Drop for TelemetryGuard {
 }
 
 /// Target of every per-request span; `FERRY_LOG=info,ferry::request=debug`
-/// shows the data plane's in the logs.
+/// shows the data plane's in the logs. The handlers' `#[instrument]`
+/// attributes spell it out, since the attribute only takes a literal.
 pub const REQUEST_TARGET: &str = "ferry::request";
 
 /// Installs the global subscriber: a fmt layer (text or JSON) and, when an

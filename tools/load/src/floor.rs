@@ -6,11 +6,13 @@
 //! `POST /predict`) are the stacks Ferry serves with, on a runtime like
 //! Ferry's, doing nothing else: the part of a call that is not Ferry's.
 
-use axum::serve::ListenerExt;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
 };
+
+use axum::serve::ListenerExt;
+use ferry_proto::inference::v1 as pb;
 
 const REPLY: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 62\r\n\r\n\
 {\"modelVersion\":\"1\",\"prediction\":[0.0004,0.2347,0.7647375000]}";
@@ -74,8 +76,7 @@ fn serve_async<F: std::future::Future<Output = ()> + Send + 'static>(
     Ok(addr)
 }
 
-use ferry_proto::inference::v1 as pb;
-
+/// Answers `Predict` with a canned reply, and nothing else.
 struct Nothing;
 
 #[tonic::async_trait]

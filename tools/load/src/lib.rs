@@ -250,18 +250,19 @@ impl Connector {
             }
             Target::Grpc | Target::Oip | Target::InProcess => (Vec::new(), String::new()),
         };
+        // Every target but the in-process one talks to one resolved address.
+        let addr = match s.target {
+            Target::InProcess => None,
+            Target::Grpc | Target::Oip | Target::Rest | Target::RestV2 | Target::Invocations => {
+                Some(tokio::net::lookup_host(&host).await?.next().context("resolving the host")?)
+            }
+        };
         let mut channels = Vec::new();
-        if matches!(s.target, Target::Grpc | Target::Oip) {
-            let addr = tokio::net::lookup_host(&host).await?.next().context("resolving the host")?;
+        if let (Target::Grpc | Target::Oip, Some(addr)) = (s.target, addr) {
             for _ in 0..s.connections.max(1) {
                 channels.push(GrpcCall::connect(addr).await.with_context(|| format!("connecting to {}", s.url))?);
             }
         }
-        let addr = if matches!(s.target, Target::Rest | Target::RestV2 | Target::Invocations) {
-            Some(tokio::net::lookup_host(&host).await?.next().context("resolving the host")?)
-        } else {
-            None
-        };
         Ok(Self { scenario: s.clone(), channels, addr, host, body: Bytes::from(body), path })
     }
 

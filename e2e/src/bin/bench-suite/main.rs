@@ -139,18 +139,23 @@ impl Suite {
         if let Some(t) = intra {
             cmd.env("ORT_INTRA_THREADS", t.to_string());
         }
-        let proc = Proc::spawn(&format!("gateway-{}", m.name), &mut cmd, &self.dir)?;
+        let mut proc = Proc::spawn(&format!("gateway-{}", m.name), &mut cmd, &self.dir)?;
         let url = format!("http://127.0.0.1:{port}");
-        let health = format!("{url}/health");
-        std::thread::sleep(Duration::from_millis(300));
-        for _ in 0..100 {
-            if Command::new("curl").args(["-sf", &health]).stdout(Stdio::null()).status()?.success() {
-                return Ok(Some((proc, url)));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("the gateway did not start:\n{}", proc.log_tail())
+        wait_http_ok("the gateway", &format!("{url}/health"), &mut proc, Duration::from_secs(10))?;
+        Ok(Some((proc, url)))
     }
+}
+
+/// Waits until `url` answers with a 2xx, failing at once if `proc` exits.
+fn wait_http_ok(what: &str, url: &str, proc: &mut Proc, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while proc.is_running() && Instant::now() < deadline {
+        if Command::new("curl").args(["-sf", "-o", "/dev/null", url]).stdout(Stdio::null()).status()?.success() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{what} did not start:\n{}", proc.log_tail())
 }
 
 fn ms(us: f64) -> String {

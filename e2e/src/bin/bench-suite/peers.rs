@@ -4,14 +4,13 @@
 
 use std::{process::Command, time::Duration};
 
-use anyhow::bail;
 use ferry_e2e::{Inference, Proc, free_port, venv};
 use ferry_load::Target;
 
-use crate::{Model, Suite, load, ms, ratio};
+use crate::{Model, Suite, load, ms, ratio, wait_http_ok};
 
 /// `mlflow models serve` for version 1 of `m` with `workers` uvicorn workers.
-async fn mlflow_serve(suite: &Suite, m: &Model, mlflow: &str, workers: usize) -> anyhow::Result<(Proc, String)> {
+fn mlflow_serve(suite: &Suite, m: &Model, mlflow: &str, workers: usize) -> anyhow::Result<(Proc, String)> {
     let port = free_port();
     let bin = venv().join("bin");
     let mut cmd = Command::new(bin.join("mlflow"));
@@ -22,17 +21,8 @@ async fn mlflow_serve(suite: &Suite, m: &Model, mlflow: &str, workers: usize) ->
         .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()));
     let mut proc = Proc::spawn(&format!("mlflow-serve-{}-{workers}", m.name), &mut cmd, &suite.dir)?;
     let url = format!("http://127.0.0.1:{port}");
-    let ping = format!("{url}/ping");
-    for _ in 0..600 {
-        if Command::new("curl").args(["-sf", "-o", "/dev/null", &ping]).status()?.success() {
-            return Ok((proc, url));
-        }
-        if !proc.is_running() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    bail!("mlflow models serve did not start:\n{}", proc.log_tail())
+    wait_http_ok("mlflow models serve", &format!("{url}/ping"), &mut proc, Duration::from_secs(120))?;
+    Ok((proc, url))
 }
 
 pub(crate) async fn section(
@@ -49,7 +39,7 @@ pub(crate) async fn section(
     for m in models {
         // One worker, and one per core (Python needs processes to use the cores).
         for workers in [1, cores] {
-            let (peer, url) = mlflow_serve(suite, m, mlflow, workers).await?;
+            let (peer, url) = mlflow_serve(suite, m, mlflow, workers)?;
             for c in suite.args.concurrency.clone() {
                 let f = load(suite.scenario(Target::Rest, &ferry.http, m, 1, c))?;
                 let p = load(suite.scenario(Target::Invocations, &url, m, 1, c))?;
