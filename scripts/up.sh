@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The first command: set up, build, and run the whole system on the embedded
-# default (MLflow on sqlite + local artifacts), register the sample model,
-# promote it to Production, show a prediction over REST and gRPC, and keep
+# default (MLflow on sqlite + local artifacts, webhooks on), register the
+# sample model, promote it (alias champion, stage Production), show a prediction over REST and gRPC, and keep
 # running until Ctrl-C, which stops every process this script started.
 #
 # Ports (override with env): MLFLOW_PORT=5000 REGISTRY_PORT=50051 REGISTRY_HTTP_PORT=8081 REGISTRY_METRICS_PORT=9090
@@ -51,7 +51,22 @@ wait_until() { # what, seconds, command...
   echo "up: $what did not come up; see $STATE/logs/" >&2; exit 1
 }
 
-echo "up: starting MLflow on :$MLFLOW_PORT (sqlite $STATE/mlflow.db, artifacts $STATE/artifacts)..."
+# Webhooks: MLflow signs each delivery with a secret shared with the registry,
+# and keeps that secret encrypted with a Fernet key. Both are made once and
+# kept in .ferry/ (mode 600) so that a restart finds the webhook still working.
+SECRETS="$STATE/webhook.env"
+if [ ! -s "$SECRETS" ]; then
+  (umask 077; "$FERRY_VENV/bin/python" -c 'import secrets
+from cryptography.fernet import Fernet
+print("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=" + Fernet.generate_key().decode())
+print("FERRY_WEBHOOK_SECRET=" + secrets.token_hex(32))' > "$SECRETS")
+fi
+source "$SECRETS" # shell variables only: each is handed to the one process that needs it
+
+echo "up: starting MLflow on :$MLFLOW_PORT (sqlite $STATE/mlflow.db, artifacts $STATE/artifacts, webhooks on)..."
+# The registry listens on loopback: let MLflow deliver there over plain HTTP.
+MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY="$MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY" \
+MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true \
 MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false start mlflow "$FERRY_VENV/bin/mlflow" server \
   --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
   --backend-store-uri "sqlite:///$STATE/mlflow.db" --artifacts-destination "$STATE/artifacts"
@@ -61,10 +76,12 @@ export MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"
 export FERRY_REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
 export FERRY_INFERENCE_URL="http://127.0.0.1:$INFERENCE_GRPC_PORT"
 
-echo "up: starting ferry-registry on :$REGISTRY_PORT..."
+echo "up: starting ferry-registry on :$REGISTRY_PORT (MLflow webhooks to http://127.0.0.1:$REGISTRY_HTTP_PORT/webhooks/mlflow)..."
+FERRY_WEBHOOK_SECRET="$FERRY_WEBHOOK_SECRET" FERRY_PUBLIC_URL="http://127.0.0.1:$REGISTRY_HTTP_PORT" \
 FERRY_REGISTRY_GRPC_ADDR="127.0.0.1:$REGISTRY_PORT" FERRY_REGISTRY_HTTP_ADDR="127.0.0.1:$REGISTRY_HTTP_PORT" \
 FERRY_REGISTRY_METRICS_ADDR="127.0.0.1:$REGISTRY_METRICS_PORT" start registry "$BIN/ferry-registry"
 wait_until "ferry-registry" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REGISTRY_PORT"
+wait_until "the MLflow webhook" 30 grep -q "MLflow webhook in place" "$STATE/logs/registry.log"
 
 echo "up: training the sample model (scikit-learn LogisticRegression on iris → ONNX)..."
 "$FERRY_VENV/bin/python" python/train_iris.py --out "$STATE/iris.onnx"
@@ -72,11 +89,12 @@ echo "up: registering it through ModelRegistry.RegisterModel..."
 reg=$("$BIN/ferryctl" register --name iris --file "$STATE/iris.onnx" --description "iris logistic regression (sample)")
 echo "    $reg"
 version=$(echo "$reg" | "$FERRY_VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["version"])')
-echo "up: promoting version $version to Production..."
+echo "up: promoting version $version: alias champion (webhook-driven) and stage Production..."
+echo "    $("$BIN/ferryctl" alias --name iris --alias champion --version "$version")"
 echo "    $("$BIN/ferryctl" stage --name iris --version "$version" --stage Production --archive-existing)"
 
-echo "up: starting ferry-inference (gRPC :$INFERENCE_GRPC_PORT, HTTP :$INFERENCE_HTTP_PORT) serving iris:Production..."
-FERRY_MODELS="iris:Production" ORT_DYLIB_PATH="$ORT" FERRY_MODEL_DIR="$STATE/models" \
+echo "up: starting ferry-inference (gRPC :$INFERENCE_GRPC_PORT, HTTP :$INFERENCE_HTTP_PORT) serving iris@champion..."
+FERRY_MODELS="iris@champion" ORT_DYLIB_PATH="$ORT" FERRY_MODEL_DIR="$STATE/models" \
 FERRY_INFERENCE_GRPC_ADDR="127.0.0.1:$INFERENCE_GRPC_PORT" FERRY_INFERENCE_HTTP_ADDR="127.0.0.1:$INFERENCE_HTTP_PORT" FERRY_INFERENCE_METRICS_ADDR="127.0.0.1:$INFERENCE_METRICS_PORT" \
   start inference "$BIN/ferry-inference"
 wait_until "ferry-inference to load the model" 60 curl -sf "http://127.0.0.1:$INFERENCE_HTTP_PORT/readyz"
@@ -98,5 +116,8 @@ Ferry is running (Ctrl-C stops everything; logs in $STATE/logs/):
   Inference metrics       http://127.0.0.1:$INFERENCE_METRICS_PORT/metrics
 Try:  $BIN/ferryctl watch          (changes as they happen)
       $BIN/ferryctl stage --name iris --version $version --stage Archived
+      Move an alias in the MLflow UI (Models → iris → version → Aliases) or with
+      MlflowClient().set_registered_model_alias("iris", "champion", "$version"):
+      MLflow's webhook tells the registry at once, and every WatchModels stream sees it.
 EOM
 wait

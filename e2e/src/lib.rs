@@ -325,6 +325,20 @@ pub fn python(code: &str, env: &[(&str, &str)]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs one of the repo's Python scripts (`python/<name>`) in the venv, returning its stdout.
+pub fn python_script(name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
+    let mut cmd = Command::new(venv().join("bin/python"));
+    cmd.arg(repo_root().join("python").join(name)).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("{name} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// A private PostgreSQL cluster on a loopback port (trust auth, loopback only),
 /// made with the machine's PostgreSQL binaries; stopped on drop.
 #[derive(Debug)]

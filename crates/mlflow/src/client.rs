@@ -345,13 +345,20 @@ impl Client {
         .await
     }
 
-    /// Starts downloading `artifact_uri`; the caller streams the body (with
-    /// [`Response::chunk`]) so that large files never sit whole in memory.
+    /// Starts downloading `artifact_uri` from byte `offset` on; the caller
+    /// streams the body (with [`Response::chunk`]) so that large files never
+    /// sit whole in memory, and resumes a dropped transfer from where it got
+    /// to. A resumed answer is `206 Partial Content`; a server that ignores
+    /// the range answers `200` with the whole file.
     #[instrument(skip(self))]
-    pub async fn download_artifact(&self, artifact_uri: &str) -> Result<Response> {
+    pub async fn download_artifact(&self, artifact_uri: &str, offset: u64) -> Result<Response> {
         let url = self.artifact_url(artifact_uri)?;
         self.with_retries("artifact download", self.cfg.retries + 1, || async {
-            match self.request(Method::GET, url.clone()).timeout(self.cfg.transfer_timeout).send().await {
+            let mut rb = self.request(Method::GET, url.clone()).timeout(self.cfg.transfer_timeout);
+            if offset > 0 {
+                rb = rb.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+            }
+            match rb.send().await {
                 Ok(resp) if resp.status().is_success() => Ok(resp),
                 // An error answer: decode classifies it (it never succeeds on a non-2xx status).
                 Ok(resp) => {

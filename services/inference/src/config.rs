@@ -84,8 +84,9 @@ pub struct Config {
     /// Warm-up runs on zero inputs before a new version is swapped in.
     #[arg(long, env = "FERRY_WARMUP_RUNS", default_value_t = 1)]
     pub warmup_runs: usize,
-    /// Largest model file accepted, in bytes.
-    #[arg(long, env = "FERRY_MAX_MODEL_BYTES", default_value_t = 2 << 30)]
+    /// Largest model version accepted: the sum of its files (ONNX graph and
+    /// external data), in bytes. Models over 2 GB keep weights as external data.
+    #[arg(long, env = "FERRY_MAX_MODEL_BYTES", default_value_t = 16 << 30)]
     pub max_model_bytes: u64,
     /// How often to poll MLflow while the registry stream is down, in milliseconds.
     #[arg(long, env = "FERRY_POLL_INTERVAL_MS", default_value_t = 2000)]

@@ -15,15 +15,12 @@ use std::{
 
 use ferry_mlflow::{ModelVersion, tags};
 use ferry_proto::registry::v1::{ChangeKind, WatchModelsRequest, model_registry_client::ModelRegistryClient};
-use sha2::{Digest, Sha256};
-use tokio::{
-    io::AsyncWriteExt,
-    sync::{Notify, watch},
-};
+use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
     engine::Runtime,
+    fetch::{Fetcher, sanitize},
     remote::{self, RemoteModel},
     serving::{Backend, LoadFailure, LoadedModel, ModelSlot, Models},
     spec::Selector,
@@ -33,9 +30,10 @@ use crate::{
 pub(crate) struct DeliveryConfig {
     pub(crate) registry_url: Option<String>,
     pub(crate) work_dir: PathBuf,
+    /// Limit on the sum of one version's file sizes.
     pub(crate) max_model_bytes: u64,
     pub(crate) poll_interval: Duration,
-    /// Model files kept on disk per model (serving one included), for fast rollback.
+    /// Model versions kept on disk per model (serving one included), for fast rollback.
     pub(crate) keep_versions: usize,
 }
 
@@ -225,8 +223,8 @@ impl Loader {
         let span = info_span!("model.load", version = %target.version);
         match self.load(&target).instrument(span).await {
             Ok(model) => {
-                let file = match &model.backend {
-                    Backend::Local { file, .. } => Some(file.clone()),
+                let dir = match &model.backend {
+                    Backend::Local { dir, .. } => Some(dir.clone()),
                     Backend::Remote(_) => None,
                 };
                 let old = self.models.swap(&self.slot.spec.name, model);
@@ -246,8 +244,8 @@ impl Loader {
                 if old.is_some_and(|o| Arc::strong_count(&o) == 1) {
                     tokio::task::spawn_blocking(crate::memory::trim);
                 }
-                if let Some(file) = file {
-                    self.clean_files(&file).await;
+                if let Some(dir) = dir {
+                    self.clean_files(&dir).await;
                 }
             }
             Err(error) => self.fail(&target.version, sha, error),
@@ -292,6 +290,7 @@ impl Loader {
                     LoadedModel {
                         version: target.version.clone(),
                         sha256: String::new(),
+                        verified: false,
                         signature,
                         backend: Backend::Remote(remote),
                         loaded_at: Instant::now(),
@@ -318,14 +317,16 @@ impl Loader {
     }
 
     async fn load(&self, target: &ModelVersion) -> Result<LoadedModel, String> {
-        let file = self.fetch(target).await?;
-        let sha = hash_file(&file).await.map_err(|e| format!("reading {}: {e}", file.display()))?;
+        let root = self.cfg.work_dir.join(sanitize(&self.slot.spec.name));
+        let fetcher = Fetcher { mlflow: &self.mlflow, root: &root, max_bytes: self.cfg.max_model_bytes };
+        let fetched = fetcher.fetch(target).await?;
         let runtime = self.runtime.clone();
         let (opts, warmups) = (self.slot.settings.session, self.slot.settings.warmup_runs);
-        let load_file = file.clone();
+        let onnx = fetched.onnx.clone();
         let (threads, exec) = (format!("ort-{}", self.slot.spec.name), Arc::clone(&self.slot.stats.exec));
+        // ONNX Runtime reads the graph from its path, so external data resolves beside it.
         let loaded = tokio::task::spawn_blocking(move || {
-            let engine = runtime.load_model(&load_file, opts, &threads, exec)?;
+            let engine = runtime.load_model(&onnx, opts, &threads, exec)?;
             engine.warm_up(warmups).map_err(|e| format!("warm-up failed: {e}"))?;
             Ok::<_, String>(engine)
         })
@@ -335,123 +336,48 @@ impl Loader {
         let engine = match loaded {
             Ok(engine) => engine,
             Err(e) => {
-                // A file that does not load is of no use for a rollback either.
-                let _ = tokio::fs::remove_file(&file).await;
+                // A version that does not load is of no use for a rollback either.
+                let _ = tokio::fs::remove_dir_all(&fetched.dir).await;
                 return Err(e);
             }
         };
         Ok(LoadedModel {
             version: target.version.clone(),
-            sha256: sha,
+            sha256: fetched.digest,
+            verified: fetched.verified,
             signature: engine.signature.clone(),
-            backend: Backend::Local { engine, file },
+            backend: Backend::Local { engine, dir: fetched.dir },
             loaded_at: Instant::now(),
         })
     }
 
-    /// The verified model file on local disk, downloaded unless already cached.
-    async fn fetch(&self, target: &ModelVersion) -> Result<PathBuf, String> {
-        let name = &self.slot.spec.name;
-        let expected = target.tag(tags::SHA256).map(str::to_ascii_lowercase);
-        let dir = self.cfg.work_dir.join(sanitize(name));
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        if let Some(sha) = &expected {
-            let cached = dir.join(format!("v{}-{}.onnx", target.version, &sha[..sha.len().min(16)]));
-            if hash_file(&cached).await.is_ok_and(|h| &h == sha) {
-                debug!(file = %cached.display(), "using the cached file");
-                return Ok(cached);
-            }
-        }
-        let model_dir = self.mlflow.resolve_model_uri(name, &target.version).await.map_err(|e| e.to_string())?;
-        if !model_dir.starts_with("mlflow-artifacts:") {
-            return Err(format!(
-                "version {} has source {model_dir}, which is not served through MLflow's artifact proxy",
-                target.version
-            ));
-        }
-        let file_name = match target.tag(tags::ARTIFACT_PATH) {
-            Some(p) => p.to_owned(),
-            None => self.find_onnx(&model_dir).await?,
-        };
-        let uri = format!("{}/{}", model_dir.trim_end_matches('/'), file_name.trim_start_matches('/'));
-        let mut resp = self.mlflow.download_artifact(&uri).await.map_err(|e| format!("downloading {uri}: {e}"))?;
-        if let Some(len) = resp.content_length()
-            && len > self.cfg.max_model_bytes
-        {
-            return Err(format!("artifact is {len} bytes, over the limit of {}", self.cfg.max_model_bytes));
-        }
-        let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| e.to_string())?;
-        let mut out = tokio::fs::File::from_std(tmp.reopen().map_err(|e| e.to_string())?);
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("downloading {uri}: {e}"))? {
-            size += chunk.len() as u64;
-            if size > self.cfg.max_model_bytes {
-                return Err(format!("artifact exceeds the limit of {} bytes", self.cfg.max_model_bytes));
-            }
-            hasher.update(&chunk);
-            out.write_all(&chunk).await.map_err(|e| e.to_string())?;
-        }
-        out.flush().await.map_err(|e| e.to_string())?;
-        let got = hex::encode(hasher.finalize());
-        match &expected {
-            Some(want) if want != &got => {
-                return Err(format!(
-                    "checksum mismatch: the version's tag says sha256 {want}, the artifact hashes to {got}"
-                ));
-            }
-            Some(_) => {}
-            None => warn!(sha256 = %got, "version has no {} tag; loading it unverified", tags::SHA256),
-        }
-        let dest = dir.join(format!("v{}-{}.onnx", target.version, &got[..16]));
-        tmp.persist(&dest).map_err(|e| format!("saving {}: {e}", dest.display()))?;
-        info!(bytes = size, file = %dest.display(), "artifact downloaded and verified");
-        Ok(dest)
-    }
-
-    async fn find_onnx(&self, model_dir: &str) -> Result<String, String> {
-        let files = self.mlflow.list_artifacts(model_dir).await.map_err(|e| e.to_string())?;
-        files
-            .into_iter()
-            .find(|f| !f.is_dir && f.path.ends_with(".onnx"))
-            .map(|f| f.path.rsplit('/').next().unwrap_or(&f.path).to_owned())
-            .ok_or_else(|| format!("no .onnx file in {model_dir}"))
-    }
-
-    /// Keeps the newest `keep_versions` files of this model (the serving one always).
+    /// Keeps the newest `keep_versions` version folders of this model (the
+    /// serving one always), and drops staging folders and single files left
+    /// by an interrupted download or an older Ferry.
     async fn clean_files(&self, serving: &Path) {
-        let Some(dir) = serving.parent() else { return };
-        let Ok(mut rd) = tokio::fs::read_dir(dir).await else { return };
-        let mut files = Vec::new();
+        let Some(root) = serving.parent() else { return };
+        let Ok(mut rd) = tokio::fs::read_dir(root).await else { return };
+        let mut versions = Vec::new();
         while let Ok(Some(e)) = rd.next_entry().await {
             let p = e.path();
-            if p.extension().is_some_and(|x| x == "onnx") && p != serving {
-                let mtime = e.metadata().await.and_then(|m| m.modified()).ok();
-                files.push((mtime, p));
+            if p == serving {
+                continue;
+            }
+            let Ok(meta) = e.metadata().await else { continue };
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if meta.is_dir() && name.starts_with('v') {
+                versions.push((meta.modified().ok(), p));
+            } else if meta.is_file() && name.ends_with(".onnx") {
+                let _ = tokio::fs::remove_file(&p).await;
+            } else if meta.is_dir() && name.starts_with(".staging-") {
+                // Safe: this slot's one loader task both downloads and cleans up.
+                let _ = tokio::fs::remove_dir_all(&p).await;
             }
         }
-        files.sort_by_key(|f| std::cmp::Reverse(f.0));
-        for (_, p) in files.into_iter().skip(self.cfg.keep_versions.saturating_sub(1)) {
-            let _ = tokio::fs::remove_file(&p).await;
+        versions.sort_by_key(|f| std::cmp::Reverse(f.0));
+        for (_, p) in versions.into_iter().skip(self.cfg.keep_versions.saturating_sub(1)) {
+            let _ = tokio::fs::remove_dir_all(&p).await;
         }
     }
-}
-
-async fn hash_file(path: &Path) -> std::io::Result<String> {
-    use tokio::io::AsyncReadExt;
-    let mut f = tokio::fs::File::open(path).await?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
 }

@@ -106,6 +106,7 @@ fn model_status(s: SlotStatus) -> pb::ModelStatus {
         state: state.into(),
         last_error: s.last_error.unwrap_or_default(),
         sha256: s.sha256.unwrap_or_default(),
+        verified: s.verified,
         inputs: sig.inputs.iter().map(spec_to_pb).collect(),
         outputs: sig.outputs.iter().map(spec_to_pb).collect(),
     }

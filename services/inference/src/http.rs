@@ -306,6 +306,7 @@ async fn list_models(State(st): State<AppState>) -> Json<Value> {
                 },
                 "servingVersion": s.serving_version,
                 "sha256": s.sha256,
+                "verified": s.verified,
                 "lastError": s.last_error,
             })
         })

@@ -7,6 +7,7 @@ pub mod config;
 mod delivery;
 pub mod engine;
 pub mod error;
+mod fetch;
 mod grpc;
 mod http;
 mod inline;

@@ -28,8 +28,8 @@ use crate::{
 /// Where a model version runs.
 #[derive(Debug)]
 pub enum Backend {
-    /// In this process, with ONNX Runtime, from a verified local file.
-    Local { engine: Engine, file: PathBuf },
+    /// In this process, with ONNX Runtime, from the version's local folder.
+    Local { engine: Engine, dir: PathBuf },
     /// On another Open Inference Protocol server.
     Remote(RemoteModel),
 }
@@ -38,7 +38,10 @@ pub enum Backend {
 #[derive(Debug)]
 pub struct LoadedModel {
     pub version: String,
+    /// Digest over the version's files (`ferry_artifact::ModelDigest`).
     pub sha256: String,
+    /// Whether `sha256` was checked against the version's `ferry.sha256` tag.
+    pub verified: bool,
     pub signature: Signature,
     pub backend: Backend,
     pub loaded_at: Instant,
@@ -150,6 +153,7 @@ pub struct SlotStatus {
     pub state: SlotState,
     pub serving_version: Option<String>,
     pub sha256: Option<String>,
+    pub verified: bool,
     pub last_error: Option<String>,
     pub signature: Option<Signature>,
 }
@@ -187,6 +191,7 @@ impl ModelSlot {
             state,
             serving_version: current.as_ref().map(|m| m.version.clone()),
             sha256: current.as_ref().map(|m| m.sha256.clone()),
+            verified: current.as_ref().is_some_and(|m| m.verified),
             last_error: failure,
             signature: current.as_ref().map(|m| m.signature.clone()),
         }

@@ -1,0 +1,183 @@
+//! Models a data scientist logs with MLflow's own Python client, with its
+//! defaults, serve: `mlflow.onnx.log_model` writes weights as external data
+//! (one file, or one per tensor), versions come from MLflow 3 logged models
+//! (`models:/m-…`) or from run artifacts (`runs:/…`), none carries Ferry's
+//! tags. A version that is not ONNX is refused by name and the one serving
+//! stays.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use ferry_e2e::{Mlflow, assert_close, python_script, start_inference, start_registry, wait_for};
+use ferry_proto::{
+    inference::v1::{DataType, GetModelMetadataRequest, ModelState, PredictRequest, Tensor},
+    registry::v1::SetAliasRequest,
+};
+
+const MODEL: &str = "mlp";
+
+/// The row `python/log_models.py` computed its expected outputs on.
+fn row() -> Vec<f32> {
+    (0..64).map(|i| ((0.05 * f64::from(i) - 1.0) * 1000.0).round() as f32 / 1000.0).collect()
+}
+
+fn predict_request() -> PredictRequest {
+    let row = row();
+    PredictRequest {
+        model: MODEL.into(),
+        inputs: vec![Tensor {
+            name: "input".into(),
+            dtype: DataType::Float32.into(),
+            shape: vec![1, row.len() as i64],
+            float_data: row,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_logged_by_the_python_client_serve() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let logged = python_script(
+        "log_models.py",
+        &["--name", MODEL, "external", "inline", "many-files", "runs-uri", "sklearn"],
+        &[("MLFLOW_TRACKING_URI", &mlflow.url)],
+    )?;
+    let logged: Vec<serde_json::Value> = serde_json::from_str(logged.lines().last().unwrap_or_default())?;
+    let by_kind = |k: &str| logged.iter().find(|e| e["kind"] == k).cloned().context(k.to_owned());
+    // What the Python client made: external data in one file and in several, and both kinds of source.
+    let (external, many) = (by_kind("external")?, by_kind("many-files")?);
+    ensure!(external["files"].as_array().map(Vec::len) == Some(2), "one data file expected: {external}");
+    ensure!(many["files"].as_array().map(Vec::len) == Some(3), "a data file per weight expected: {many}");
+    ensure!(by_kind("inline")?["files"].as_array().map(Vec::len) == Some(1));
+    ensure!(external["source"].as_str().is_some_and(|s| s.starts_with("models:/m-")), "{external}");
+    ensure!(by_kind("runs-uri")?["source"].as_str().is_some_and(|s| s.starts_with("runs:/")));
+
+    let registry = start_registry(d, &mlflow.url, &[]).await?;
+    let mut reg = registry.client.clone();
+    let inference = start_inference(d, &mlflow.url, Some(&registry.url), &format!("{MODEL}@champion"), &[]).await?;
+    let inf = inference.client.clone();
+
+    for kind in ["external", "inline", "many-files", "runs-uri"] {
+        let v = by_kind(kind)?;
+        let version = v["version"].as_str().context("version")?.to_owned();
+        reg.set_alias(SetAliasRequest { name: MODEL.into(), alias: "champion".into(), version: version.clone() })
+            .await?;
+        let answer = wait_for(&format!("{kind} version {version} to serve"), Duration::from_secs(30), || {
+            let mut c = inf.clone();
+            let version = version.clone();
+            async move {
+                Ok(c.predict(predict_request())
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner())
+                    .filter(|r| r.model_version == version))
+            }
+        })
+        .await
+        .with_context(|| inference.proc.log_tail())?;
+        let out = answer.outputs.first().context("no output")?;
+        assert_close(&out.float_data, &v["expected"]).with_context(|| format!("{kind} version {version}"))?;
+
+        // The status reports the digest over every file, as the README
+        // defines it and ONNX's own helpers compute it, and that nothing
+        // checked it against a tag.
+        let mut c = inf.clone();
+        let status = c.get_model_metadata(GetModelMetadataRequest { model: MODEL.into() }).await?.into_inner();
+        let status = status.model.context("no status")?;
+        ensure!(status.sha256 == v["digest"].as_str().unwrap_or_default(), "{kind}: status {status:?}, logged {v}");
+        ensure!(!status.verified, "{kind}: a version without ferry.sha256 reported as verified");
+    }
+    let log = std::fs::read_to_string(&inference.proc.log)?;
+    ensure!(!log.contains("verified against"), "an untagged version was logged as verified");
+    ensure!(log.contains("content not verified"), "no word that the content went unverified");
+
+    // An sklearn model: refused, naming its flavors; the last ONNX version keeps serving.
+    let sk = by_kind("sklearn")?;
+    let sk_version = sk["version"].as_str().context("version")?.to_owned();
+    reg.set_alias(SetAliasRequest { name: MODEL.into(), alias: "champion".into(), version: sk_version.clone() })
+        .await?;
+    let refusal = format!("version {sk_version} ");
+    let status = wait_for("the sklearn version to be refused", Duration::from_secs(30), || {
+        let (mut c, refusal) = (inf.clone(), refusal.clone());
+        async move {
+            let s = c.get_model_metadata(GetModelMetadataRequest { model: MODEL.into() }).await?.into_inner();
+            Ok(s.model.filter(|m| m.last_error.contains(&refusal)))
+        }
+    })
+    .await?;
+    ensure!(status.state() == ModelState::Degraded, "{status:?}");
+    ensure!(
+        status.last_error.contains("python_function, sklearn") && status.last_error.contains("onnx flavor"),
+        "the refusal should name the flavors found and what Ferry serves: {}",
+        status.last_error
+    );
+    let runs = by_kind("runs-uri")?;
+    let mut c = inf.clone();
+    let still = c.predict(predict_request()).await?.into_inner();
+    ensure!(still.model_version == runs["version"].as_str().unwrap_or_default(), "{still:?}");
+    assert_close(&still.outputs[0].float_data, &runs["expected"])?;
+    Ok(())
+}
+
+/// With Ferry's tag, the digest covers every file: a version whose data file
+/// does not match is refused, and the right digest is reported as verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sha256_tag_covers_external_data() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let logged = python_script(
+        "log_models.py",
+        &["--name", MODEL, "many-files", "many-files"],
+        &[("MLFLOW_TRACKING_URI", &mlflow.url)],
+    )?;
+    let logged: Vec<serde_json::Value> = serde_json::from_str(logged.lines().last().unwrap_or_default())?;
+    let (good, bad) = (&logged[0], &logged[1]);
+    let tag = |v: &serde_json::Value, sha: &str| {
+        format!(
+            "from mlflow import MlflowClient; MlflowClient().set_model_version_tag('{MODEL}', '{}', 'ferry.sha256', '{sha}')",
+            v["version"].as_str().unwrap_or_default()
+        )
+    };
+    let env = [("MLFLOW_TRACKING_URI", mlflow.url.as_str())];
+    ferry_e2e::python(&tag(good, good["digest"].as_str().unwrap_or_default()), &env)?;
+    // The other version is tagged with the digest of the first one's files: its data files differ.
+    ferry_e2e::python(&tag(bad, good["digest"].as_str().unwrap_or_default()), &env)?;
+
+    let inference = start_inference(d, &mlflow.url, None, &format!("{MODEL}@champion"), &[]).await?;
+    let inf = inference.client.clone();
+    let alias = |v: &serde_json::Value| {
+        format!(
+            "from mlflow import MlflowClient; MlflowClient().set_registered_model_alias('{MODEL}', 'champion', '{}')",
+            v["version"].as_str().unwrap_or_default()
+        )
+    };
+    ferry_e2e::python(&alias(good), &env)?;
+    let status = wait_for("the tagged version to serve", Duration::from_secs(30), || {
+        let mut c = inf.clone();
+        async move {
+            let s = c.get_model_metadata(GetModelMetadataRequest { model: MODEL.into() }).await?.into_inner();
+            Ok(s.model.filter(|m| m.state() == ModelState::Serving))
+        }
+    })
+    .await
+    .with_context(|| inference.proc.log_tail())?;
+    ensure!(status.verified && status.sha256 == good["digest"].as_str().unwrap_or_default(), "{status:?}");
+
+    ferry_e2e::python(&alias(bad), &env)?;
+    let status = wait_for("the mismatching version to be refused", Duration::from_secs(30), || {
+        let mut c = inf.clone();
+        async move {
+            let s = c.get_model_metadata(GetModelMetadataRequest { model: MODEL.into() }).await?.into_inner();
+            Ok(s.model.filter(|m| m.state() == ModelState::Degraded))
+        }
+    })
+    .await?;
+    ensure!(status.last_error.contains("checksum mismatch"), "{status:?}");
+    ensure!(status.serving_version == good["version"].as_str().unwrap_or_default(), "{status:?}");
+    Ok(())
+}

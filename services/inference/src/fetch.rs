@@ -1,0 +1,314 @@
+//! Brings a model version's files from MLflow into a local directory laid
+//! out as MLflow stores it, so that ONNX Runtime finds external data beside
+//! the graph, and checks them.
+//!
+//! What to fetch comes from the version itself: `MLmodel` names the ONNX
+//! file (a model without the onnx flavor is refused, naming what it is), and
+//! the ONNX file names its external data files. Each file is streamed to
+//! disk, hashed on the way and checked against MLflow's artifact listing;
+//! the digest over all of them (`ferry_artifact::ModelDigest`) is compared
+//! with the version's `ferry.sha256` tag when it has one. A version without
+//! the tag is loaded with its sizes checked and its digest recorded, and
+//! said to be unverified.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ferry_artifact::{FileDigest, MLMODEL, MlModel, ModelDigest};
+use ferry_mlflow::{ModelVersion, tags};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+/// A model version's files on local disk.
+#[derive(Debug, Clone)]
+pub(crate) struct Fetched {
+    /// The version's directory (`<work>/<model>/v<version>-<digest prefix>`).
+    pub(crate) dir: PathBuf,
+    /// The ONNX file inside it; its external data sits beside it.
+    pub(crate) onnx: PathBuf,
+    /// `ferry_artifact::ModelDigest` over every file.
+    pub(crate) digest: String,
+    /// Whether `digest` was checked against the version's `ferry.sha256` tag.
+    pub(crate) verified: bool,
+}
+
+/// The record kept beside the files, so a cached copy can be re-checked
+/// without asking MLflow.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    onnx: String,
+    files: Vec<(String, String, u64)>,
+}
+
+const RECORD: &str = ".ferry-files.json";
+/// `MLmodel` is a few KB of YAML; anything much larger is not one.
+const MAX_MLMODEL_BYTES: u64 = 1 << 20;
+/// Consecutive failed attempts (no byte gained) before a download gives up.
+const RESUME_ATTEMPTS: u32 = 5;
+
+pub(crate) struct Fetcher<'a> {
+    pub(crate) mlflow: &'a ferry_mlflow::Client,
+    /// This model's folder under the work directory.
+    pub(crate) root: &'a Path,
+    /// Limit on the sum of a version's file sizes.
+    pub(crate) max_bytes: u64,
+}
+
+impl Fetcher<'_> {
+    pub(crate) async fn fetch(&self, target: &ModelVersion) -> Result<Fetched, String> {
+        let expected = target.tag(tags::SHA256).map(str::to_ascii_lowercase);
+        tokio::fs::create_dir_all(self.root).await.map_err(|e| format!("creating {}: {e}", self.root.display()))?;
+        if let Some(sha) = &expected
+            && let Some(cached) = self.cached(&target.version, sha).await
+        {
+            debug!(dir = %cached.dir.display(), "using the cached copy");
+            return Ok(cached);
+        }
+        let source = self.mlflow.resolve_model_uri(&target.name, &target.version).await.map_err(|e| e.to_string())?;
+        if !source.starts_with("mlflow-artifacts:") {
+            return Err(format!(
+                "version {} has source {source}, which is not served through MLflow's artifact proxy",
+                target.version
+            ));
+        }
+        let source = source.trim_end_matches('/').to_owned();
+        let onnx = self.onnx_path(&source, target).await?;
+        let staging = tempfile::Builder::new()
+            .prefix(".staging-")
+            .tempdir_in(self.root)
+            .map_err(|e| format!("creating a staging folder in {}: {e}", self.root.display()))?;
+        let mut listings = Listings::default();
+        let mut budget = self.max_bytes;
+        let mut files = vec![self.download(&source, &onnx, staging.path(), &mut listings, &mut budget).await?];
+
+        // The graph names the rest: external data, relative to the graph's folder.
+        let graph = staging.path().join(&onnx);
+        let locations = tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&graph).and_then(ferry_artifact::external_data).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{onnx}: {e}"))?;
+        let base = onnx.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
+        for location in locations {
+            let rel = format!("{base}{location}");
+            if rel == RECORD || rel == MLMODEL {
+                return Err(format!("{onnx} names {rel:?} as external data, which is not a data file"));
+            }
+            files.push(self.download(&source, &rel, staging.path(), &mut listings, &mut budget).await?);
+        }
+
+        let digest = ModelDigest::of(&files);
+        let bytes: u64 = files.iter().map(|f| f.size).sum();
+        match &expected {
+            Some(want) if *want != digest => {
+                return Err(format!(
+                    "checksum mismatch: the version's {} tag says {want}, its {} file(s) hash to {digest}",
+                    tags::SHA256,
+                    files.len()
+                ));
+            }
+            Some(_) => {
+                info!(files = files.len(), bytes, %digest, "model downloaded and verified against its ferry.sha256 tag")
+            }
+            None => warn!(
+                files = files.len(),
+                bytes,
+                %digest,
+                "version has no {} tag: sizes match MLflow's artifact listing, content not verified; the digest is in the model's status",
+                tags::SHA256
+            ),
+        }
+        let record = Record {
+            onnx: onnx.clone(),
+            files: files.iter().map(|f| (f.path.clone(), f.sha256.clone(), f.size)).collect(),
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+        tokio::fs::write(staging.path().join(RECORD), json)
+            .await
+            .map_err(|e| format!("writing the file record: {e}"))?;
+
+        let dir = self.root.join(format!("v{}-{}", sanitize(&target.version), &digest[..16]));
+        if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+            // A stale or damaged copy: a serving session keeps its open files.
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+        }
+        let staged = staging.keep();
+        tokio::fs::rename(&staged, &dir).await.map_err(|e| {
+            let _ = std::fs::remove_dir_all(&staged);
+            format!("saving {}: {e}", dir.display())
+        })?;
+        Ok(Fetched { onnx: dir.join(&onnx), dir, digest, verified: expected.is_some() })
+    }
+
+    /// A copy already on disk whose files still hash to `sha`.
+    async fn cached(&self, version: &str, sha: &str) -> Option<Fetched> {
+        let dir = self.root.join(format!("v{}-{}", sanitize(version), &sha[..sha.len().min(16)]));
+        let record: Record = serde_json::from_slice(&tokio::fs::read(dir.join(RECORD)).await.ok()?).ok()?;
+        let check = dir.clone();
+        let files = tokio::task::spawn_blocking(move || {
+            record
+                .files
+                .iter()
+                .map(|(path, _, _)| {
+                    let rel = ferry_artifact::validate_relative_path(path).ok()?;
+                    let (sha256, size) = ferry_artifact::hash_file(&check.join(&rel)).ok()?;
+                    Some(FileDigest { path: rel, sha256, size })
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(|files| (record.onnx, files))
+        })
+        .await
+        .ok()??;
+        let (onnx, files) = files;
+        let onnx = ferry_artifact::validate_relative_path(&onnx).ok()?;
+        (ModelDigest::of(&files) == sha).then(|| Fetched {
+            onnx: dir.join(onnx),
+            dir,
+            digest: sha.to_owned(),
+            verified: true,
+        })
+    }
+
+    /// The ONNX file's path inside the model directory: from `MLmodel`, or
+    /// for a bare folder without one, from Ferry's tag or the only `.onnx` file.
+    async fn onnx_path(&self, source: &str, target: &ModelVersion) -> Result<String, String> {
+        let uri = format!("{source}/{MLMODEL}");
+        match self.mlflow.download_artifact(&uri, 0).await {
+            Ok(resp) => {
+                if resp.content_length().is_some_and(|n| n > MAX_MLMODEL_BYTES) {
+                    return Err(format!("{uri} is over {MAX_MLMODEL_BYTES} bytes; not an MLmodel file"));
+                }
+                let text = resp.text().await.map_err(|e| format!("downloading {uri}: {e}"))?;
+                let mlmodel = MlModel::parse(&text).map_err(|e| format!("version {}: {e}", target.version))?;
+                mlmodel.onnx_file().map_err(|e| format!("version {} is {e}", target.version))
+            }
+            Err(e) if e.is_not_found() => {
+                if let Some(p) = target.tag(tags::ARTIFACT_PATH) {
+                    return ferry_artifact::validate_relative_path(p)
+                        .map_err(|e| format!("{}: {e}", tags::ARTIFACT_PATH));
+                }
+                let files = self.mlflow.list_artifacts(source).await.map_err(|e| e.to_string())?;
+                let mut onnx = files.into_iter().filter(|f| !f.is_dir && f.path.ends_with(".onnx"));
+                match (onnx.next(), onnx.next()) {
+                    (Some(f), None) => Ok(f.path.rsplit('/').next().unwrap_or(&f.path).to_owned()),
+                    (None, _) => Err(format!("version {}: {source} has no MLmodel and no .onnx file", target.version)),
+                    (Some(_), Some(_)) => Err(format!(
+                        "version {}: {source} has no MLmodel and several .onnx files; log it with mlflow.onnx.log_model",
+                        target.version
+                    )),
+                }
+            }
+            Err(e) => Err(format!("downloading {uri}: {e}")),
+        }
+    }
+
+    /// Streams one file of the model to `staging/rel`, hashing it, resuming
+    /// after a dropped connection, and checks its size against MLflow's listing.
+    async fn download(
+        &self,
+        source: &str,
+        rel: &str,
+        staging: &Path,
+        listings: &mut Listings,
+        budget: &mut u64,
+    ) -> Result<FileDigest, String> {
+        let rel = ferry_artifact::validate_relative_path(rel)?;
+        let listed = listings.size(self.mlflow, source, &rel).await?;
+        if let Some(n) = listed
+            && n > *budget
+        {
+            return Err(format!("{rel} is {n} bytes, over what is left of the limit of {} bytes", self.max_bytes));
+        }
+        let dest = staging.join(&rel);
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(|e| e.to_string())?;
+        }
+        let uri = format!("{source}/{rel}");
+        let mut out = tokio::fs::File::create(&dest).await.map_err(|e| format!("creating {}: {e}", dest.display()))?;
+        let mut hasher = Sha256::new();
+        let mut written = 0u64;
+        let mut failures = 0u32;
+        'attempt: loop {
+            let mut resp =
+                self.mlflow.download_artifact(&uri, written).await.map_err(|e| format!("downloading {uri}: {e}"))?;
+            if written > 0 && resp.status() != http::StatusCode::PARTIAL_CONTENT {
+                // The server sent the whole file again: start over.
+                out.set_len(0).await.map_err(|e| e.to_string())?;
+                out.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| e.to_string())?;
+                hasher = Sha256::new();
+                written = 0;
+            }
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => {
+                        written += chunk.len() as u64;
+                        if written > *budget {
+                            return Err(format!("the model's files exceed the limit of {} bytes", self.max_bytes));
+                        }
+                        hasher.update(&chunk);
+                        out.write_all(&chunk).await.map_err(|e| format!("writing {}: {e}", dest.display()))?;
+                        failures = 0;
+                    }
+                    Ok(None) => break 'attempt,
+                    Err(e) => {
+                        failures += 1;
+                        if failures >= RESUME_ATTEMPTS {
+                            return Err(format!("downloading {uri}: {e} ({failures} attempts without progress)"));
+                        }
+                        warn!(file = %rel, bytes = written, error = %e, "download interrupted; resuming");
+                        tokio::time::sleep(Duration::from_millis(200 << failures)).await;
+                        continue 'attempt;
+                    }
+                }
+            }
+        }
+        out.flush().await.map_err(|e| e.to_string())?;
+        if let Some(n) = listed
+            && n != written
+        {
+            return Err(format!("{rel}: MLflow lists {n} bytes, the download gave {written}"));
+        }
+        *budget -= written;
+        debug!(file = %rel, bytes = written, "downloaded");
+        Ok(FileDigest { path: rel, sha256: hex::encode(hasher.finalize()), size: written })
+    }
+}
+
+/// MLflow's artifact listings, one call per folder.
+#[derive(Default)]
+struct Listings(HashMap<String, HashMap<String, Option<u64>>>);
+
+impl Listings {
+    /// The listed size of `rel` (None when MLflow gives none); an error when
+    /// the file is not listed at all.
+    async fn size(&mut self, mlflow: &ferry_mlflow::Client, source: &str, rel: &str) -> Result<Option<u64>, String> {
+        let (folder, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        if !self.0.contains_key(folder) {
+            let uri = if folder.is_empty() { source.to_owned() } else { format!("{source}/{folder}") };
+            let files = mlflow.list_artifacts(&uri).await.map_err(|e| format!("listing {uri}: {e}"))?;
+            let sizes = files
+                .into_iter()
+                .filter(|f| !f.is_dir)
+                .map(|f| {
+                    let base = f.path.rsplit('/').next().unwrap_or(&f.path).to_owned();
+                    (base, f.file_size.and_then(|n| u64::try_from(n).ok()))
+                })
+                .collect();
+            self.0.insert(folder.to_owned(), sizes);
+        }
+        match self.0.get(folder).and_then(|m| m.get(name)) {
+            Some(size) => Ok(*size),
+            None => Err(format!("{rel} is not among the version's artifacts in MLflow")),
+        }
+    }
+}
+
+/// A file-name-safe form of a model name or version.
+pub(crate) fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
+}
