@@ -10,6 +10,8 @@ digest over each version's files computed independently of Ferry.
   many-files  all_tensors_to_one_file=False: one data file per tensor
   runs-uri    saved locally, logged as run artifacts, registered from runs:/
   sklearn     not ONNX at all
+  example     mlflow.onnx.log_model defaults with an input example: MLflow infers
+              the signature and writes serving_input_example.json
 
 The last line printed is a JSON list, one entry per kind, in order; each
 kind gets different weights (seeded by its position).
@@ -93,6 +95,8 @@ def log(client, name, kind, seed):
                 client.create_registered_model(name)
             mv = client.create_model_version(name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
             info = None
+        elif kind == "example":
+            info = mlflow.onnx.log_model(model, name="model", registered_model_name=name, input_example=x)
         elif kind == "sklearn":
             from sklearn.linear_model import LogisticRegression
 
@@ -107,6 +111,9 @@ def log(client, name, kind, seed):
         with tempfile.TemporaryDirectory() as d:
             local = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=d)
             out["digest"], out["files"] = digest(local)
+            example = os.path.join(local, "serving_input_example.json")
+            if os.path.exists(example):
+                out["serving_input_example"] = open(example).read()
     return out
 
 

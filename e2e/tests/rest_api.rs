@@ -61,6 +61,8 @@ async fn rest_api_matches_its_openapi_document() -> anyhow::Result<()> {
             json!({"data": ROW})
         } else if path == "/v1/predict" {
             body.clone()
+        } else if path == "/invocations" {
+            json!({"inputs": [ROW]})
         } else {
             json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]})
         }

@@ -19,6 +19,7 @@ use ferry_proto::inference::v1 as pb;
 use crate::{
     engine::{DType, NamedTensor, TensorData},
     error::ServeError,
+    mlflow_scoring::{self, Format, ScoringError},
     serving::{Models, PredictInput, SlotState},
 };
 
@@ -32,6 +33,7 @@ pub(crate) fn router(models: Arc<Models>, rest_output: Option<String>, max_reque
     Router::new()
         .route("/predict", post(predict))
         .route("/v1/predict", post(predict_json))
+        .route("/invocations", post(invocations))
         .route("/openapi.json", get(openapi))
         .route("/v1/models", get(list_models))
         .route("/healthz", get(|| async { "ok" }))
@@ -69,6 +71,96 @@ impl From<ServeError> for ApiError {
     fn from(e: ServeError) -> Self {
         ApiError(e)
     }
+}
+
+/// An error in MLflow's scoring-server shape (`{"error_code", "message"}`),
+/// for `/invocations` clients written against `mlflow models serve`.
+pub(crate) struct ScoringApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry: bool,
+}
+
+impl From<ScoringError> for ScoringApiError {
+    fn from(e: ScoringError) -> Self {
+        ScoringApiError { status: StatusCode::BAD_REQUEST, code: e.code, message: e.message, retry: false }
+    }
+}
+
+impl From<ServeError> for ScoringApiError {
+    fn from(e: ServeError) -> Self {
+        let (status, code) = match &e {
+            ServeError::NotFound(_) => (StatusCode::NOT_FOUND, "RESOURCE_DOES_NOT_EXIST"),
+            ServeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "TEMPORARILY_UNAVAILABLE"),
+            ServeError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "INVALID_PARAMETER_VALUE"),
+            // What MLflow answers when the model itself fails on the input.
+            ServeError::Model(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
+            ServeError::VersionMismatch(_) => (StatusCode::CONFLICT, "INVALID_STATE"),
+            ServeError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "REQUEST_LIMIT_EXCEEDED"),
+            ServeError::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED"),
+            ServeError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
+        };
+        let retry = matches!(e, ServeError::Overloaded(_) | ServeError::Unavailable(_));
+        ScoringApiError { status, code, message: e.to_string(), retry }
+    }
+}
+
+impl IntoResponse for ScoringApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(json!({ "error_code": self.code, "message": self.message }))).into_response();
+        if self.retry {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+/// Picks the model of an `/invocations` call: `?model=`, or the
+/// `x-ferry-model` header, or the first configured model.
+const MODEL_HEADER: &str = "x-ferry-model";
+
+/// `POST /invocations`: MLflow's scoring protocol (see `mlflow_scoring`), so
+/// a client of `mlflow models serve` switches by changing the URL.
+#[tracing::instrument(target = "ferry::request", level = "debug", name = "http.invocations", skip_all, fields(model))]
+async fn invocations(
+    State(st): State<AppState>,
+    Query(q): Query<PredictQuery>,
+    headers: header::HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ScoringApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let format = Format::from_content_type(content_type).map_err(|message| ScoringApiError {
+        status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        code: "BAD_REQUEST",
+        message,
+        retry: false,
+    })?;
+    let model = q
+        .model
+        .or_else(|| headers.get(MODEL_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .unwrap_or_else(|| st.models.default_name().to_owned());
+    tracing::Span::current().record("model", model.as_str());
+    let slot = st.models.slot(&model)?;
+    let current = slot.current().ok_or_else(|| {
+        ServeError::Unavailable(format!("model {model:?} ({}) has no version loaded yet", slot.spec.selector))
+    })?;
+    let (inputs, shape) = mlflow_scoring::decode(format, &body, &current.signature.inputs)?;
+    // The version whose signature shaped the input must be the one that runs it.
+    let version = current.version.clone();
+    drop(current);
+    let p = st
+        .models
+        .predict(PredictInput {
+            model,
+            version: Some(version),
+            inputs,
+            outputs: Vec::new(),
+            deadline: None,
+            method: "rest.invocations",
+        })
+        .await?;
+    Ok(Json(mlflow_scoring::encode(p.outputs, shape)))
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,6 +13,7 @@ mod http;
 mod inline;
 pub mod memory;
 mod metrics;
+mod mlflow_scoring;
 mod models_file;
 mod oip;
 mod oip_grpc;
