@@ -146,14 +146,15 @@ async fn invocations(
         ServeError::Unavailable(format!("model {model:?} ({}) has no version loaded yet", slot.spec.selector))
     })?;
     let (inputs, shape) = mlflow_scoring::decode(format, &body, &current.signature.inputs)?;
-    // The version whose signature shaped the input must be the one that runs it.
-    let version = current.version.clone();
     drop(current);
+    // Not pinned to the version looked up: a swap in between must not fail the
+    // request (as with /predict; the serving lease of the restructure removes
+    // the second lookup).
     let p = st
         .models
         .predict(PredictInput {
             model,
-            version: Some(version),
+            version: None,
             inputs,
             outputs: Vec::new(),
             deadline: None,
