@@ -178,6 +178,9 @@ pub struct Mlflow {
 pub struct MlflowOptions {
     pub backend_store_uri: Option<String>,
     pub artifacts_destination: Option<String>,
+    /// Instead of proxying artifacts: clients read and write this store
+    /// themselves (`--default-artifact-root … --no-serve-artifacts`).
+    pub default_artifact_root: Option<String>,
     pub env: Vec<(String, String)>,
 }
 
@@ -215,9 +218,13 @@ impl Mlflow {
                         .clone()
                         .unwrap_or_else(|| format!("sqlite:///{}", dir.join("mlflow.db").display())),
                 )
-                .arg("--artifacts-destination")
-                .arg(opts.artifacts_destination.clone().unwrap_or_else(|| dir.join("artifacts").display().to_string()))
                 .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false");
+            match &opts.default_artifact_root {
+                Some(root) => cmd.args(["--default-artifact-root", root, "--no-serve-artifacts"]),
+                None => cmd.arg("--artifacts-destination").arg(
+                    opts.artifacts_destination.clone().unwrap_or_else(|| dir.join("artifacts").display().to_string()),
+                ),
+            };
             for (k, v) in &opts.env {
                 cmd.env(k, v);
             }

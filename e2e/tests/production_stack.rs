@@ -22,6 +22,7 @@ async fn postgres_and_s3() -> anyhow::Result<()> {
         backend_store_uri: Some(pg.mlflow_uri()),
         artifacts_destination: Some(format!("s3://{}/mlartifacts", s3.bucket)),
         env: s3.mlflow_env(),
+        ..Default::default()
     };
     let mlflow = Mlflow::start_with(d, opts).await?;
     let (f1, f2) = (d.join("v1.onnx"), d.join("v2.onnx"));

@@ -24,6 +24,7 @@ use crate::{
     remote::{self, RemoteModel},
     serving::{Backend, LoadFailure, LoadedModel, ModelSlot, Models},
     spec::Selector,
+    store::Stores,
 };
 
 #[derive(Debug, Clone)]
@@ -49,6 +50,7 @@ pub(crate) fn spawn(
     let (connected_tx, connected) = watch::channel(false);
     let mut triggers = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
+    let stores = Stores::default();
     for slot in models.slots() {
         let notify = Arc::new(Trigger::default());
         triggers.insert(slot.spec.name.clone(), Arc::clone(&notify));
@@ -56,6 +58,7 @@ pub(crate) fn spawn(
             models: Arc::clone(&models),
             slot: Arc::clone(slot),
             mlflow: mlflow.clone(),
+            stores: stores.clone(),
             runtime: runtime.clone(),
             cfg: Arc::clone(&cfg),
         };
@@ -178,6 +181,7 @@ struct Loader {
     models: Arc<Models>,
     slot: Arc<ModelSlot>,
     mlflow: ferry_mlflow::Client,
+    stores: Stores,
     runtime: Runtime,
     cfg: Arc<DeliveryConfig>,
 }
@@ -318,7 +322,8 @@ impl Loader {
 
     async fn load(&self, target: &ModelVersion) -> Result<LoadedModel, String> {
         let root = self.cfg.work_dir.join(sanitize(&self.slot.spec.name));
-        let fetcher = Fetcher { mlflow: &self.mlflow, root: &root, max_bytes: self.cfg.max_model_bytes };
+        let fetcher =
+            Fetcher { mlflow: &self.mlflow, stores: &self.stores, root: &root, max_bytes: self.cfg.max_model_bytes };
         let fetched = fetcher.fetch(target).await?;
         let runtime = self.runtime.clone();
         let (opts, warmups) = (self.slot.settings.session, self.slot.settings.warmup_runs);

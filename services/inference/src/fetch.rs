@@ -1,4 +1,4 @@
-//! Brings a model version's files from MLflow into a local directory laid
+//! Brings a model version's files from its store (`store.rs`) into a local directory laid
 //! out as MLflow stores it, so that ONNX Runtime finds external data beside
 //! the graph, and checks them.
 //!
@@ -19,9 +19,12 @@ use std::{
 
 use ferry_artifact::{FileDigest, MLMODEL, MlModel, ModelDigest};
 use ferry_mlflow::{ModelVersion, tags};
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
+
+use crate::store::{Source, Stores};
 
 /// A model version's files on local disk.
 #[derive(Debug, Clone)]
@@ -52,6 +55,7 @@ const RESUME_ATTEMPTS: u32 = 5;
 
 pub(crate) struct Fetcher<'a> {
     pub(crate) mlflow: &'a ferry_mlflow::Client,
+    pub(crate) stores: &'a Stores,
     /// This model's folder under the work directory.
     pub(crate) root: &'a Path,
     /// Limit on the sum of a version's file sizes.
@@ -68,14 +72,9 @@ impl Fetcher<'_> {
             debug!(dir = %cached.dir.display(), "using the cached copy");
             return Ok(cached);
         }
-        let source = self.mlflow.resolve_model_uri(&target.name, &target.version).await.map_err(|e| e.to_string())?;
-        if !source.starts_with("mlflow-artifacts:") {
-            return Err(format!(
-                "version {} has source {source}, which is not served through MLflow's artifact proxy",
-                target.version
-            ));
-        }
-        let source = source.trim_end_matches('/').to_owned();
+        let uri = self.mlflow.resolve_model_uri(&target.name, &target.version).await.map_err(|e| e.to_string())?;
+        let source = self.stores.source(self.mlflow, &uri).map_err(|e| format!("version {}: {e}", target.version))?;
+        debug!(source = source.uri(), "fetching the model's files");
         let onnx = self.onnx_path(&source, target).await?;
         let staging = tempfile::Builder::new()
             .prefix(".staging-")
@@ -113,9 +112,16 @@ impl Fetcher<'_> {
                 ));
             }
             Some(_) => {
-                info!(files = files.len(), bytes, %digest, "model downloaded and verified against its ferry.sha256 tag")
+                info!(
+                    source = source.uri(),
+                    files = files.len(),
+                    bytes,
+                    %digest,
+                    "model downloaded and verified against its ferry.sha256 tag"
+                )
             }
             None => warn!(
+                source = source.uri(),
                 files = files.len(),
                 bytes,
                 %digest,
@@ -176,49 +182,55 @@ impl Fetcher<'_> {
 
     /// The ONNX file's path inside the model directory: from `MLmodel`, or
     /// for a bare folder without one, from Ferry's tag or the only `.onnx` file.
-    async fn onnx_path(&self, source: &str, target: &ModelVersion) -> Result<String, String> {
-        let uri = format!("{source}/{MLMODEL}");
-        match self.mlflow.download_artifact(&uri, 0).await {
-            Ok(resp) => {
-                if resp.content_length().is_some_and(|n| n > MAX_MLMODEL_BYTES) {
-                    return Err(format!("{uri} is over {MAX_MLMODEL_BYTES} bytes; not an MLmodel file"));
+    async fn onnx_path(&self, source: &Source, target: &ModelVersion) -> Result<String, String> {
+        let uri = format!("{}/{MLMODEL}", source.uri());
+        let version = &target.version;
+        match source.read(MLMODEL, 0).await {
+            Ok(mut reading) => {
+                let mut raw = Vec::new();
+                while let Some(chunk) = reading.bytes.next().await {
+                    raw.extend_from_slice(&chunk?);
+                    if raw.len() as u64 > MAX_MLMODEL_BYTES {
+                        return Err(format!("{uri} is over {MAX_MLMODEL_BYTES} bytes; not an MLmodel file"));
+                    }
                 }
-                let text = resp.text().await.map_err(|e| format!("downloading {uri}: {e}"))?;
-                let mlmodel = MlModel::parse(&text).map_err(|e| format!("version {}: {e}", target.version))?;
-                mlmodel.onnx_file().map_err(|e| format!("version {} is {e}", target.version))
+                let text = String::from_utf8(raw).map_err(|_| format!("{uri} is not UTF-8 text"))?;
+                let mlmodel = MlModel::parse(&text).map_err(|e| format!("version {version}: {e}"))?;
+                mlmodel.onnx_file().map_err(|e| format!("version {version} is {e}"))
             }
-            Err(e) if e.is_not_found() => {
+            Err(e) if e.not_found => {
                 if let Some(p) = target.tag(tags::ARTIFACT_PATH) {
                     return ferry_artifact::validate_relative_path(p)
                         .map_err(|e| format!("{}: {e}", tags::ARTIFACT_PATH));
                 }
-                let files = self.mlflow.list_artifacts(source).await.map_err(|e| e.to_string())?;
-                let mut onnx = files.into_iter().filter(|f| !f.is_dir && f.path.ends_with(".onnx"));
+                let dir = source.uri();
+                let files = source.list("").await.map_err(|e| e.message)?;
+                let mut onnx = files.into_iter().filter(|f| f.0.ends_with(".onnx"));
                 match (onnx.next(), onnx.next()) {
-                    (Some(f), None) => Ok(f.path.rsplit('/').next().unwrap_or(&f.path).to_owned()),
-                    (None, _) => Err(format!("version {}: {source} has no MLmodel and no .onnx file", target.version)),
+                    (Some(f), None) => Ok(f.0),
+                    (None, _) => Err(format!("version {version}: {dir} has no MLmodel and no .onnx file")),
                     (Some(_), Some(_)) => Err(format!(
-                        "version {}: {source} has no MLmodel and several .onnx files; log it with mlflow.onnx.log_model",
-                        target.version
+                        "version {version}: {dir} has no MLmodel and several .onnx files; log it with mlflow.onnx.log_model"
                     )),
                 }
             }
-            Err(e) => Err(format!("downloading {uri}: {e}")),
+            Err(e) => Err(e.message),
         }
     }
 
     /// Streams one file of the model to `staging/rel`, hashing it, resuming
-    /// after a dropped connection, and checks its size against MLflow's listing.
+    /// after a dropped connection or a transfer cut short, and checks its
+    /// size against the store's listing.
     async fn download(
         &self,
-        source: &str,
+        source: &Source,
         rel: &str,
         staging: &Path,
         listings: &mut Listings,
         budget: &mut u64,
     ) -> Result<FileDigest, String> {
         let rel = ferry_artifact::validate_relative_path(rel)?;
-        let listed = listings.size(self.mlflow, source, &rel).await?;
+        let listed = listings.size(source, &rel).await?;
         if let Some(n) = listed
             && n > *budget
         {
@@ -228,24 +240,29 @@ impl Fetcher<'_> {
         if let Some(parent) = dest.parent() {
             tokio::fs::create_dir_all(parent).await.map_err(|e| e.to_string())?;
         }
-        let uri = format!("{source}/{rel}");
         let mut out = tokio::fs::File::create(&dest).await.map_err(|e| format!("creating {}: {e}", dest.display()))?;
         let mut hasher = Sha256::new();
         let mut written = 0u64;
         let mut failures = 0u32;
         'attempt: loop {
-            let mut resp =
-                self.mlflow.download_artifact(&uri, written).await.map_err(|e| format!("downloading {uri}: {e}"))?;
-            if written > 0 && resp.status() != http::StatusCode::PARTIAL_CONTENT {
-                // The server sent the whole file again: start over.
+            let mut reading = source.read(&rel, written).await.map_err(|e| e.message)?;
+            if written > 0 && !reading.from_offset {
+                // The store sent the whole file again: start over.
                 out.set_len(0).await.map_err(|e| e.to_string())?;
                 out.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| e.to_string())?;
                 hasher = Sha256::new();
                 written = 0;
             }
             loop {
-                match resp.chunk().await {
-                    Ok(Some(chunk)) => {
+                let next = match reading.bytes.next().await {
+                    // A transfer that ends short of the listed size was cut: resume it.
+                    None if listed.is_some_and(|n| written < n) => {
+                        Some(Err(format!("the transfer of {rel} ended at byte {written}")))
+                    }
+                    other => other,
+                };
+                match next {
+                    Some(Ok(chunk)) => {
                         written += chunk.len() as u64;
                         if written > *budget {
                             return Err(format!("the model's files exceed the limit of {} bytes", self.max_bytes));
@@ -254,11 +271,11 @@ impl Fetcher<'_> {
                         out.write_all(&chunk).await.map_err(|e| format!("writing {}: {e}", dest.display()))?;
                         failures = 0;
                     }
-                    Ok(None) => break 'attempt,
-                    Err(e) => {
+                    None => break 'attempt,
+                    Some(Err(e)) => {
                         failures += 1;
                         if failures >= RESUME_ATTEMPTS {
-                            return Err(format!("downloading {uri}: {e} ({failures} attempts without progress)"));
+                            return Err(format!("{e} ({failures} attempts without progress)"));
                         }
                         warn!(file = %rel, bytes = written, error = %e, "download interrupted; resuming");
                         tokio::time::sleep(Duration::from_millis(200 << failures)).await;
@@ -271,7 +288,7 @@ impl Fetcher<'_> {
         if let Some(n) = listed
             && n != written
         {
-            return Err(format!("{rel}: MLflow lists {n} bytes, the download gave {written}"));
+            return Err(format!("{rel}: the store lists {n} bytes, the download gave {written}"));
         }
         *budget -= written;
         debug!(file = %rel, bytes = written, "downloaded");
@@ -279,31 +296,22 @@ impl Fetcher<'_> {
     }
 }
 
-/// MLflow's artifact listings, one call per folder.
+/// The store's listings, one call per folder.
 #[derive(Default)]
 struct Listings(HashMap<String, HashMap<String, Option<u64>>>);
 
 impl Listings {
-    /// The listed size of `rel` (None when MLflow gives none); an error when
-    /// the file is not listed at all.
-    async fn size(&mut self, mlflow: &ferry_mlflow::Client, source: &str, rel: &str) -> Result<Option<u64>, String> {
+    /// The listed size of `rel` (None when the store gives none); an error
+    /// when the file is not listed at all.
+    async fn size(&mut self, source: &Source, rel: &str) -> Result<Option<u64>, String> {
         let (folder, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         if !self.0.contains_key(folder) {
-            let uri = if folder.is_empty() { source.to_owned() } else { format!("{source}/{folder}") };
-            let files = mlflow.list_artifacts(&uri).await.map_err(|e| format!("listing {uri}: {e}"))?;
-            let sizes = files
-                .into_iter()
-                .filter(|f| !f.is_dir)
-                .map(|f| {
-                    let base = f.path.rsplit('/').next().unwrap_or(&f.path).to_owned();
-                    (base, f.file_size.and_then(|n| u64::try_from(n).ok()))
-                })
-                .collect();
+            let sizes = source.list(folder).await.map_err(|e| e.message)?.into_iter().collect();
             self.0.insert(folder.to_owned(), sizes);
         }
         match self.0.get(folder).and_then(|m| m.get(name)) {
             Some(size) => Ok(*size),
-            None => Err(format!("{rel} is not among the version's artifacts in MLflow")),
+            None => Err(format!("{rel} is not among the version's files in {}", source.uri())),
         }
     }
 }

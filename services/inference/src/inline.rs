@@ -239,8 +239,12 @@ mod tests {
         assert!(first.is_pending(), "the leader runs before others could join");
         let (j, rx) = job(2.0);
         s.inline.run(j, &s.batcher, &s.stats).await;
-        // The caller of the leading request goes away while it yields.
-        drop((lead, lead_rx));
+        // The caller of the leading request goes away while it yields: its
+        // receiver first, so the model thread that picks the hand-off up
+        // finds it cancelled (in the other order the thread can race the
+        // receiver's drop and run it, which failed this test once in CI).
+        drop(lead_rx);
+        drop(lead);
         assert_eq!(value(rx).await, TensorData::F32(vec![4.0; 2]));
         assert_eq!(*s.calls.lock().unwrap(), vec![("model thread", 1)], "the cancelled request ran");
     }

@@ -21,6 +21,7 @@ mod oip_http;
 pub mod remote;
 pub mod serving;
 pub mod spec;
+mod store;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
