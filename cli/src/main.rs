@@ -7,12 +7,11 @@ use clap::{Parser, Subcommand};
 use ferry_proto::{
     inference::v1::{DataType, PredictRequest, Tensor, inference_client::InferenceClient},
     registry::v1::{
-        RegisterModelMetadata, RegisterModelRequest, SetAliasRequest, Stage, TransitionStageRequest,
+        ModelFile, RegisterModelMetadata, RegisterModelRequest, SetAliasRequest, Stage, TransitionStageRequest,
         WatchModelsRequest, model_registry_client::ModelRegistryClient, register_model_request::Payload,
     },
 };
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, Parser)]
 #[command(name = "ferryctl", version, about = "Register, promote and query models through Ferry")]
@@ -52,10 +51,12 @@ fn pairs(items: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> 
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Upload an ONNX file and register it as a new version.
+    /// Upload an ONNX model and register it as a new version.
     Register {
         #[arg(long)]
         name: String,
+        /// The ONNX file, or a folder holding one; external data files the
+        /// graph references are read from beside it and uploaded with it.
         #[arg(long)]
         file: PathBuf,
         #[arg(long, default_value = "")]
@@ -112,18 +113,27 @@ enum Cmd {
 
 const CHUNK: usize = 1 << 20;
 
-async fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
-    use tokio::io::AsyncReadExt;
-    let mut f = tokio::fs::File::open(path).await?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = f.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(hex::encode(hasher.finalize()));
-        }
-        hasher.update(&buf[..n]);
-    }
+/// The files of the model at `path` (an ONNX file, or a folder with one):
+/// the graph first, then the external data files it references, each with
+/// its path relative to the model's folder.
+fn model_files(path: &std::path::Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let (dir, graph) = if path.is_dir() {
+        let graphs: Vec<String> = std::fs::read_dir(path)?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".onnx"))
+            .collect();
+        let [one] = graphs.as_slice() else {
+            bail!("{} must hold exactly one .onnx file; it has {}", path.display(), graphs.len());
+        };
+        (path.to_owned(), one.clone())
+    } else {
+        let name = path.file_name().and_then(|n| n.to_str()).context("not a file name")?;
+        (path.parent().map(PathBuf::from).unwrap_or_default(), name.to_owned())
+    };
+    let refs = std::fs::File::open(dir.join(&graph))
+        .and_then(ferry_artifact::external_data)
+        .with_context(|| format!("reading {}", dir.join(&graph).display()))?;
+    Ok(std::iter::once(graph).chain(refs).map(|rel| (rel.clone(), dir.join(rel))).collect())
 }
 
 #[tokio::main]
@@ -131,7 +141,18 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Register { name, file, description, tags, metrics, params } => {
-            let sha = sha256_file(&file).await.with_context(|| format!("reading {}", file.display()))?;
+            // The graph and its external data files, hashed as the registry will.
+            let files = model_files(&file)?;
+            let mut digests = Vec::with_capacity(files.len());
+            for (rel, path) in &files {
+                let (sha256, size) = tokio::task::spawn_blocking({
+                    let path = path.clone();
+                    move || ferry_artifact::hash_file(&path)
+                })
+                .await?
+                .with_context(|| format!("reading {}", path.display()))?;
+                digests.push(ferry_artifact::FileDigest { path: rel.clone(), sha256, size });
+            }
             let metrics = pairs(&metrics, "metric")?
                 .into_iter()
                 .map(|(k, v)| Ok((k, v.parse::<f64>().with_context(|| format!("metric value {v:?}"))?)))
@@ -140,23 +161,33 @@ async fn main() -> anyhow::Result<()> {
                 name,
                 description,
                 tags: pairs(&tags, "tag")?.into_iter().collect(),
-                expected_sha256: sha,
+                expected_sha256: ferry_artifact::ModelDigest::of(&digests),
                 metrics,
                 params: pairs(&params, "param")?.into_iter().collect(),
             };
             let first = RegisterModelRequest { payload: Some(Payload::Metadata(meta)) };
-            // Stream the file in chunks: the model may be far larger than memory allows.
-            let f = tokio::fs::File::open(&file).await?;
-            let chunks = futures::stream::unfold(f, |mut f| async move {
-                use tokio::io::AsyncReadExt;
-                let mut buf = vec![0u8; CHUNK];
-                match f.read(&mut buf).await {
-                    Ok(0) | Err(_) => None,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        Some((RegisterModelRequest { payload: Some(Payload::Chunk(buf)) }, f))
-                    }
-                }
+            // Each file named (a model in one file needs no name), then streamed in
+            // chunks: the model may be far larger than memory allows.
+            let named = files.len() > 1;
+            let chunks = futures::stream::iter(files).flat_map(move |(rel, path)| {
+                let header =
+                    named.then_some(RegisterModelRequest { payload: Some(Payload::File(ModelFile { path: rel })) });
+                let body = futures::stream::once(tokio::fs::File::open(path))
+                    .filter_map(|f| async move { f.ok() })
+                    .flat_map(|f| {
+                        futures::stream::unfold(f, |mut f| async move {
+                            use tokio::io::AsyncReadExt;
+                            let mut buf = vec![0u8; CHUNK];
+                            match f.read(&mut buf).await {
+                                Ok(0) | Err(_) => None,
+                                Ok(n) => {
+                                    buf.truncate(n);
+                                    Some((RegisterModelRequest { payload: Some(Payload::Chunk(buf)) }, f))
+                                }
+                            }
+                        })
+                    });
+                futures::stream::iter(header).chain(body)
             });
             let mut client = ModelRegistryClient::connect(cli.registry).await?;
             let resp = client

@@ -22,9 +22,13 @@ fn row() -> Vec<f32> {
 }
 
 fn predict_request() -> PredictRequest {
+    predict_request_for(MODEL)
+}
+
+fn predict_request_for(model: &str) -> PredictRequest {
     let row = row();
     PredictRequest {
-        model: MODEL.into(),
+        model: model.into(),
         inputs: vec![Tensor {
             name: "input".into(),
             dtype: DataType::Float32.into(),
@@ -179,5 +183,101 @@ async fn the_sha256_tag_covers_external_data() -> anyhow::Result<()> {
     .await?;
     ensure!(status.last_error.contains("checksum mismatch"), "{status:?}");
     ensure!(status.serving_version == good["version"].as_str().unwrap_or_default(), "{status:?}");
+    Ok(())
+}
+
+/// Ferry's own registration takes the same shapes: `ferryctl register` with a
+/// folder holding `model.onnx` and its data files, the same files as
+/// multipart parts of `POST /register-model`, or a server-side folder. The
+/// version is stored as `mlflow.onnx.log_model` stores it, so MLflow's client
+/// loads it back, and the inference service serves it verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_uploads_external_data() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let model_dir = d.join("saved");
+    // A model saved with ONNX's own helper: one data file per weight.
+    let saved = ferry_e2e::python(
+        &format!(
+            "import json, sys\n\
+             sys.path.insert(0, {py:?})\n\
+             import numpy as np, onnx, onnxruntime as ort\n\
+             from log_models import mlp, ROW\n\
+             m = mlp(5)\n\
+             want = ort.InferenceSession(m.SerializeToString(), providers=['CPUExecutionProvider']).run(None, {{'input': np.array([ROW], dtype=np.float32)}})[0]\n\
+             import os; os.makedirs({dir:?}, exist_ok=True)\n\
+             onnx.save_model(m, {dir:?} + '/model.onnx', save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=1024)\n\
+             print(json.dumps({{'expected': want.ravel().tolist(), 'files': sorted(os.listdir({dir:?}))}}))",
+            py = ferry_e2e::repo_root().join("python").display().to_string(),
+            dir = model_dir.display().to_string(),
+        ),
+        &[],
+    )?;
+    let saved: serde_json::Value = serde_json::from_str(saved.trim())?;
+    ensure!(saved["files"] == serde_json::json!(["W1", "W2", "model.onnx"]), "{saved}");
+
+    let mlflow = Mlflow::start(d).await?;
+    let registry = start_registry(d, &mlflow.url, &[]).await?;
+    let out = std::process::Command::new(ferry_e2e::bin_dir().join("ferryctl"))
+        .args(["--registry", &registry.url, "register", "--name", "ext", "--file"])
+        .arg(&model_dir)
+        .output()?;
+    ensure!(out.status.success(), "ferryctl register: {}", String::from_utf8_lossy(&out.stderr));
+    let registered: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(registered["version"] == "1" && registered["created"] == true, "{registered}");
+    let digest = registered["sha256"].as_str().context("sha256")?.to_owned();
+
+    // The same files over HTTP, as parts or as a server-side folder: the same version.
+    let http = reqwest::Client::new();
+    let mut form = reqwest::multipart::Form::new().text("modelName", "ext");
+    for f in ["model.onnx", "W1", "W2"] {
+        let part = reqwest::multipart::Part::bytes(std::fs::read(model_dir.join(f))?).file_name(f);
+        form = form.part("file", part);
+    }
+    let r: serde_json::Value =
+        http.post(format!("{}/register-model", registry.http)).multipart(form).send().await?.json().await?;
+    ensure!(r["version"] == "1" && r["created"] == false && r["sha256"] == digest.as_str(), "multipart: {r}");
+    let body = serde_json::json!({"modelName": "ext", "path": model_dir});
+    let r: serde_json::Value =
+        http.post(format!("{}/register-model", registry.http)).json(&body).send().await?.json().await?;
+    ensure!(r["version"] == "1" && r["created"] == false, "server-side folder: {r}");
+    // A graph without its data is refused, naming what is missing; nothing is written.
+    let part = reqwest::multipart::Part::bytes(std::fs::read(model_dir.join("model.onnx"))?).file_name("model.onnx");
+    let form = reqwest::multipart::Form::new().text("modelName", "ext").part("file", part);
+    let resp = http.post(format!("{}/register-model", registry.http)).multipart(form).send().await?;
+    ensure!(resp.status().as_u16() == 400, "graph alone: {}", resp.status());
+    let msg = resp.text().await?;
+    ensure!(msg.contains("\"W1\"") || msg.contains("\\\"W1\\\""), "the refusal should name the missing file: {msg}");
+
+    // MLflow's client loads what Ferry stored, data files included.
+    let code = format!(
+        "import json, mlflow, mlflow.onnx, numpy as np, onnxruntime as ort, sys\n\
+         sys.path.insert(0, {py:?})\n\
+         from log_models import ROW\n\
+         m = mlflow.onnx.load_model('models:/ext/1')\n\
+         s = ort.InferenceSession(m.SerializeToString(), providers=['CPUExecutionProvider'])\n\
+         files = sorted(f.path.rsplit('/', 1)[-1] for f in mlflow.MlflowClient().list_artifacts(mlflow.MlflowClient().get_model_version('ext', '1').run_id, 'model'))\n\
+         print(json.dumps({{'out': s.run(None, {{'input': np.array([ROW], dtype=np.float32)}})[0].ravel().tolist(), 'files': files}}))",
+        py = ferry_e2e::repo_root().join("python").display().to_string(),
+    );
+    let loaded: serde_json::Value =
+        serde_json::from_str(ferry_e2e::python(&code, &[("MLFLOW_TRACKING_URI", &mlflow.url)])?.trim())?;
+    ensure!(loaded["files"] == serde_json::json!(["MLmodel", "W1", "W2", "model.onnx"]), "{loaded}");
+    let got: Vec<f32> = serde_json::from_value::<Vec<f64>>(loaded["out"].clone())?.iter().map(|x| *x as f32).collect();
+    assert_close(&got, &saved["expected"])?;
+
+    // And the inference service serves it, verified against the tag.
+    let inference = start_inference(d, &mlflow.url, Some(&registry.url), "ext/1", &[]).await?;
+    let mut c = inference.client.clone();
+    let answer = wait_for("the registered model to serve", Duration::from_secs(30), || {
+        let mut c = c.clone();
+        async move { Ok(c.predict(predict_request_for("ext")).await.ok().map(|r| r.into_inner())) }
+    })
+    .await
+    .with_context(|| inference.proc.log_tail())?;
+    assert_close(&answer.outputs[0].float_data, &saved["expected"])?;
+    let status = c.get_model_metadata(GetModelMetadataRequest { model: "ext".into() }).await?.into_inner();
+    let status = status.model.context("status")?;
+    ensure!(status.verified && status.sha256 == digest, "{status:?}");
     Ok(())
 }

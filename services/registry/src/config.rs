@@ -43,8 +43,8 @@ pub struct Config {
     /// Changes kept for subscribers that reconnect.
     #[arg(long, env = "FERRY_HISTORY", default_value_t = 10_000)]
     pub history: usize,
-    /// Largest model file accepted, in bytes.
-    #[arg(long, env = "FERRY_MAX_MODEL_BYTES", default_value_t = 2 << 30)]
+    /// Largest model accepted: the sum of its files (graph and external data), in bytes.
+    #[arg(long, env = "FERRY_MAX_MODEL_BYTES", default_value_t = 16 << 30)]
     pub max_model_bytes: u64,
     /// Where uploads are spooled while they stream in.
     #[arg(long, env = "FERRY_UPLOAD_DIR", default_value_os_t = std::env::temp_dir())]

@@ -19,7 +19,7 @@ use crate::{
     convert,
     error::RegistryError,
     register::{self, Registration},
-    service::{self, Registry},
+    service::{self, Registry, Spool, Spooled},
 };
 
 #[derive(Debug, Clone)]
@@ -71,15 +71,35 @@ impl ModelRegistry for RegistryService {
         tracing::Span::current().record("model", meta.name.as_str());
         register::validate_name(&meta.name).map_err(status)?;
         // Spool to disk while hashing: the model may be far larger than memory allows.
-        let mut spool = self.registry.spool().await.map_err(status)?;
+        // Chunks before any ModelFile are the graph, `model.onnx`.
+        let mut files: Vec<(String, Spooled)> = Vec::new();
+        let mut current: Option<(String, Spool)> = None;
+        let used = |files: &[(String, Spooled)]| files.last().map_or(0, |f| f.1.total);
         while let Some(msg) = stream.message().await? {
             match msg.payload {
-                Some(Payload::Chunk(bytes)) => spool.write(&bytes).await.map_err(status)?,
+                Some(Payload::Chunk(bytes)) => {
+                    if current.is_none() {
+                        current = Some(("model.onnx".into(), self.registry.spool(used(&files)).await.map_err(status)?));
+                    }
+                    if let Some((_, spool)) = current.as_mut() {
+                        spool.write(&bytes).await.map_err(status)?;
+                    }
+                }
+                Some(Payload::File(f)) => {
+                    if let Some((rel, spool)) = current.take() {
+                        files.push((rel, spool.finish().await.map_err(status)?));
+                    }
+                    current = Some((f.path, self.registry.spool(used(&files)).await.map_err(status)?));
+                }
                 Some(Payload::Metadata(_)) => return Err(Status::invalid_argument("metadata may only be sent first")),
                 None => {}
             }
         }
-        let upload = spool.finish(&meta.expected_sha256).await.map_err(status)?;
+        match current.take() {
+            Some((rel, spool)) => files.push((rel, spool.finish().await.map_err(status)?)),
+            None if files.is_empty() => return Err(Status::invalid_argument("no model bytes were uploaded")),
+            None => {}
+        }
         let reg = Registration {
             name: meta.name,
             description: meta.description,
@@ -87,7 +107,7 @@ impl ModelRegistry for RegistryService {
             metrics: meta.metrics.into_iter().collect(),
             params: meta.params.into_iter().collect(),
         };
-        let done = self.registry.register(&reg, upload).await.map_err(status)?;
+        let done = self.registry.register(&reg, files, &meta.expected_sha256).await.map_err(status)?;
         Ok(Response::new(RegisterModelResponse {
             version: Some(convert::version(&done.version, None)),
             created: done.created,

@@ -19,7 +19,7 @@ use crate::{
     auth::{Access, Auth},
     error::RegistryError,
     register::Registration,
-    service::Registry,
+    service::{Registry, Spooled},
     webhook::{Verdict, Verifier},
 };
 
@@ -120,17 +120,21 @@ async fn register_model(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("multipart/form-data"));
     let mut params = q;
-    let mut spooled = None;
+    let mut files: Vec<(String, Spooled)> = Vec::new();
+    let used = |files: &[(String, Spooled)]| files.last().map_or(0, |f| f.1.total);
     if is_multipart {
         let mut form = Multipart::from_request(req, &()).await.map_err(|e| bad(&format!("bad multipart body: {e}")))?;
         while let Some(mut field) = form.next_field().await.map_err(|e| bad(&format!("bad multipart body: {e}")))? {
             match field.name().unwrap_or_default() {
+                // One field per file: the graph and, with external data, each data file under the
+                // name the graph gives it (curl -F file=@model.onnx -F file=@weights.data).
                 "file" | "model" => {
-                    let mut spool = st.registry.spool().await?;
+                    let rel = field.file_name().filter(|n| !n.is_empty()).unwrap_or("model.onnx").to_owned();
+                    let mut spool = st.registry.spool(used(&files)).await?;
                     while let Some(chunk) = field.chunk().await.map_err(|e| bad(&format!("reading upload: {e}")))? {
                         spool.write(&chunk).await?;
                     }
-                    spooled = Some(spool.finish("").await?);
+                    files.push((rel, spool.finish().await?));
                 }
                 "modelName" | "name" => params.model_name = Some(field.text().await.map_err(|e| bad(&e.to_string()))?),
                 "description" => params.description = Some(field.text().await.map_err(|e| bad(&e.to_string()))?),
@@ -149,29 +153,38 @@ async fn register_model(
         }
     }
     let name = params.model_name.ok_or_else(|| bad("modelName is required"))?;
-    let upload = match (spooled, params.path) {
-        (Some(s), _) => s,
-        (None, Some(path)) => {
-            let mut file =
-                tokio::fs::File::open(&path).await.map_err(|e| bad(&format!("cannot read {}: {e}", path.display())))?;
-            let mut spool = st.registry.spool().await?;
+    if files.is_empty() {
+        let Some(path) = params.path else {
+            return Err(bad("send the model as multipart \"file\" fields, or a \"path\" the server can read"));
+        };
+        // A server-side file, or a folder holding one .onnx file: the graph and the data files it references.
+        let (dir, graph) = model_on_disk(&path).await.map_err(|e| bad(&e))?;
+        let refs = {
+            let g = dir.join(&graph);
+            tokio::task::spawn_blocking(move || std::fs::File::open(&g).and_then(ferry_artifact::external_data))
+                .await
+                .map_err(|e| ApiError(RegistryError::Internal(e.to_string())))?
+                .map_err(|e| bad(&format!("{}: {e}", path.display())))?
+        };
+        for rel in std::iter::once(graph).chain(refs) {
+            let file = dir.join(&rel);
+            let mut reader =
+                tokio::fs::File::open(&file).await.map_err(|e| bad(&format!("cannot read {}: {e}", file.display())))?;
+            let mut spool = st.registry.spool(used(&files)).await?;
             let mut buf = vec![0u8; 1 << 16];
             loop {
                 use tokio::io::AsyncReadExt;
-                let n = file.read(&mut buf).await.map_err(|e| bad(&format!("reading {}: {e}", path.display())))?;
+                let n = reader.read(&mut buf).await.map_err(|e| bad(&format!("reading {}: {e}", file.display())))?;
                 if n == 0 {
                     break;
                 }
                 spool.write(&buf[..n]).await?;
             }
-            spool.finish("").await?
+            files.push((rel, spool.finish().await?));
         }
-        (None, None) => {
-            return Err(bad("send the model as a multipart \"file\" field, or a \"path\" the server can read"));
-        }
-    };
+    }
     let reg = Registration { name, description: params.description.unwrap_or_default(), ..Default::default() };
-    let done = st.registry.register(&reg, upload).await?;
+    let done = st.registry.register(&reg, files, "").await?;
     let v = &done.version;
     let status = if done.created { StatusCode::CREATED } else { StatusCode::OK };
     let body = json!({
@@ -203,4 +216,27 @@ async fn set_model_stage(
     })?;
     let v = st.registry.transition(&q.model_name, &q.version, &q.stage, q.archive_existing).await?;
     Ok(Json(json!({ "modelName": v.name, "version": v.version, "stage": v.current_stage })))
+}
+
+/// The folder and graph of a model on the server's disk: `path` is the ONNX
+/// file itself, or a folder with exactly one `.onnx` file in it.
+async fn model_on_disk(path: &std::path::Path) -> Result<(PathBuf, String), String> {
+    let meta = tokio::fs::metadata(path).await.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_dir() {
+        let name =
+            path.file_name().and_then(|n| n.to_str()).ok_or_else(|| format!("{} is not a file", path.display()))?;
+        let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+        return Ok((dir, name.to_owned()));
+    }
+    let mut rd = tokio::fs::read_dir(path).await.map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut graphs = Vec::new();
+    while let Ok(Some(e)) = rd.next_entry().await {
+        if let Some(n) = e.file_name().to_str().filter(|n| n.ends_with(".onnx")) {
+            graphs.push(n.to_owned());
+        }
+    }
+    match graphs.as_slice() {
+        [one] => Ok((path.to_owned(), one.clone())),
+        _ => Err(format!("{} must hold exactly one .onnx file; it has {}", path.display(), graphs.len())),
+    }
 }

@@ -1,6 +1,9 @@
-//! Registration: an ONNX file on local disk becomes an MLflow model version —
-//! a run holding `model/model.onnx` and an onnx-flavor `model/MLmodel`, the
-//! registered model, and a version tagged with the file's SHA-256.
+//! Registration: an ONNX model on local disk (one file, or the graph and its
+//! external data files) becomes an MLflow model version — a run holding
+//! `model/model.onnx`, its data files beside it and an onnx-flavor
+//! `model/MLmodel`, as `mlflow.onnx.log_model` lays it out, the registered
+//! model, and a version tagged with the model's digest
+//! (`ferry_artifact::ModelDigest`).
 
 use std::{collections::BTreeMap, io::Write, path::Path};
 
@@ -23,12 +26,70 @@ pub struct Registration {
     pub params: BTreeMap<String, String>,
 }
 
-/// The uploaded file, already on local disk, hashed while it streamed in.
+/// One uploaded file, already on local disk, hashed while it streamed in.
 #[derive(Debug)]
-pub struct Upload<'a> {
+pub struct UploadFile<'a> {
+    /// Relative to the model directory (`model.onnx`, `weights.data`).
+    pub rel: String,
     pub path: &'a Path,
     pub sha256: String,
     pub size: u64,
+}
+
+/// Every file of the uploaded model.
+#[derive(Debug)]
+pub struct Upload<'a> {
+    pub files: Vec<UploadFile<'a>>,
+    /// The caller's digest of the model, when it sent one.
+    pub expected_sha256: String,
+}
+
+/// The graph among the uploaded files, checked to come with exactly the
+/// external data files it references; and the model's digest.
+fn check_files(upload: &Upload<'_>) -> Result<(usize, String)> {
+    // (Reads only the graph's headers: external data is skipped with seeks.)
+    let bad = |m: String| RegistryError::InvalidArgument(m);
+    let mut seen = std::collections::BTreeSet::new();
+    for f in &upload.files {
+        let rel = ferry_artifact::validate_relative_path(&f.rel).map_err(|e| bad(format!("file {:?}: {e}", f.rel)))?;
+        if rel != f.rel || rel == "MLmodel" || !seen.insert(rel) {
+            return Err(bad(format!("file name {:?} is not allowed or sent twice", f.rel)));
+        }
+    }
+    let graphs: Vec<usize> = (0..upload.files.len()).filter(|i| upload.files[*i].rel.ends_with(".onnx")).collect();
+    let [graph] = graphs.as_slice() else {
+        return Err(bad(format!(
+            "send exactly one .onnx file (the graph) and its external data files; got {}",
+            upload.files.iter().map(|f| f.rel.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    };
+    let g = &upload.files[*graph];
+    let refs = std::fs::File::open(g.path)
+        .and_then(ferry_artifact::external_data)
+        .map_err(|e| bad(format!("invalid ONNX model: {e}")))?;
+    let base = g.rel.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
+    let wanted: std::collections::BTreeSet<String> = refs.iter().map(|r| format!("{base}{r}")).collect();
+    let sent: std::collections::BTreeSet<String> =
+        upload.files.iter().filter(|f| f.rel != g.rel).map(|f| f.rel.clone()).collect();
+    if let Some(missing) = wanted.difference(&sent).next() {
+        return Err(bad(format!("{} references external data {missing:?}, which was not uploaded", g.rel)));
+    }
+    if let Some(extra) = sent.difference(&wanted).next() {
+        return Err(bad(format!("{extra:?} was uploaded but {} does not reference it", g.rel)));
+    }
+    let digests: Vec<ferry_artifact::FileDigest> = upload
+        .files
+        .iter()
+        .map(|f| ferry_artifact::FileDigest { path: f.rel.clone(), sha256: f.sha256.clone(), size: f.size })
+        .collect();
+    let digest = ferry_artifact::ModelDigest::of(&digests);
+    if !upload.expected_sha256.is_empty() && !upload.expected_sha256.eq_ignore_ascii_case(&digest) {
+        return Err(bad(format!(
+            "upload is corrupt: expected sha256 {}, received bytes hash to {digest}",
+            upload.expected_sha256
+        )));
+    }
+    Ok((*graph, digest))
 }
 
 #[derive(Debug)]
@@ -39,7 +100,6 @@ pub struct Registered {
 }
 
 const MODEL_DIR: &str = "model";
-const ONNX_FILE: &str = "model.onnx";
 
 pub fn validate_name(name: &str) -> Result<()> {
     if name.trim().is_empty() {
@@ -55,8 +115,9 @@ pub fn validate_name(name: &str) -> Result<()> {
 
 pub async fn register(mlflow: &Client, experiment: &str, reg: &Registration, upload: Upload<'_>) -> Result<Registered> {
     validate_name(&reg.name)?;
-    // Validate before writing anything to MLflow: a bad file leaves no trace.
-    let path = upload.path.to_owned();
+    // Validate before writing anything to MLflow: a bad upload leaves no trace.
+    let (graph, digest) = check_files(&upload)?;
+    let path = upload.files[graph].path.to_owned();
     let info = tokio::task::spawn_blocking(move || {
         let file = std::fs::File::open(&path).map_err(|e| RegistryError::Internal(format!("reading upload: {e}")))?;
         // Mapped, not read: a model of hundreds of MB is parsed from the page
@@ -69,7 +130,7 @@ pub async fn register(mlflow: &Client, experiment: &str, reg: &Registration, upl
     .await
     .map_err(|e| RegistryError::Internal(e.to_string()))??;
 
-    if let Some(existing) = find_by_sha(mlflow, &reg.name, &upload.sha256).await? {
+    if let Some(existing) = find_by_sha(mlflow, &reg.name, &digest).await? {
         info!(model = %reg.name, version = %existing.version, "identical bytes already registered");
         return Ok(Registered { version: existing, created: false });
     }
@@ -97,7 +158,10 @@ pub async fn register(mlflow: &Client, experiment: &str, reg: &Registration, upl
             .map_err(|e| RegistryError::mlflow(ctx("log metrics and params"), e))
     };
     let result = match logged {
-        Ok(()) => register_in_run(mlflow, reg, &upload, &info, &run.run_id, &run.artifact_uri).await,
+        Ok(()) => {
+            let model = Model { upload: &upload, graph, digest: &digest, info: &info };
+            register_in_run(mlflow, reg, &model, &run.run_id, &run.artifact_uri).await
+        }
         Err(e) => Err(e),
     };
     match result {
@@ -105,7 +169,8 @@ pub async fn register(mlflow: &Client, experiment: &str, reg: &Registration, upl
             if let Err(e) = mlflow.finish_run(&run.run_id, RunStatus::Finished).await {
                 warn!(run_id = %run.run_id, error = %e, "could not mark the run FINISHED");
             }
-            info!(model = %reg.name, version = %version.version, sha256 = %upload.sha256, bytes = upload.size, "registered");
+            let bytes: u64 = upload.files.iter().map(|f| f.size).sum();
+            info!(model = %reg.name, version = %version.version, sha256 = %digest, files = upload.files.len(), bytes, "registered");
             Ok(Registered { version, created: true })
         }
         Err(e) => {
@@ -118,24 +183,35 @@ pub async fn register(mlflow: &Client, experiment: &str, reg: &Registration, upl
     }
 }
 
+/// A checked upload: its files, which one is the graph, its digest and signature.
+struct Model<'a> {
+    upload: &'a Upload<'a>,
+    graph: usize,
+    digest: &'a str,
+    info: &'a OnnxInfo,
+}
+
 async fn register_in_run(
     mlflow: &Client,
     reg: &Registration,
-    upload: &Upload<'_>,
-    info: &OnnxInfo,
+    model: &Model<'_>,
     run_id: &str,
     artifact_uri: &str,
 ) -> Result<ModelVersion> {
+    let (upload, info) = (model.upload, model.info);
+    let graph = &upload.files[model.graph].rel;
     let ctx = |what: &str| format!("registering {:?}: {what}", reg.name);
     let model_uri = format!("{}/{MODEL_DIR}", artifact_uri.trim_end_matches('/'));
-    mlflow
-        .upload_artifact(&format!("{model_uri}/{ONNX_FILE}"), upload.path)
-        .await
-        .map_err(|e| RegistryError::mlflow(ctx("artifact upload"), e))?;
+    for f in &upload.files {
+        mlflow
+            .upload_artifact(&format!("{model_uri}/{}", f.rel), f.path)
+            .await
+            .map_err(|e| RegistryError::mlflow(ctx(&format!("uploading {}", f.rel)), e))?;
+    }
     let mlmodel = tempfile::NamedTempFile::new().map_err(|e| RegistryError::Internal(e.to_string()))?;
     mlmodel
         .as_file()
-        .write_all(mlmodel_yaml(run_id, info).as_bytes())
+        .write_all(mlmodel_yaml(run_id, info, graph).as_bytes())
         .map_err(|e| RegistryError::Internal(e.to_string()))?;
     mlflow
         .upload_artifact(&format!("{model_uri}/MLmodel"), mlmodel.path())
@@ -151,9 +227,9 @@ async fn register_in_run(
         ts.iter().map(|t| format!("{}:{}{:?}", t.name, t.dtype, t.shape)).collect::<Vec<_>>().join(",")
     };
     for (k, v) in [
-        (tags::SHA256, upload.sha256.clone()),
-        (tags::SIZE, upload.size.to_string()),
-        (tags::ARTIFACT_PATH, ONNX_FILE.to_owned()),
+        (tags::SHA256, model.digest.to_owned()),
+        (tags::SIZE, upload.files.iter().map(|f| f.size).sum::<u64>().to_string()),
+        (tags::ARTIFACT_PATH, graph.clone()),
         ("ferry.onnx.opset", info.opset.to_string()),
         ("ferry.onnx.producer", info.producer.clone()),
         ("ferry.onnx.inputs", signature(&info.inputs)),
@@ -180,7 +256,7 @@ async fn find_by_sha(mlflow: &Client, name: &str, sha: &str) -> Result<Option<Mo
 /// An `MLmodel` of the onnx flavor (plus python_function), so that
 /// `mlflow.onnx.load_model` and `mlflow.pyfunc.load_model` load the version
 /// and the MLflow UI shows its signature.
-fn mlmodel_yaml(run_id: &str, info: &OnnxInfo) -> String {
+fn mlmodel_yaml(run_id: &str, info: &OnnxInfo, graph: &str) -> String {
     let spec = |ts: &[onnx::Tensor]| {
         let items: Vec<String> = ts
             .iter()
@@ -196,8 +272,8 @@ fn mlmodel_yaml(run_id: &str, info: &OnnxInfo) -> String {
     let created = chrono_like_now();
     format!(
         "artifact_path: {MODEL_DIR}\n\
-         flavors:\n  onnx:\n    code: null\n    data: {ONNX_FILE}\n    providers:\n    - CPUExecutionProvider\n    onnx_version: 1.20.1\n\
-         \x20 python_function:\n    data: {ONNX_FILE}\n    loader_module: mlflow.onnx\n    python_version: 3.11.7\n\
+         flavors:\n  onnx:\n    code: null\n    data: {graph}\n    providers:\n    - CPUExecutionProvider\n    onnx_version: 1.20.1\n\
+         \x20 python_function:\n    data: {graph}\n    loader_module: mlflow.onnx\n    python_version: 3.11.7\n\
          mlflow_version: 3.17.2\n\
          run_id: {run_id}\n\
          signature:\n  inputs: '{}'\n  outputs: '{}'\n  params: null\n\
@@ -252,7 +328,7 @@ mod tests {
             inputs: vec![onnx::Tensor { name: "input".into(), dtype: "float32".into(), shape: vec![-1, 4] }],
             outputs: vec![onnx::Tensor { name: "label".into(), dtype: "int64".into(), shape: vec![-1] }],
         };
-        let y = mlmodel_yaml("r1", &info);
+        let y = mlmodel_yaml("r1", &info, "model.onnx");
         assert!(y.contains(r#"inputs: '[{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 4]}, "name": "input"}]'"#), "{y}");
         assert!(y.contains("loader_module: mlflow.onnx"));
         assert_eq!(chrono_like_now().len(), 26);

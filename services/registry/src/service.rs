@@ -11,7 +11,7 @@ use tracing::info;
 use crate::{
     error::{RegistryError, Result},
     hub::Hub,
-    register::{self, Registered, Registration, Upload},
+    register::{self, Registered, Registration, Upload, UploadFile},
 };
 
 #[derive(Debug, Clone)]
@@ -37,7 +37,9 @@ pub struct Spool {
     tmp: tempfile::NamedTempFile,
     file: tokio::fs::File,
     hasher: Sha256,
+    /// Bytes of the model so far: earlier files and this one.
     size: u64,
+    start: u64,
     max: u64,
 }
 
@@ -45,34 +47,35 @@ impl Spool {
     pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.size += bytes.len() as u64;
         if self.size > self.max {
-            return Err(RegistryError::InvalidArgument(format!("model file exceeds the limit of {} bytes", self.max)));
+            return Err(RegistryError::InvalidArgument(format!(
+                "the model's files exceed the limit of {} bytes",
+                self.max
+            )));
         }
         self.hasher.update(bytes);
         self.file.write_all(bytes).await.map_err(|e| RegistryError::Internal(format!("spooling upload: {e}")))
     }
 
-    /// The complete upload; `expected_sha256` (if any) must match.
-    pub async fn finish(mut self, expected_sha256: &str) -> Result<Spooled> {
+    /// The complete file (the caller's digest is checked over the whole model).
+    pub async fn finish(mut self) -> Result<Spooled> {
         self.file.flush().await.map_err(|e| RegistryError::Internal(format!("spooling upload: {e}")))?;
-        if self.size == 0 {
+        if self.size == self.start {
             return Err(RegistryError::InvalidArgument("no model bytes were uploaded".into()));
         }
         let sha256 = hex::encode(self.hasher.finalize());
-        if !expected_sha256.is_empty() && !expected_sha256.eq_ignore_ascii_case(&sha256) {
-            return Err(RegistryError::InvalidArgument(format!(
-                "upload is corrupt: expected sha256 {expected_sha256}, received bytes hash to {sha256}"
-            )));
-        }
-        Ok(Spooled { tmp: self.tmp, sha256, size: self.size })
+        Ok(Spooled { tmp: self.tmp, sha256, len: self.size - self.start, total: self.size })
     }
 }
 
-/// A complete, hashed upload on local disk (deleted when dropped).
+/// A complete, hashed file on local disk (deleted when dropped).
 #[derive(Debug)]
 pub struct Spooled {
     tmp: tempfile::NamedTempFile,
     pub sha256: String,
-    pub size: u64,
+    /// This file's size.
+    pub len: u64,
+    /// The model's files so far, this one included (for the next `spool`).
+    pub total: u64,
 }
 
 fn page_size(n: i32) -> u32 {
@@ -80,17 +83,29 @@ fn page_size(n: i32) -> u32 {
 }
 
 impl Registry {
-    /// Starts spooling an upload to disk.
-    pub async fn spool(&self) -> Result<Spool> {
+    /// Starts spooling one file of an upload to disk; `used` is what the
+    /// model's files before it took of the size limit.
+    pub async fn spool(&self, used: u64) -> Result<Spool> {
         let internal = |e: std::io::Error| RegistryError::Internal(format!("upload directory: {e}"));
         tokio::fs::create_dir_all(&self.upload_dir).await.map_err(internal)?;
         let tmp = tempfile::NamedTempFile::new_in(&self.upload_dir).map_err(internal)?;
         let file = tokio::fs::File::from_std(tmp.reopen().map_err(internal)?);
-        Ok(Spool { tmp, file, hasher: Sha256::new(), size: 0, max: self.max_model_bytes })
+        Ok(Spool { tmp, file, hasher: Sha256::new(), size: used, start: used, max: self.max_model_bytes })
     }
 
-    pub async fn register(&self, reg: &Registration, upload: Spooled) -> Result<Registered> {
-        let up = Upload { path: upload.tmp.path(), sha256: upload.sha256.clone(), size: upload.size };
+    /// Registers a model from its spooled files (path relative to the model
+    /// directory, and the file); `expected_sha256` is the caller's digest, if any.
+    pub async fn register(
+        &self,
+        reg: &Registration,
+        files: Vec<(String, Spooled)>,
+        expected_sha256: &str,
+    ) -> Result<Registered> {
+        let files_up = files
+            .iter()
+            .map(|(rel, f)| UploadFile { rel: rel.clone(), path: f.tmp.path(), sha256: f.sha256.clone(), size: f.len })
+            .collect();
+        let up = Upload { files: files_up, expected_sha256: expected_sha256.to_owned() };
         let done = register::register(&self.mlflow, &self.experiment, reg, up).await?;
         let counter =
             if done.created { &self.hub.stats.registrations_created } else { &self.hub.stats.registrations_existing };
