@@ -5,7 +5,13 @@
 //! tags. A version that is not ONNX is refused by name and the one serving
 //! stays.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Context, ensure};
 use ferry_e2e::{Mlflow, assert_close, python_script, start_inference, start_registry, wait_for};
@@ -279,5 +285,73 @@ async fn registration_uploads_external_data() -> anyhow::Result<()> {
     let status = c.get_model_metadata(GetModelMetadataRequest { model: "ext".into() }).await?.into_inner();
     let status = status.model.context("status")?;
     ensure!(status.verified && status.sha256 == digest, "{status:?}");
+    Ok(())
+}
+
+/// A TCP proxy in front of MLflow that cuts the first connection to carry
+/// more than `cut_after` bytes back to the client, mid-transfer.
+async fn cutting_proxy(upstream: String, cut_after: usize) -> anyhow::Result<(String, Arc<AtomicBool>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let cut = Arc::new(AtomicBool::new(false));
+    let fired = Arc::clone(&cut);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (upstream, cut) = (upstream.clone(), Arc::clone(&fired));
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                let (mut sent, mut buf) = (0usize, vec![0u8; 4096]);
+                while let Ok(n) = sr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if !cut.load(Ordering::SeqCst) && sent + n > cut_after {
+                        let _ = cw.write_all(&buf[..cut_after - sent]).await;
+                        cut.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n;
+                }
+                up.abort();
+            });
+        }
+    });
+    Ok((format!("http://{addr}"), cut))
+}
+
+/// A download cut mid-file resumes where it stopped (a range request) and
+/// the model still hashes to what MLflow's client logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_download_resumes() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let logged =
+        python_script("log_models.py", &["--name", MODEL, "external"], &[("MLFLOW_TRACKING_URI", &mlflow.url)])?;
+    let logged: Vec<serde_json::Value> = serde_json::from_str(logged.lines().last().unwrap_or_default())?;
+    let v = &logged[0];
+    // The weights file is ~38 KB; every other answer is far smaller.
+    let (proxy, cut) = cutting_proxy(mlflow.url.trim_start_matches("http://").to_owned(), 20_000).await?;
+    let inference = start_inference(d, &proxy, None, &format!("{MODEL}/1"), &[]).await?;
+    let mut c = inference.client.clone();
+    let answer = wait_for("the version to serve", Duration::from_secs(30), || {
+        let mut c = c.clone();
+        async move { Ok(c.predict(predict_request()).await.ok().map(|r| r.into_inner())) }
+    })
+    .await
+    .with_context(|| inference.proc.log_tail())?;
+    ensure!(cut.load(Ordering::SeqCst), "the proxy never cut a transfer");
+    assert_close(&answer.outputs[0].float_data, &v["expected"])?;
+    let status = c.get_model_metadata(GetModelMetadataRequest { model: MODEL.into() }).await?.into_inner();
+    ensure!(status.model.is_some_and(|m| m.sha256 == v["digest"].as_str().unwrap_or_default()), "digest differs");
+    let log = std::fs::read_to_string(&inference.proc.log)?;
+    ensure!(log.contains("download interrupted; resuming"), "no resumption in the log:\n{}", inference.proc.log_tail());
     Ok(())
 }
