@@ -64,15 +64,18 @@ def log_model(gb, tracking):
     """Runs in a child process so its memory does not count against the peers."""
     code = f"""
 import json, mlflow, mlflow.onnx, numpy as np, onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 rows = int({gb} * {ROWS_PER_GB})
-table = np.random.default_rng(7).standard_normal((rows, 64), dtype=np.float32)
 g = helper.make_graph([helper.make_node('Gather', ['table', 'ids'], ['output'])], 'embedding',
     [helper.make_tensor_value_info('ids', TensorProto.INT64, [None])],
-    [helper.make_tensor_value_info('output', TensorProto.FLOAT, [None, 64])],
-    [numpy_helper.from_array(table, 'table')])
+    [helper.make_tensor_value_info('output', TensorProto.FLOAT, [None, 64])])
 model = helper.make_model(g, opset_imports=[helper.make_opsetid('', 17)])
-del table
+# Set in place: protobuf refuses to copy a message over 2 GB (make_graph's
+# initializer list copies), so a tensor that large is filled where it lives.
+t = model.graph.initializer.add()
+t.name, t.data_type = 'table', TensorProto.FLOAT
+t.dims.extend([rows, 64])
+t.raw_data = np.random.default_rng(7).standard_normal((rows, 64), dtype=np.float32).tobytes()
 mlflow.set_experiment('large')
 info = mlflow.onnx.log_model(model, name='model', registered_model_name='big')
 print(json.dumps({{'version': str(info.registered_model_version), 'rows': rows}}))

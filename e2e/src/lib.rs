@@ -669,6 +669,11 @@ pub fn predict_row(model: &str, row: &[f32]) -> PredictRequest {
     }
 }
 
+/// The row `python/log_models.py` computes its expected outputs on (64 floats).
+pub fn logged_row() -> Vec<f32> {
+    (0..64).map(|i| ((0.05 * f64::from(i) - 1.0) * 1000.0).round() as f32 / 1000.0).collect()
+}
+
 /// Waits until `version` of `model` answers, and returns that answer.
 pub async fn wait_serving(
     client: &InferenceClient<Channel>,

@@ -14,36 +14,18 @@ use std::{
 };
 
 use anyhow::{Context, ensure};
-use ferry_e2e::{Mlflow, assert_close, python_script, start_inference, start_registry, wait_for};
+use ferry_e2e::{
+    Mlflow, assert_close, logged_row, predict_row, python_script, start_inference, start_registry, wait_for,
+};
 use ferry_proto::{
-    inference::v1::{DataType, GetModelMetadataRequest, ModelState, PredictRequest, Tensor},
+    inference::v1::{GetModelMetadataRequest, ModelState, PredictRequest},
     registry::v1::SetAliasRequest,
 };
 
 const MODEL: &str = "mlp";
 
-/// The row `python/log_models.py` computed its expected outputs on.
-fn row() -> Vec<f32> {
-    (0..64).map(|i| ((0.05 * f64::from(i) - 1.0) * 1000.0).round() as f32 / 1000.0).collect()
-}
-
 fn predict_request() -> PredictRequest {
-    predict_request_for(MODEL)
-}
-
-fn predict_request_for(model: &str) -> PredictRequest {
-    let row = row();
-    PredictRequest {
-        model: model.into(),
-        inputs: vec![Tensor {
-            name: "input".into(),
-            dtype: DataType::Float32.into(),
-            shape: vec![1, row.len() as i64],
-            float_data: row,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    predict_row(MODEL, &logged_row())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,7 +259,7 @@ async fn registration_uploads_external_data() -> anyhow::Result<()> {
     let mut c = inference.client.clone();
     let answer = wait_for("the registered model to serve", Duration::from_secs(30), || {
         let mut c = c.clone();
-        async move { Ok(c.predict(predict_request_for("ext")).await.ok().map(|r| r.into_inner())) }
+        async move { Ok(c.predict(predict_row("ext", &logged_row())).await.ok().map(|r| r.into_inner())) }
     })
     .await
     .with_context(|| inference.proc.log_tail())?;

@@ -7,24 +7,11 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use ferry_e2e::{Mlflow, MlflowOptions, S3, assert_close, python, python_script, start_inference, wait_for};
-use ferry_proto::inference::v1::{DataType, GetModelMetadataRequest, PredictRequest, Tensor};
+use ferry_e2e::{
+    Mlflow, MlflowOptions, S3, assert_close, logged_row, predict_row, python, python_script, start_inference, wait_for,
+};
+use ferry_proto::inference::v1::GetModelMetadataRequest;
 use serde_json::Value;
-
-fn request() -> PredictRequest {
-    let row: Vec<f32> = (0..64).map(|i| ((0.05 * f64::from(i) - 1.0) * 1000.0).round() as f32 / 1000.0).collect();
-    PredictRequest {
-        model: "mlp".into(),
-        inputs: vec![Tensor {
-            name: "input".into(),
-            dtype: DataType::Float32.into(),
-            shape: vec![1, 64],
-            float_data: row,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inference_reads_s3_directly_when_mlflow_does_not_proxy() -> anyhow::Result<()> {
@@ -64,15 +51,18 @@ async fn inference_reads_s3_directly_when_mlflow_does_not_proxy() -> anyhow::Res
             ),
             &client_env,
         )?;
-        let answer =
-            wait_for(&format!("version {version} from S3"), Duration::from_secs(30), || {
-                let (mut c, version) = (inference.client.clone(), version.clone());
-                async move {
-                    Ok(c.predict(request()).await.ok().map(|r| r.into_inner()).filter(|r| r.model_version == version))
-                }
-            })
-            .await
-            .with_context(|| inference.proc.log_tail())?;
+        let answer = wait_for(&format!("version {version} from S3"), Duration::from_secs(30), || {
+            let (mut c, version) = (inference.client.clone(), version.clone());
+            async move {
+                Ok(c.predict(predict_row("mlp", &logged_row()))
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner())
+                    .filter(|r| r.model_version == version))
+            }
+        })
+        .await
+        .with_context(|| inference.proc.log_tail())?;
         assert_close(&answer.outputs[0].float_data, &v["expected"])?;
         let status = inference
             .client

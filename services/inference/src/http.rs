@@ -141,10 +141,7 @@ async fn invocations(
         .or_else(|| headers.get(MODEL_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned))
         .unwrap_or_else(|| st.models.default_name().to_owned());
     tracing::Span::current().record("model", model.as_str());
-    let slot = st.models.slot(&model)?;
-    let current = slot.current().ok_or_else(|| {
-        ServeError::Unavailable(format!("model {model:?} ({}) has no version loaded yet", slot.spec.selector))
-    })?;
+    let current = serving_now(&st.models, &model)?;
     let (inputs, shape) = mlflow_scoring::decode(format, &body, &current.signature.inputs)?;
     drop(current);
     // Not pinned to the version looked up: a swap in between must not fail the
@@ -162,6 +159,15 @@ async fn invocations(
         })
         .await?;
     Ok(Json(mlflow_scoring::encode(p.outputs, shape)))
+}
+
+/// The version `model` serves now, for an adapter that shapes its input from
+/// the signature (the serving lease of the restructure will hold it for the run).
+fn serving_now(models: &Models, model: &str) -> Result<Arc<crate::serving::LoadedModel>, ServeError> {
+    let slot = models.slot(model)?;
+    slot.current().ok_or_else(|| {
+        ServeError::Unavailable(format!("model {model:?} ({}) has no version loaded yet", slot.spec.selector))
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,10 +197,7 @@ async fn predict(
     }
     let model = q.model.unwrap_or_else(|| st.models.default_name().to_owned());
     tracing::Span::current().record("model", model.as_str());
-    let slot = st.models.slot(&model)?;
-    let current = slot.current().ok_or_else(|| {
-        ServeError::Unavailable(format!("model {model:?} ({}) has no version loaded yet", slot.spec.selector))
-    })?;
+    let current = serving_now(&st.models, &model)?;
     let sig = &current.signature;
     let [input] = sig.inputs.as_slice() else {
         return Err(bad(format!(
