@@ -133,6 +133,17 @@ async fn invocations_answer_like_mlflow_models_serve() -> anyhow::Result<()> {
         .send()
         .await?;
     ensure!(resp.status().as_u16() == 415, "text/plain: {}", resp.status());
+
+    // Counted like every other API: successes and the refused bodies.
+    let text = http.get(&inference.metrics).send().await?.text().await?;
+    let count = |code: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("ferry_inference_requests_total{method=\"rest.invocations\"") && l.contains(code))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    ensure!(count("code=\"ok\"") >= 7.0, "successful /invocations not counted:\n{text}");
+    ensure!(count("code=\"invalid_argument\"") >= 1.0, "a refused body not counted:\n{text}");
     let _ = serve.terminate(Duration::from_secs(10));
     Ok(())
 }

@@ -141,33 +141,11 @@ async fn invocations(
         .or_else(|| headers.get(MODEL_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned))
         .unwrap_or_else(|| st.models.default_name().to_owned());
     tracing::Span::current().record("model", model.as_str());
-    let current = serving_now(&st.models, &model)?;
-    let (inputs, shape) = mlflow_scoring::decode(format, &body, &current.signature.inputs)?;
-    drop(current);
-    // Not pinned to the version looked up: a swap in between must not fail the
-    // request (as with /predict; the serving lease of the restructure removes
-    // the second lookup).
-    let p = st
-        .models
-        .predict(PredictInput {
-            model,
-            version: None,
-            inputs,
-            outputs: Vec::new(),
-            deadline: None,
-            method: "rest.invocations",
-        })
-        .await?;
+    // One lookup: the version whose signature shapes the input runs it.
+    let lease = st.models.acquire(&model, None, "rest.invocations")?;
+    let (inputs, shape) = mlflow_scoring::decode(format, &body, &lease.signature().inputs)?;
+    let p = lease.run(inputs, Vec::new(), None).await?;
     Ok(Json(mlflow_scoring::encode(p.outputs, shape)))
-}
-
-/// The version `model` serves now, for an adapter that shapes its input from
-/// the signature (the serving lease of the restructure will hold it for the run).
-fn serving_now(models: &Models, model: &str) -> Result<Arc<crate::serving::LoadedModel>, ServeError> {
-    let slot = models.slot(model)?;
-    slot.current().ok_or_else(|| {
-        ServeError::Unavailable(format!("model {model:?} ({}) has no version loaded yet", slot.spec.selector))
-    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,8 +175,9 @@ async fn predict(
     }
     let model = q.model.unwrap_or_else(|| st.models.default_name().to_owned());
     tracing::Span::current().record("model", model.as_str());
-    let current = serving_now(&st.models, &model)?;
-    let sig = &current.signature;
+    // One lookup: the version whose signature shapes the row runs it.
+    let lease = st.models.acquire(&model, None, "rest.predict")?;
+    let sig = lease.signature();
     let [input] = sig.inputs.as_slice() else {
         return Err(bad(format!(
             "model {model:?} has {} inputs; /predict serves single-input models",
@@ -224,18 +203,7 @@ async fn predict(
         .or_else(|| sig.outputs.iter().find(|s| s.dtype == DType::F32).map(|s| s.name.clone()))
         .unwrap_or_else(|| sig.outputs[0].name.clone());
     let input_name = input.name.clone();
-    drop(current);
-    let p = st
-        .models
-        .predict(PredictInput {
-            model,
-            version: None,
-            inputs: vec![NamedTensor { name: input_name, shape, data }],
-            outputs: vec![output],
-            deadline: None,
-            method: "rest.predict",
-        })
-        .await?;
+    let p = lease.run(vec![NamedTensor { name: input_name, shape, data }], vec![output], None).await?;
     let prediction = p.outputs.into_iter().next().map_or(Elements::F32(Vec::new()), |t| Elements::from(t.data));
     Ok(Json(PredictReply { model_version: p.version, prediction }))
 }

@@ -297,56 +297,107 @@ impl Models {
 
     /// Runs a prediction on the serving version of the named model.
     pub async fn predict(&self, req: PredictInput) -> Result<Prediction, ServeError> {
-        let slot = self.slot(&req.model)?;
+        let lease = self.acquire(&req.model, req.version.as_deref(), req.method)?;
+        lease.run(req.inputs, req.outputs, req.deadline).await
+    }
+
+    /// Takes a request's hold on the version `name` serves now (or exactly
+    /// `version`): an in-flight permit and the loaded version, in one lookup.
+    /// An adapter that shapes its input from the signature reads it from the
+    /// lease, so the version that shaped the input is the one that runs it,
+    /// whatever a swap does meanwhile. Failures are counted under `method`.
+    pub fn acquire(&self, name: &str, version: Option<&str>, method: &'static str) -> Result<Lease<'_>, ServeError> {
+        let slot = self.slot(name)?;
         let started = Instant::now();
-        let method = req.method;
-        let result = self.predict_in(slot, req).await;
+        let fail = |e: ServeError| {
+            let elapsed = started.elapsed();
+            slot.stats.record(false, elapsed.as_nanos() as u64);
+            let current = slot.current().map(|m| m.version.clone()).unwrap_or_default();
+            slot.stats.requests.record((method, current), 1 + e.kind_index(), elapsed);
+            e
+        };
+        // Backpressure at the door: a bounded number in flight, never an unbounded queue.
+        let permit = Arc::clone(&slot.in_flight).try_acquire_owned().map_err(|_| {
+            fail(ServeError::Overloaded(format!(
+                "model {name:?} has {} requests in flight; retry shortly",
+                slot.max_in_flight
+            )))
+        })?;
+        let Some(model) = slot.current() else {
+            return Err(fail(ServeError::Unavailable(format!(
+                "model {name:?} ({}) has no version loaded yet",
+                slot.spec.selector
+            ))));
+        };
+        if let Some(v) = version.filter(|v| !v.is_empty())
+            && v != model.version
+        {
+            return Err(fail(ServeError::VersionMismatch(format!(
+                "model {name:?} serves version {}, not {v}",
+                model.version
+            ))));
+        }
+        Ok(Lease { slot, model, permit, method, started })
+    }
+}
+
+/// A request's hold on one loaded version (see [`Models::acquire`]).
+#[derive(Debug)]
+pub struct Lease<'a> {
+    slot: &'a ModelSlot,
+    model: Arc<LoadedModel>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    method: &'static str,
+    started: Instant,
+}
+
+impl Lease<'_> {
+    pub fn version(&self) -> &str {
+        &self.model.version
+    }
+
+    pub fn signature(&self) -> &Signature {
+        &self.model.signature
+    }
+
+    /// Runs the request on the leased version and counts its outcome.
+    pub async fn run(
+        self,
+        inputs: Vec<NamedTensor>,
+        outputs: Vec<String>,
+        deadline: Option<Instant>,
+    ) -> Result<Prediction, ServeError> {
+        let (slot, method, started) = (self.slot, self.method, self.started);
+        let leased = self.model.version.clone();
+        let result = self.run_in(inputs, outputs, deadline).await;
         let elapsed = started.elapsed();
         slot.stats.record(result.is_ok(), elapsed.as_nanos() as u64);
         match &result {
             Ok(p) => slot.stats.requests.record((method, p.version.clone()), 0, elapsed),
-            Err(e) => {
-                let version = slot.current().map(|m| m.version.clone()).unwrap_or_default();
-                slot.stats.requests.record((method, version), 1 + e.kind_index(), elapsed);
-            }
+            Err(e) => slot.stats.requests.record((method, leased), 1 + e.kind_index(), elapsed),
         }
         result
     }
 
-    async fn predict_in(&self, slot: &ModelSlot, req: PredictInput) -> Result<Prediction, ServeError> {
-        // Backpressure at the door: a bounded number in flight, never an unbounded queue.
-        let permit = Arc::clone(&slot.in_flight).try_acquire_owned().map_err(|_| {
-            ServeError::Overloaded(format!(
-                "model {:?} has {} requests in flight; retry shortly",
-                req.model, slot.max_in_flight
-            ))
-        })?;
-        let Some(model) = slot.current() else {
-            return Err(ServeError::Unavailable(format!(
-                "model {:?} ({}) has no version loaded yet",
-                req.model, slot.spec.selector
-            )));
-        };
-        if let Some(v) = req.version.as_deref().filter(|v| !v.is_empty())
-            && v != model.version
-        {
-            return Err(ServeError::VersionMismatch(format!(
-                "model {:?} serves version {}, not {v}",
-                req.model, model.version
-            )));
-        }
-        validate(&model.signature, &req.inputs, &req.outputs)?;
-        let name = req.model;
+    async fn run_in(
+        self,
+        inputs: Vec<NamedTensor>,
+        outputs: Vec<String>,
+        deadline: Option<Instant>,
+    ) -> Result<Prediction, ServeError> {
+        let Lease { slot, model, permit, .. } = self;
+        validate(&model.signature, &inputs, &outputs)?;
+        let name = slot.spec.name.clone();
         let (outputs, version) = match &model.backend {
             Backend::Local { engine, .. } => {
-                let outputs = engine.infer(req.inputs, req.outputs, req.deadline).await?;
+                let outputs = engine.infer(inputs, outputs, deadline).await?;
                 drop(permit);
                 (outputs, model.version.clone())
             }
             Backend::Remote(remote) => {
-                let rows = crate::engine::rows(&req.inputs);
+                let rows = crate::engine::rows(&inputs);
                 let started = Instant::now();
-                let (outputs, version) = remote.infer(req.inputs, &req.outputs).await?;
+                let (outputs, version) = remote.infer(inputs, &outputs).await?;
                 drop(permit);
                 slot.stats.exec.record(1, rows, started.elapsed());
                 // The remote's own label, when it gives one, is the truth.
