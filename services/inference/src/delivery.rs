@@ -22,7 +22,7 @@ use crate::{
     engine::Runtime,
     fetch::{Fetcher, sanitize},
     remote::{self, RemoteModel},
-    serving::{Backend, LoadFailure, LoadedModel, ModelSlot, Models},
+    serving::{Backend, LoadTiming, LoadedModel, ModelSlot, Models},
     spec::Selector,
     store::Stores,
 };
@@ -215,12 +215,7 @@ impl Loader {
         {
             return;
         }
-        if let Ok(f) = self.slot.failure.lock()
-            && let Some(f) = f.as_ref()
-            && f.version == target.version
-            && f.sha256 == sha
-            && f.at.is_some_and(|at| at.elapsed() < RETRY_FAILED_AFTER)
-        {
+        if self.slot.failed_recently(&target.version, &sha, RETRY_FAILED_AFTER) {
             return;
         }
         let started = Instant::now();
@@ -231,13 +226,10 @@ impl Loader {
                     Backend::Local { dir, .. } => Some(dir.clone()),
                     Backend::Remote(_) => None,
                 };
-                let old = self.models.swap(&self.slot.spec.name, model);
-                let stats = &self.slot.stats;
-                stats.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                stats.load_ns.fetch_add(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
-                stats.load_duration.observe_duration(started.elapsed());
                 let since = observed_at.map_or(noticed, |at| at.min(noticed));
-                stats.delivery_lag.observe_duration(SystemTime::now().duration_since(since).unwrap_or_default());
+                let lag = SystemTime::now().duration_since(since).unwrap_or_default();
+                let timing = LoadTiming { took: started.elapsed(), lag };
+                let old = self.models.install(&self.slot.spec.name, model, Some(timing));
                 info!(
                     version = %target.version,
                     previous = old.as_ref().map(|o| o.version.as_str()).unwrap_or("none"),
@@ -252,17 +244,14 @@ impl Loader {
                     self.clean_files(&dir).await;
                 }
             }
-            Err(error) => self.fail(&target.version, sha, error),
+            Err(error) => self.fail(&target.version, &sha, error),
         }
     }
 
     /// Records a failed load; the current version keeps serving.
-    fn fail(&self, version: &str, sha256: String, error: String) {
+    fn fail(&self, version: &str, sha256: &str, error: String) {
         warn!(version, %error, "load failed; the current version keeps serving");
-        self.slot.stats.load_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(mut f) = self.slot.failure.lock() {
-            *f = Some(LoadFailure { version: version.to_owned(), sha256, error, at: Some(Instant::now()) });
-        }
+        self.slot.fail(version, sha256, error);
     }
 
     /// A remote slot: the registered model's tags say where the version is
@@ -276,7 +265,7 @@ impl Loader {
         let tags = model.tag_map();
         let Some(endpoint) = tags.get(remote::ENDPOINT_TAG) else {
             let error = format!("registered model {name:?} has no {} tag naming its server", remote::ENDPOINT_TAG);
-            return self.fail(&target.version, String::new(), error);
+            return self.fail(&target.version, "", error);
         };
         let remote_name = tags.get(remote::NAME_TAG).unwrap_or(name);
         if let Some(cur) = self.slot.current()
@@ -288,8 +277,7 @@ impl Loader {
         match RemoteModel::connect(endpoint, remote_name).await {
             Ok((remote, signature)) => {
                 info!(version = %target.version, %endpoint, "now forwarding to the remote server");
-                self.slot.stats.loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.models.swap(
+                self.models.install(
                     name,
                     LoadedModel {
                         version: target.version.clone(),
@@ -299,9 +287,10 @@ impl Loader {
                         backend: Backend::Remote(remote),
                         loaded_at: Instant::now(),
                     },
+                    None,
                 );
             }
-            Err(error) => self.fail(&target.version, String::new(), error),
+            Err(error) => self.fail(&target.version, "", error),
         }
     }
 

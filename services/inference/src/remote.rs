@@ -28,6 +28,13 @@ pub struct RemoteModel {
 }
 
 impl RemoteModel {
+    /// A handle that connects on first use, for tests of what holds one.
+    #[cfg(test)]
+    pub(crate) fn lazy(endpoint: &'static str, name: &str) -> Self {
+        let channel = Channel::from_static(endpoint).connect_lazy();
+        Self { endpoint: endpoint.to_owned(), name: name.to_owned(), client: GrpcInferenceServiceClient::new(channel) }
+    }
+
     /// Connects and reads the remote model's signature.
     pub async fn connect(endpoint: &str, name: &str) -> Result<(Self, Signature), String> {
         let channel = Channel::from_shared(endpoint.to_owned())

@@ -55,12 +55,20 @@ pub enum SlotState {
     Failed,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct LoadFailure {
-    pub(crate) version: String,
-    pub(crate) sha256: String,
-    pub(crate) error: String,
-    pub(crate) at: Option<Instant>,
+#[derive(Debug)]
+struct LoadFailure {
+    version: String,
+    sha256: String,
+    error: String,
+    at: Instant,
+}
+
+/// How long a successful load took, and how long since the registry first
+/// observed the change it delivers (the delivery lag).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoadTiming {
+    pub(crate) took: std::time::Duration,
+    pub(crate) lag: std::time::Duration,
 }
 
 /// Per-(method, version) request latency and outcomes of one model: outcome 0
@@ -139,7 +147,7 @@ pub struct ModelSlot {
     pub spec: ModelSpec,
     pub settings: ModelSettings,
     current: ArcSwapOption<LoadedModel>,
-    pub(crate) failure: Mutex<Option<LoadFailure>>,
+    failure: Mutex<Option<LoadFailure>>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     pub stats: Stats,
@@ -174,6 +182,43 @@ impl ModelSlot {
 
     pub fn current(&self) -> Option<Arc<LoadedModel>> {
         self.current.load_full()
+    }
+
+    // The slot's state machine: PENDING until a version is installed, then
+    // SERVING; a failed load makes it DEGRADED (or FAILED with nothing
+    // installed) until the next install. Delivery only calls these.
+
+    /// Swaps a loaded, warm version in (requests running keep theirs),
+    /// clears any failure and counts the load; returns the version it replaced.
+    fn install(&self, model: LoadedModel, timing: Option<LoadTiming>) -> Option<Arc<LoadedModel>> {
+        let old = self.current.swap(Some(Arc::new(model)));
+        if let Ok(mut f) = self.failure.lock() {
+            *f = None;
+        }
+        self.stats.loads.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = timing {
+            self.stats.load_ns.fetch_add(t.took.as_nanos() as u64, Ordering::Relaxed);
+            self.stats.load_duration.observe_duration(t.took);
+            self.stats.delivery_lag.observe_duration(t.lag);
+        }
+        old
+    }
+
+    /// A version failed to download, verify, load or warm up; whatever
+    /// serves keeps serving.
+    pub(crate) fn fail(&self, version: &str, sha256: &str, error: String) {
+        self.stats.load_failures.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut f) = self.failure.lock() {
+            *f =
+                Some(LoadFailure { version: version.to_owned(), sha256: sha256.to_owned(), error, at: Instant::now() });
+        }
+    }
+
+    /// Whether this version, with this digest tag, failed within `window`.
+    pub(crate) fn failed_recently(&self, version: &str, sha256: &str, window: std::time::Duration) -> bool {
+        self.failure.lock().is_ok_and(|f| {
+            f.as_ref().is_some_and(|f| f.version == version && f.sha256 == sha256 && f.at.elapsed() < window)
+        })
     }
 
     pub fn status(&self) -> SlotStatus {
@@ -283,14 +328,15 @@ impl Models {
         self.ready.send_replace(false);
     }
 
-    /// Makes `model` the serving version of `name`. Requests already running
-    /// keep the version they started with.
-    pub fn swap(&self, name: &str, model: LoadedModel) -> Option<Arc<LoadedModel>> {
-        let slot = self.slots.get(name)?;
-        let old = slot.current.swap(Some(Arc::new(model)));
-        if let Ok(mut f) = slot.failure.lock() {
-            *f = None;
-        }
+    /// Makes `model` the serving version of `name` (see `ModelSlot::install`)
+    /// and updates readiness. Requests already running keep their version.
+    pub(crate) fn install(
+        &self,
+        name: &str,
+        model: LoadedModel,
+        timing: Option<LoadTiming>,
+    ) -> Option<Arc<LoadedModel>> {
+        let old = self.slots.get(name)?.install(model, timing);
         self.ready.send_replace(self.is_ready());
         old
     }
@@ -405,5 +451,95 @@ impl Lease<'_> {
             }
         };
         Ok(Prediction { model: name, version, outputs })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        batcher::BatchPolicy,
+        engine::{DType, TensorSpec},
+        spec::Selector,
+    };
+
+    fn models(max_in_flight: usize) -> Models {
+        let session = SessionOptions {
+            sessions: 1,
+            intra_threads: 1,
+            throughput_sessions: None,
+            inter_threads: 1,
+            optimization_level: 0,
+            batch: BatchPolicy::OFF,
+            inline_below: Duration::ZERO,
+            spinning: false,
+        };
+        let spec = ModelSpec { name: "m".into(), selector: Selector::Alias("champion".into()), remote: true };
+        Models::new(vec![(spec, ModelSettings { session, warmup_runs: 0, max_in_flight })]).unwrap()
+    }
+
+    /// A version whose one input is `width` wide (a remote backend never dialled).
+    fn version(v: &str, width: i64) -> LoadedModel {
+        let spec = |n: &str| TensorSpec { name: n.into(), dtype: DType::F32, shape: vec![-1, width] };
+        LoadedModel {
+            version: v.into(),
+            sha256: format!("sha-{v}"),
+            verified: true,
+            signature: Signature { inputs: vec![spec("x")], outputs: vec![spec("y")] },
+            backend: Backend::Remote(RemoteModel::lazy("http://127.0.0.1:9", "m")),
+            loaded_at: Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_slot_moves_through_its_states() {
+        let m = models(4);
+        let slot = m.slot("m").unwrap();
+        assert_eq!(slot.status().state, SlotState::Pending);
+        slot.fail("1", "sha-1", "no such file".into());
+        assert_eq!(slot.status().state, SlotState::Failed);
+        assert!(slot.failed_recently("1", "sha-1", Duration::from_secs(30)));
+        assert!(!slot.failed_recently("1", "other", Duration::from_secs(30)), "a new digest is retried at once");
+        let mut ready = m.ready();
+        m.install("m", version("1", 4), None);
+        assert!(*ready.borrow_and_update(), "readiness follows the install");
+        let s = slot.status();
+        assert_eq!((s.state, s.serving_version.as_deref(), s.last_error), (SlotState::Serving, Some("1"), None));
+        slot.fail("2", "sha-2", "checksum mismatch".into());
+        let s = slot.status();
+        assert_eq!((s.state, s.serving_version.as_deref()), (SlotState::Degraded, Some("1")));
+        assert!(s.last_error.is_some_and(|e| e.contains("checksum")));
+        m.install("m", version("2", 8), Some(LoadTiming { took: Duration::from_millis(5), lag: Duration::ZERO }));
+        assert_eq!(slot.status().state, SlotState::Serving);
+        assert_eq!(slot.stats.loads.load(Ordering::Relaxed), 2);
+        assert_eq!(slot.stats.load_failures.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_lease_keeps_its_version_across_a_swap() {
+        let m = models(4);
+        m.install("m", version("1", 4), None);
+        let lease = m.acquire("m", None, "test").unwrap();
+        m.install("m", version("2", 8), None);
+        // The input shaped from the lease's signature is for the version it holds.
+        assert_eq!((lease.version(), lease.signature().inputs[0].shape[1]), ("1", 4));
+        let err = m.acquire("m", Some("1"), "test").unwrap_err();
+        assert!(matches!(err, ServeError::VersionMismatch(_)), "{err:?}");
+        assert_eq!(m.acquire("m", Some("2"), "test").unwrap().version(), "2");
+        assert!(matches!(m.acquire("nope", None, "test"), Err(ServeError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn leases_are_bounded_and_refusals_counted() {
+        let m = models(1);
+        assert!(matches!(m.acquire("m", None, "test"), Err(ServeError::Unavailable(_))), "nothing loaded yet");
+        m.install("m", version("1", 4), None);
+        let held = m.acquire("m", None, "test").unwrap();
+        assert!(matches!(m.acquire("m", None, "test"), Err(ServeError::Overloaded(_))));
+        drop(held);
+        assert!(m.acquire("m", None, "test").is_ok(), "the permit comes back with the lease");
+        assert_eq!(m.slot("m").unwrap().stats.fail_count.load(Ordering::Relaxed), 2);
     }
 }
