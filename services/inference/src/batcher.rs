@@ -31,8 +31,8 @@ use ferry_telemetry::metrics::Histogram;
 use tokio::sync::oneshot;
 
 use crate::{
-    engine::{NamedTensor, TensorData},
     error::ServeError,
+    tensor::{NamedTensor, TensorData},
 };
 
 /// Runs one (possibly stacked) request; implemented by the ONNX Runtime session.
@@ -126,7 +126,7 @@ impl Job {
     /// A request with validated inputs in signature order, and where its outputs will arrive.
     pub(crate) fn new(inputs: Vec<NamedTensor>, outputs: Vec<String>, deadline: Option<Instant>) -> (Job, Outputs) {
         let (reply, rx) = oneshot::channel();
-        let rows = crate::engine::rows(&inputs);
+        let rows = crate::tensor::rows(&inputs);
         (Job { inputs, outputs, rows, deadline, queued_at: Instant::now(), reply }, rx)
     }
 

@@ -9,9 +9,9 @@ use ferry_proto::inference::v1::{
 use tonic::{Code, Request, Response, Status};
 
 use crate::{
-    engine::{DType, NamedTensor, TensorData, TensorSpec},
     error::ServeError,
     serving::{Models, PredictInput, SlotState, SlotStatus},
+    tensor::{DType, NamedTensor, TensorData, TensorSpec},
 };
 
 #[derive(Debug, Clone)]

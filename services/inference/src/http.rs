@@ -17,10 +17,10 @@ use serde_json::{Value, json};
 use ferry_proto::inference::v1 as pb;
 
 use crate::{
-    engine::{DType, NamedTensor, TensorData},
     error::ServeError,
     mlflow_scoring::{self, Format, ScoringError},
     serving::{Models, PredictInput, SlotState},
+    tensor::{DType, NamedTensor, TensorData},
 };
 
 #[derive(Debug, Clone)]

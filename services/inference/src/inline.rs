@@ -129,8 +129,8 @@ mod tests {
     use super::*;
     use crate::{
         batcher::{BatchPolicy, Outputs},
-        engine::{NamedTensor, TensorData},
         error::ServeError,
+        tensor::{NamedTensor, TensorData},
     };
 
     type Calls = Arc<Mutex<Vec<(&'static str, usize)>>>;

@@ -22,6 +22,7 @@ pub mod remote;
 pub mod serving;
 pub mod spec;
 mod store;
+pub mod tensor;
 
 use std::{future::Future, sync::Arc, time::Duration};
 

@@ -22,7 +22,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::engine::{DType, NamedTensor, TensorData, TensorSpec};
+use crate::tensor::{DType, NamedTensor, TensorData, TensorSpec};
 
 /// A request MLflow's scoring server would refuse, with its error code.
 #[derive(Debug, Clone, PartialEq, Eq)]

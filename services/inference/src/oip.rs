@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use ferry_proto::oip;
 
 use crate::{
-    engine::{DType, TensorData, TensorSpec},
     error::ServeError,
     serving::{ModelSlot, SlotStatus},
+    tensor::{DType, TensorData, TensorSpec},
 };
 
 /// Triton's platform and backend names for ONNX Runtime models.

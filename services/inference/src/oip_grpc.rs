@@ -12,11 +12,11 @@ use ferry_proto::oip::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    engine::{NamedTensor, TensorData},
     error::ServeError,
     grpc::status,
     oip as common,
     serving::{Models, PredictInput},
+    tensor::{NamedTensor, TensorData},
 };
 
 #[derive(Debug, Clone)]
@@ -33,12 +33,12 @@ fn from_contents(t: InferInputTensor) -> Result<NamedTensor, ServeError> {
     let dtype = common::parse_datatype(&t.datatype, &t.name)?;
     let c = t.contents.unwrap_or_default();
     let data = match dtype {
-        crate::engine::DType::F32 => TensorData::F32(c.fp32_contents),
-        crate::engine::DType::F64 => TensorData::F64(c.fp64_contents),
-        crate::engine::DType::I32 => TensorData::I32(c.int_contents),
-        crate::engine::DType::I64 => TensorData::I64(c.int64_contents),
-        crate::engine::DType::Bool => TensorData::Bool(c.bool_contents),
-        crate::engine::DType::Str => TensorData::Str(
+        crate::tensor::DType::F32 => TensorData::F32(c.fp32_contents),
+        crate::tensor::DType::F64 => TensorData::F64(c.fp64_contents),
+        crate::tensor::DType::I32 => TensorData::I32(c.int_contents),
+        crate::tensor::DType::I64 => TensorData::I64(c.int64_contents),
+        crate::tensor::DType::Bool => TensorData::Bool(c.bool_contents),
+        crate::tensor::DType::Str => TensorData::Str(
             c.bytes_contents
                 .into_iter()
                 .map(|b| {

@@ -15,11 +15,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    engine::{DType, NamedTensor, TensorData},
     error::ServeError,
     http::ApiError,
     oip as common,
     serving::{ModelSlot, Models, PredictInput},
+    tensor::{DType, NamedTensor, TensorData},
 };
 
 const HEADER_LENGTH: &str = "inference-header-content-length";

@@ -10,9 +10,9 @@ use ferry_proto::oip::{
 use tonic::{Code, transport::Channel};
 
 use crate::{
-    engine::{NamedTensor, Signature, TensorSpec},
     error::ServeError,
     oip,
+    tensor::{NamedTensor, Signature, TensorSpec},
 };
 
 /// Registered-model tag naming the OIP gRPC endpoint (e.g. `http://big-models:8001`).

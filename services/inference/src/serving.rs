@@ -19,10 +19,11 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::{
     batcher::ExecStats,
-    engine::{Engine, NamedTensor, SessionOptions, Signature, validate},
+    engine::{Engine, SessionOptions},
     error::ServeError,
     remote::RemoteModel,
     spec::ModelSpec,
+    tensor::{NamedTensor, Signature, validate},
 };
 
 /// Where a model version runs.
@@ -441,7 +442,7 @@ impl Lease<'_> {
                 (outputs, model.version.clone())
             }
             Backend::Remote(remote) => {
-                let rows = crate::engine::rows(&inputs);
+                let rows = crate::tensor::rows(&inputs);
                 let started = Instant::now();
                 let (outputs, version) = remote.infer(inputs, &outputs).await?;
                 drop(permit);
@@ -461,8 +462,8 @@ mod tests {
     use super::*;
     use crate::{
         batcher::BatchPolicy,
-        engine::{DType, TensorSpec},
         spec::Selector,
+        tensor::{DType, TensorSpec},
     };
 
     fn models(max_in_flight: usize) -> Models {
