@@ -205,7 +205,7 @@ async fn registration_uploads_external_data() -> anyhow::Result<()> {
     ensure!(saved["files"] == serde_json::json!(["W1", "W2", "model.onnx"]), "{saved}");
 
     let mlflow = Mlflow::start(d).await?;
-    let registry = start_registry(d, &mlflow.url, &[]).await?;
+    let registry = start_registry(d, &mlflow.url, &[("FERRY_REGISTER_PATH_ROOT", d.display().to_string())]).await?;
     let out = std::process::Command::new(ferry_e2e::bin_dir().join("ferryctl"))
         .args(["--registry", &registry.url, "register", "--name", "ext", "--file"])
         .arg(&model_dir)

@@ -47,6 +47,7 @@ async fn control_plane_over_real_mlflow() -> anyhow::Result<()> {
             // Far slower than any assertion below: only webhooks can be that fast.
             ("FERRY_POLL_INTERVAL_MS", "60000".into()),
             ("FERRY_REGISTRY_TOKEN", TOKEN.into()),
+            ("FERRY_REGISTER_PATH_ROOT", d.display().to_string()),
             ("FERRY_WEBHOOK_SECRET", SECRET.into()),
             ("FERRY_PUBLIC_URL", http_base.clone()),
             ("FERRY_MLFLOW_RETRIES", "1".into()),
@@ -205,6 +206,18 @@ async fn control_plane_over_real_mlflow() -> anyhow::Result<()> {
         .await?;
     let j: serde_json::Value = r.json().await?;
     ensure!(j["version"] == "2" && j["created"] == false, "same bytes by path must be idempotent: {j}");
+    // Server-side paths only under FERRY_REGISTER_PATH_ROOT: nothing outside is opened.
+    for outside in [std::path::PathBuf::from("/etc/passwd"), d.join("..").join("..").join("etc/passwd")] {
+        let r = http
+            .post(format!("{http_base}/register-model"))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({"modelName": "iris", "path": outside}))
+            .send()
+            .await?;
+        let status = r.status();
+        let text = r.text().await?;
+        ensure!(status == 403 && text.contains("FERRY_REGISTER_PATH_ROOT"), "{}: {status} {text}", outside.display());
+    }
     let junk = reqwest::multipart::Form::new()
         .text("modelName", "iris")
         .part("file", reqwest::multipart::Part::bytes(b"not onnx at all".to_vec()).file_name("bad.onnx"));

@@ -46,6 +46,10 @@ pub struct Config {
     /// Largest model accepted: the sum of its files (graph and external data), in bytes.
     #[arg(long, env = "FERRY_MAX_MODEL_BYTES", default_value_t = 16 << 30)]
     pub max_model_bytes: u64,
+    /// The folder `POST /register-model` may read server-side `path`s from
+    /// (a shared volume for CI pipelines). Unset, server-side paths are refused.
+    #[arg(long, env = "FERRY_REGISTER_PATH_ROOT")]
+    pub register_path_root: Option<PathBuf>,
     /// Where uploads are spooled while they stream in.
     #[arg(long, env = "FERRY_UPLOAD_DIR", default_value_os_t = std::env::temp_dir())]
     pub upload_dir: PathBuf,

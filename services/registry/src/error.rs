@@ -12,6 +12,9 @@ pub enum RegistryError {
     AlreadyExists(String),
     #[error("{0}")]
     Unauthenticated(String),
+    /// Authenticated, but asking for something this registry does not allow.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// MLflow is down or failing; the caller may retry.
     #[error("{0}")]
     Unavailable(String),

@@ -42,6 +42,7 @@ pub(crate) fn status(e: RegistryError) -> Status {
         RegistryError::NotFound(_) => Code::NotFound,
         RegistryError::AlreadyExists(_) => Code::AlreadyExists,
         RegistryError::Unauthenticated(_) => Code::Unauthenticated,
+        RegistryError::PermissionDenied(_) => Code::PermissionDenied,
         RegistryError::Unavailable(_) => Code::Unavailable,
         RegistryError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         RegistryError::Internal(_) => Code::Internal,

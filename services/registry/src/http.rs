@@ -57,6 +57,7 @@ impl IntoResponse for ApiError {
             RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
             RegistryError::AlreadyExists(_) => StatusCode::CONFLICT,
             RegistryError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            RegistryError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             RegistryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             RegistryError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             RegistryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -157,7 +158,9 @@ async fn register_model(
         let Some(path) = params.path else {
             return Err(bad("send the model as multipart \"file\" fields, or a \"path\" the server can read"));
         };
-        // A server-side file, or a folder holding one .onnx file: the graph and the data files it references.
+        // A server-side file, or a folder holding one .onnx file: the graph and the data files it
+        // references, each only under the configured root (checked before anything is opened).
+        let path = st.registry.readable_path(&path)?;
         let (dir, graph) = model_on_disk(&path).await.map_err(|e| bad(&e))?;
         let refs = {
             let g = dir.join(&graph);
@@ -167,7 +170,7 @@ async fn register_model(
                 .map_err(|e| bad(&format!("{}: {e}", path.display())))?
         };
         for rel in std::iter::once(graph).chain(refs) {
-            let file = dir.join(&rel);
+            let file = st.registry.readable_path(&dir.join(&rel))?;
             let mut reader =
                 tokio::fs::File::open(&file).await.map_err(|e| bad(&format!("cannot read {}: {e}", file.display())))?;
             let mut spool = st.registry.spool(used(&files)).await?;

@@ -76,6 +76,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         experiment: cfg.experiment.clone(),
         max_model_bytes: cfg.max_model_bytes,
         upload_dir: cfg.upload_dir.clone(),
+        path_root: cfg.register_path_root.clone(),
     };
     let auth = auth::Auth::new(cfg.auth_token.as_ref().map(ferry_telemetry::Secret::expose), cfg.protect_reads);
     let verifier = cfg

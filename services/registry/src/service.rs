@@ -21,6 +21,8 @@ pub struct Registry {
     pub(crate) experiment: String,
     pub(crate) max_model_bytes: u64,
     pub(crate) upload_dir: PathBuf,
+    /// Where server-side registration paths may point; `None`: nowhere.
+    pub(crate) path_root: Option<PathBuf>,
 }
 
 /// How a caller designates a version.
@@ -83,6 +85,27 @@ fn page_size(n: i32) -> u32 {
 }
 
 impl Registry {
+    /// `path` resolved (symlinks and `..` included) and checked to lie under
+    /// the configured root, before anything opens it.
+    pub fn readable_path(&self, path: &std::path::Path) -> Result<PathBuf> {
+        let denied = |why: String| RegistryError::PermissionDenied(why);
+        let Some(root) = &self.path_root else {
+            return Err(denied(
+                "server-side paths are off: upload the files, or set FERRY_REGISTER_PATH_ROOT to the folder the \
+                 registry may read models from"
+                    .into(),
+            ));
+        };
+        let root =
+            root.canonicalize().map_err(|e| RegistryError::Internal(format!("FERRY_REGISTER_PATH_ROOT: {e}")))?;
+        let outside = || denied(format!("{} is not under FERRY_REGISTER_PATH_ROOT", path.display()));
+        if !path.is_absolute() {
+            return Err(outside());
+        }
+        let real = path.canonicalize().map_err(|_| outside())?;
+        if real.starts_with(&root) { Ok(real) } else { Err(outside()) }
+    }
+
     /// Starts spooling one file of an upload to disk; `used` is what the
     /// model's files before it took of the size limit.
     pub async fn spool(&self, used: u64) -> Result<Spool> {
