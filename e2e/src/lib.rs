@@ -321,27 +321,22 @@ pub fn reference_predict(model: &Path, row: &[f32]) -> anyhow::Result<serde_json
 /// Runs a Python snippet in the venv, returning its stdout.
 pub fn python(code: &str, env: &[(&str, &str)]) -> anyhow::Result<String> {
     let mut cmd = Command::new(venv().join("bin/python"));
-    cmd.arg("-c").arg(code);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output()?;
-    if !out.status.success() {
-        bail!("python failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    run_python(cmd.arg("-c").arg(code), env, "python")
 }
 
 /// Runs one of the repo's Python scripts (`python/<name>`) in the venv, returning its stdout.
 pub fn python_script(name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<String> {
     let mut cmd = Command::new(venv().join("bin/python"));
-    cmd.arg(repo_root().join("python").join(name)).args(args);
+    run_python(cmd.arg(repo_root().join("python").join(name)).args(args), env, name)
+}
+
+fn run_python(cmd: &mut Command, env: &[(&str, &str)], what: &str) -> anyhow::Result<String> {
     for (k, v) in env {
         cmd.env(k, v);
     }
     let out = cmd.output()?;
     if !out.status.success() {
-        bail!("{name} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context, ensure};
 use ferry_e2e::{
     Mlflow, assert_close, logged_row, predict_row, python_script, start_inference, start_registry, wait_for,
+    wait_serving,
 };
 use ferry_proto::{
     inference::v1::{GetModelMetadataRequest, ModelState, PredictRequest},
@@ -58,19 +59,9 @@ async fn models_logged_by_the_python_client_serve() -> anyhow::Result<()> {
         let version = v["version"].as_str().context("version")?.to_owned();
         reg.set_alias(SetAliasRequest { name: MODEL.into(), alias: "champion".into(), version: version.clone() })
             .await?;
-        let answer = wait_for(&format!("{kind} version {version} to serve"), Duration::from_secs(30), || {
-            let mut c = inf.clone();
-            let version = version.clone();
-            async move {
-                Ok(c.predict(predict_request())
-                    .await
-                    .ok()
-                    .map(|r| r.into_inner())
-                    .filter(|r| r.model_version == version))
-            }
-        })
-        .await
-        .with_context(|| inference.proc.log_tail())?;
+        let answer = wait_serving(&inf, MODEL, &version, &logged_row(), Duration::from_secs(30))
+            .await
+            .with_context(|| format!("{kind}: {}", inference.proc.log_tail()))?;
         let out = answer.outputs.first().context("no output")?;
         assert_close(&out.float_data, &v["expected"]).with_context(|| format!("{kind} version {version}"))?;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use ferry_e2e::{
-    Mlflow, MlflowOptions, S3, assert_close, logged_row, predict_row, python, python_script, start_inference, wait_for,
+    Mlflow, MlflowOptions, S3, assert_close, logged_row, python, python_script, start_inference, wait_serving,
 };
 use ferry_proto::inference::v1::GetModelMetadataRequest;
 use serde_json::Value;
@@ -51,18 +51,9 @@ async fn inference_reads_s3_directly_when_mlflow_does_not_proxy() -> anyhow::Res
             ),
             &client_env,
         )?;
-        let answer = wait_for(&format!("version {version} from S3"), Duration::from_secs(30), || {
-            let (mut c, version) = (inference.client.clone(), version.clone());
-            async move {
-                Ok(c.predict(predict_row("mlp", &logged_row()))
-                    .await
-                    .ok()
-                    .map(|r| r.into_inner())
-                    .filter(|r| r.model_version == version))
-            }
-        })
-        .await
-        .with_context(|| inference.proc.log_tail())?;
+        let answer = wait_serving(&inference.client, "mlp", &version, &logged_row(), Duration::from_secs(30))
+            .await
+            .with_context(|| inference.proc.log_tail())?;
         assert_close(&answer.outputs[0].float_data, &v["expected"])?;
         let status = inference
             .client
