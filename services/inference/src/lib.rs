@@ -1,7 +1,6 @@
 //! Ferry Inference, the data plane: follows the registry, loads ONNX models
 //! with ONNX Runtime and serves them over gRPC and REST.
 
-pub mod batcher;
 mod browser;
 pub mod config;
 mod delivery;
@@ -10,7 +9,6 @@ pub mod error;
 mod fetch;
 mod grpc;
 mod http;
-mod inline;
 pub mod memory;
 mod metrics;
 mod mlflow_scoring;
@@ -35,8 +33,8 @@ use tokio::{net::TcpListener, sync::watch};
 use tonic::server::NamedService;
 use tracing::info;
 
-pub use crate::batcher::BatchPolicy;
 pub use crate::config::Config;
+pub use crate::engine::batcher::BatchPolicy;
 use crate::{
     delivery::DeliveryConfig,
     engine::{Runtime, SessionOptions},

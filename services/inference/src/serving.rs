@@ -18,8 +18,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{Semaphore, watch};
 
 use crate::{
-    batcher::ExecStats,
-    engine::{Engine, SessionOptions},
+    engine::{Engine, SessionOptions, batcher::ExecStats},
     error::ServeError,
     remote::RemoteModel,
     spec::ModelSpec,
@@ -461,7 +460,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        batcher::BatchPolicy,
+        engine::batcher::BatchPolicy,
         spec::Selector,
         tensor::{DType, TensorSpec},
     };

@@ -15,7 +15,7 @@ use std::sync::{
     atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
-use crate::batcher::{Batcher, ExecStats, Job, Runner, run_now};
+use super::batcher::{Batcher, ExecStats, Job, Runner, run_now};
 
 /// Most rows of one inline call: the I/O thread is never held for long.
 const MAX_ROWS: usize = 64;
@@ -128,7 +128,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        batcher::{BatchPolicy, Outputs},
+        engine::batcher::{BatchPolicy, Outputs},
         error::ServeError,
         tensor::{NamedTensor, TensorData},
     };
