@@ -17,8 +17,11 @@ use serde_json::{Value, json};
 use ferry_proto::inference::v1 as pb;
 
 use crate::{
+    codec::{
+        mlflow::{self as mlflow_scoring, Format, ScoringError},
+        pb::{dtype_to_pb, from_pb},
+    },
     error::ServeError,
-    mlflow_scoring::{self, Format, ScoringError},
     serving::{Models, PredictInput, SlotState},
     tensor::{DType, NamedTensor, TensorData},
 };
@@ -120,7 +123,7 @@ impl IntoResponse for ScoringApiError {
 /// `x-ferry-model` header, or the first configured model.
 const MODEL_HEADER: &str = "x-ferry-model";
 
-/// `POST /invocations`: MLflow's scoring protocol (see `mlflow_scoring`), so
+/// `POST /invocations`: MLflow's scoring protocol (see `codec::mlflow`), so
 /// a client of `mlflow models serve` switches by changing the URL.
 #[tracing::instrument(target = "ferry::request", level = "debug", name = "http.invocations", skip_all, fields(model))]
 async fn invocations(
@@ -320,7 +323,7 @@ async fn predict_json(State(st): State<AppState>, body: Bytes) -> Result<Json<Va
             bool_data: t.bool_data,
             string_data: t.string_data,
         };
-        inputs.push(crate::grpc::from_pb(tensor)?);
+        inputs.push(from_pb(tensor)?);
     }
     let p = st
         .models
@@ -337,7 +340,7 @@ async fn predict_json(State(st): State<AppState>, body: Bytes) -> Result<Json<Va
         .outputs
         .into_iter()
         .map(|t| {
-            let dtype = crate::grpc::dtype_to_pb(t.data.dtype()).as_str_name();
+            let dtype = dtype_to_pb(t.data.dtype()).as_str_name();
             let shape: Vec<String> = t.shape.iter().map(i64::to_string).collect();
             let (field, data) = match t.data {
                 TensorData::F32(v) => ("floatData", json!(v)),

@@ -2,6 +2,7 @@
 //! with ONNX Runtime and serves them over gRPC and REST.
 
 mod browser;
+mod codec;
 pub mod config;
 mod delivery;
 pub mod engine;
@@ -11,9 +12,7 @@ mod grpc;
 mod http;
 pub mod memory;
 mod metrics;
-mod mlflow_scoring;
 mod models_file;
-mod oip;
 mod oip_grpc;
 mod oip_http;
 pub mod remote;

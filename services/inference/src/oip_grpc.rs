@@ -12,9 +12,9 @@ use ferry_proto::oip::{
 use tonic::{Request, Response, Status};
 
 use crate::{
+    codec::oip as common,
     error::ServeError,
     grpc::status,
-    oip as common,
     serving::{Models, PredictInput},
     tensor::{NamedTensor, TensorData},
 };

@@ -15,9 +15,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::{
+    codec::oip as common,
     error::ServeError,
     http::ApiError,
-    oip as common,
     serving::{ModelSlot, Models, PredictInput},
     tensor::{DType, NamedTensor, TensorData},
 };

@@ -10,8 +10,8 @@ use ferry_proto::oip::{
 use tonic::{Code, transport::Channel};
 
 use crate::{
+    codec::oip,
     error::ServeError,
-    oip,
     tensor::{NamedTensor, Signature, TensorSpec},
 };
 

@@ -1,0 +1,103 @@
+//! `ferry.inference.v1` protobuf messages ⇄ core types, used by the gRPC
+//! service and by REST's JSON mapping of `Predict` (`/v1/predict`).
+
+use ferry_proto::inference::v1::{self as pb, DataType, ModelState};
+
+use crate::{
+    error::ServeError,
+    serving::{SlotState, SlotStatus},
+    tensor::{DType, NamedTensor, TensorData, TensorSpec},
+};
+
+pub(crate) fn model_status(s: SlotStatus) -> pb::ModelStatus {
+    let state = match s.state {
+        SlotState::Pending => ModelState::Pending,
+        SlotState::Serving => ModelState::Serving,
+        SlotState::Degraded => ModelState::Degraded,
+        SlotState::Failed => ModelState::Failed,
+    };
+    let sig = s.signature.unwrap_or_default();
+    pb::ModelStatus {
+        name: s.name,
+        selector: s.selector,
+        serving_version: s.serving_version.unwrap_or_default(),
+        state: state.into(),
+        last_error: s.last_error.unwrap_or_default(),
+        sha256: s.sha256.unwrap_or_default(),
+        verified: s.verified,
+        inputs: sig.inputs.iter().map(spec_to_pb).collect(),
+        outputs: sig.outputs.iter().map(spec_to_pb).collect(),
+    }
+}
+
+pub(crate) fn spec_to_pb(s: &TensorSpec) -> pb::TensorSpec {
+    pb::TensorSpec { name: s.name.clone(), dtype: dtype_to_pb(s.dtype).into(), shape: s.shape.clone() }
+}
+
+pub(crate) fn dtype_to_pb(d: DType) -> DataType {
+    match d {
+        DType::F32 => DataType::Float32,
+        DType::F64 => DataType::Float64,
+        DType::I32 => DataType::Int32,
+        DType::I64 => DataType::Int64,
+        DType::Bool => DataType::Bool,
+        DType::Str => DataType::String,
+    }
+}
+
+/// Takes the data field that matches `dtype` (moved, not copied). With no
+/// dtype, the one non-empty field decides.
+pub(crate) fn from_pb(t: pb::Tensor) -> Result<NamedTensor, ServeError> {
+    let dtype = t.dtype();
+    let filled = [
+        (!t.float_data.is_empty(), DataType::Float32),
+        (!t.double_data.is_empty(), DataType::Float64),
+        (!t.int32_data.is_empty(), DataType::Int32),
+        (!t.int64_data.is_empty(), DataType::Int64),
+        (!t.bool_data.is_empty(), DataType::Bool),
+        (!t.string_data.is_empty(), DataType::String),
+    ];
+    let present: Vec<DataType> = filled.iter().filter(|(f, _)| *f).map(|(_, d)| *d).collect();
+    let dtype = match (dtype, present.as_slice()) {
+        (DataType::Unspecified, [one]) => *one,
+        (DataType::Unspecified, []) => {
+            return Err(ServeError::InvalidArgument(format!("input {:?}: no dtype and no data", t.name)));
+        }
+        (DataType::Unspecified, _) => {
+            return Err(ServeError::InvalidArgument(format!("input {:?}: data in more than one field", t.name)));
+        }
+        (d, p) if p.iter().any(|x| *x != d) => {
+            return Err(ServeError::InvalidArgument(format!(
+                "input {:?}: dtype is {} but data is in the field for {}",
+                t.name,
+                d.as_str_name(),
+                p.iter().find(|x| **x != d).map(|x| x.as_str_name()).unwrap_or("?")
+            )));
+        }
+        (d, _) => d,
+    };
+    let data = match dtype {
+        DataType::Float32 => TensorData::F32(t.float_data),
+        DataType::Float64 => TensorData::F64(t.double_data),
+        DataType::Int32 => TensorData::I32(t.int32_data),
+        DataType::Int64 => TensorData::I64(t.int64_data),
+        DataType::Bool => TensorData::Bool(t.bool_data),
+        DataType::String => TensorData::Str(t.string_data),
+        DataType::Unspecified => unreachable!("resolved above"),
+    };
+    Ok(NamedTensor { name: t.name, shape: t.shape, data })
+}
+
+pub(crate) fn to_pb(t: NamedTensor) -> pb::Tensor {
+    let mut out =
+        pb::Tensor { name: t.name, dtype: dtype_to_pb(t.data.dtype()).into(), shape: t.shape, ..Default::default() };
+    match t.data {
+        TensorData::F32(v) => out.float_data = v,
+        TensorData::F64(v) => out.double_data = v,
+        TensorData::I32(v) => out.int32_data = v,
+        TensorData::I64(v) => out.int64_data = v,
+        TensorData::Bool(v) => out.bool_data = v,
+        TensorData::Str(v) => out.string_data = v,
+    }
+    out
+}
