@@ -13,8 +13,6 @@ mod http;
 pub mod memory;
 mod metrics;
 mod models_file;
-mod oip_grpc;
-mod oip_http;
 pub mod remote;
 pub mod serving;
 pub mod spec;
@@ -118,7 +116,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             reporter.set_service_status("", status).await;
             for service in [
                 <InferenceServer<grpc::InferenceService> as NamedService>::NAME,
-                <GrpcInferenceServiceServer<oip_grpc::OipService> as NamedService>::NAME,
+                <GrpcInferenceServiceServer<grpc::OipService> as NamedService>::NAME,
             ] {
                 reporter.set_service_status(service, status).await;
             }
@@ -139,7 +137,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let inference = InferenceServer::new(grpc::InferenceService { models: Arc::clone(&models) })
         .max_decoding_message_size(cfg.max_request_bytes)
         .max_encoding_message_size(usize::MAX);
-    let oip = GrpcInferenceServiceServer::new(oip_grpc::OipService { models: Arc::clone(&models) })
+    let oip = GrpcInferenceServiceServer::new(grpc::OipService { models: Arc::clone(&models) })
         .max_decoding_message_size(cfg.max_request_bytes)
         .max_encoding_message_size(usize::MAX);
 

@@ -11,10 +11,10 @@ use ferry_proto::oip::{
 };
 use tonic::{Request, Response, Status};
 
+use super::status::{deadline, status};
 use crate::{
     codec::oip as common,
     error::ServeError,
-    grpc::status,
     serving::{Models, PredictInput},
     tensor::{NamedTensor, TensorData},
 };
@@ -127,7 +127,7 @@ impl GrpcInferenceService for OipService {
 
     #[tracing::instrument(target = "ferry::request", level = "debug", name = "oip.model_infer", skip_all, fields(model = %request.get_ref().model_name))]
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        let deadline = crate::grpc::deadline(request.metadata());
+        let deadline = deadline(request.metadata());
         let r = request.into_inner();
         let raw = !r.raw_input_contents.is_empty();
         if raw && r.raw_input_contents.len() != r.inputs.len() {

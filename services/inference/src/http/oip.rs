@@ -14,10 +14,10 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::ApiError;
 use crate::{
     codec::oip as common,
     error::ServeError,
-    http::ApiError,
     serving::{ModelSlot, Models, PredictInput},
     tensor::{DType, NamedTensor, TensorData},
 };

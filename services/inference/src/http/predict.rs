@@ -1,158 +1,26 @@
-//! The thin HTTP adapter for browsers and existing BFF clients. It calls the
-//! same `Models` as the gRPC service, in-process: no extra network hop.
-
-use std::sync::Arc;
+//! REST for browsers and BFFs: `POST /predict` (one row in, one output out)
+//! and `POST /v1/predict` (the protobuf JSON mapping of `Predict`).
 
 use axum::{
-    Json, Router,
+    Json,
     body::Bytes,
-    extract::{DefaultBodyLimit, Query, State},
-    http::{HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
-    routing::{get, post},
+    extract::{Query, State},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use ferry_proto::inference::v1 as pb;
 
+use super::{AppState, error::ApiError};
 use crate::{
-    codec::{
-        mlflow::{self as mlflow_scoring, Format, ScoringError},
-        pb::{dtype_to_pb, from_pb},
-    },
+    codec::pb::{dtype_to_pb, from_pb},
     error::ServeError,
-    serving::{Models, PredictInput, SlotState},
+    serving::PredictInput,
     tensor::{DType, NamedTensor, TensorData},
 };
 
-#[derive(Debug, Clone)]
-struct AppState {
-    models: Arc<Models>,
-    rest_output: Option<String>,
-}
-
-pub(crate) fn router(models: Arc<Models>, rest_output: Option<String>, max_request_bytes: usize) -> Router {
-    Router::new()
-        .route("/predict", post(predict))
-        .route("/v1/predict", post(predict_json))
-        .route("/invocations", post(invocations))
-        .route("/openapi.json", get(openapi))
-        .route("/v1/models", get(list_models))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
-        .with_state(AppState { models: Arc::clone(&models), rest_output })
-        .merge(crate::oip_http::routes().with_state(models))
-        .layer(DefaultBodyLimit::max(max_request_bytes))
-}
-
-/// The one mapping from serving errors to HTTP statuses.
-pub(crate) struct ApiError(ServeError);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = match &self.0 {
-            ServeError::NotFound(_) => StatusCode::NOT_FOUND,
-            ServeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ServeError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            ServeError::Model(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ServeError::VersionMismatch(_) => StatusCode::CONFLICT,
-            ServeError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
-            ServeError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
-            ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let retry = matches!(self.0, ServeError::Overloaded(_) | ServeError::Unavailable(_));
-        let mut resp = (status, Json(json!({ "error": self.0.to_string() }))).into_response();
-        if retry {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        resp
-    }
-}
-
-impl From<ServeError> for ApiError {
-    fn from(e: ServeError) -> Self {
-        ApiError(e)
-    }
-}
-
-/// An error in MLflow's scoring-server shape (`{"error_code", "message"}`),
-/// for `/invocations` clients written against `mlflow models serve`.
-pub(crate) struct ScoringApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    retry: bool,
-}
-
-impl From<ScoringError> for ScoringApiError {
-    fn from(e: ScoringError) -> Self {
-        ScoringApiError { status: StatusCode::BAD_REQUEST, code: e.code, message: e.message, retry: false }
-    }
-}
-
-impl From<ServeError> for ScoringApiError {
-    fn from(e: ServeError) -> Self {
-        let (status, code) = match &e {
-            ServeError::NotFound(_) => (StatusCode::NOT_FOUND, "RESOURCE_DOES_NOT_EXIST"),
-            ServeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "TEMPORARILY_UNAVAILABLE"),
-            ServeError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "INVALID_PARAMETER_VALUE"),
-            // What MLflow answers when the model itself fails on the input.
-            ServeError::Model(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
-            ServeError::VersionMismatch(_) => (StatusCode::CONFLICT, "INVALID_STATE"),
-            ServeError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "REQUEST_LIMIT_EXCEEDED"),
-            ServeError::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED"),
-            ServeError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
-        };
-        let retry = matches!(e, ServeError::Overloaded(_) | ServeError::Unavailable(_));
-        ScoringApiError { status, code, message: e.to_string(), retry }
-    }
-}
-
-impl IntoResponse for ScoringApiError {
-    fn into_response(self) -> Response {
-        let mut resp = (self.status, Json(json!({ "error_code": self.code, "message": self.message }))).into_response();
-        if self.retry {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        resp
-    }
-}
-
-/// Picks the model of an `/invocations` call: `?model=`, or the
-/// `x-ferry-model` header, or the first configured model.
-const MODEL_HEADER: &str = "x-ferry-model";
-
-/// `POST /invocations`: MLflow's scoring protocol (see `codec::mlflow`), so
-/// a client of `mlflow models serve` switches by changing the URL.
-#[tracing::instrument(target = "ferry::request", level = "debug", name = "http.invocations", skip_all, fields(model))]
-async fn invocations(
-    State(st): State<AppState>,
-    Query(q): Query<PredictQuery>,
-    headers: header::HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ScoringApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let format = Format::from_content_type(content_type).map_err(|message| ScoringApiError {
-        status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        code: "BAD_REQUEST",
-        message,
-        retry: false,
-    })?;
-    let model = q
-        .model
-        .or_else(|| headers.get(MODEL_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned))
-        .unwrap_or_else(|| st.models.default_name().to_owned());
-    tracing::Span::current().record("model", model.as_str());
-    // One lookup: the version whose signature shapes the input runs it.
-    let lease = st.models.acquire(&model, None, "rest.invocations")?;
-    let (inputs, shape) = mlflow_scoring::decode(format, &body, &lease.signature().inputs)?;
-    let p = lease.run(inputs, Vec::new(), None).await?;
-    Ok(Json(mlflow_scoring::encode(p.outputs, shape)))
-}
-
 #[derive(Debug, Deserialize)]
-struct PredictQuery {
+pub(super) struct PredictQuery {
     model: Option<String>,
     output: Option<String>,
 }
@@ -165,7 +33,7 @@ struct PredictBody {
 /// `POST /predict {"data":[...]}` → `{"modelVersion","prediction"}`: one row of
 /// numbers into the model's single input, one output back (flattened).
 #[tracing::instrument(target = "ferry::request", level = "debug", name = "http.predict", skip_all, fields(model))]
-async fn predict(
+pub(super) async fn predict(
     State(st): State<AppState>,
     Query(q): Query<PredictQuery>,
     body: Bytes,
@@ -213,7 +81,7 @@ async fn predict(
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct PredictReply {
+pub(super) struct PredictReply {
     model_version: String,
     prediction: Elements,
 }
@@ -222,7 +90,7 @@ struct PredictReply {
 /// so float32 values print as float32 (0.7647375), not widened to f64 digits.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
-enum Elements {
+pub(super) enum Elements {
     F32(Vec<f32>),
     F64(Vec<f64>),
     I32(Vec<i32>),
@@ -242,11 +110,6 @@ impl From<TensorData> for Elements {
             TensorData::Str(v) => Elements::Str(v),
         }
     }
-}
-
-/// The OpenAPI document of this REST API (checked against the server in CI).
-async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("../openapi.json"))
 }
 
 /// An int64 in the protobuf JSON mapping: a string, or (leniently) a number.
@@ -301,7 +164,7 @@ struct PredictJson {
 
 /// `POST /v1/predict`: the protobuf JSON mapping of `ferry.inference.v1.Inference/Predict`,
 /// as grpc-gateway would expose it (camelCase fields, enum names, int64 as strings).
-async fn predict_json(State(st): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub(super) async fn predict_json(State(st): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let bad = |m: String| ApiError(ServeError::InvalidArgument(m));
     let req: PredictJson = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid Predict JSON: {e}")))?;
     let mut inputs = Vec::with_capacity(req.inputs.len());
@@ -354,33 +217,4 @@ async fn predict_json(State(st): State<AppState>, body: Bytes) -> Result<Json<Va
         })
         .collect();
     Ok(Json(json!({ "model": p.model, "modelVersion": p.version, "outputs": outputs })))
-}
-
-async fn list_models(State(st): State<AppState>) -> Json<Value> {
-    let models: Vec<Value> = st
-        .models
-        .slots()
-        .map(|s| {
-            let s = s.status();
-            json!({
-                "name": s.name,
-                "selector": s.selector,
-                "state": match s.state {
-                    SlotState::Pending => "PENDING",
-                    SlotState::Serving => "SERVING",
-                    SlotState::Degraded => "DEGRADED",
-                    SlotState::Failed => "FAILED",
-                },
-                "servingVersion": s.serving_version,
-                "sha256": s.sha256,
-                "verified": s.verified,
-                "lastError": s.last_error,
-            })
-        })
-        .collect();
-    Json(json!({ "models": models }))
-}
-
-async fn ready(State(st): State<AppState>) -> StatusCode {
-    if st.models.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
 }

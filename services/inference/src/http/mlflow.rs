@@ -1,0 +1,51 @@
+//! `POST /invocations`: MLflow's scoring protocol over the codec in
+//! `codec/mlflow.rs`.
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Query, State},
+    http::{StatusCode, header},
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{AppState, error::ScoringApiError};
+use crate::codec::mlflow::{self as mlflow_scoring, Format};
+
+#[derive(Debug, Deserialize)]
+pub(super) struct InvocationsQuery {
+    model: Option<String>,
+}
+
+/// Picks the model of an `/invocations` call: `?model=`, or the
+/// `x-ferry-model` header, or the first configured model.
+const MODEL_HEADER: &str = "x-ferry-model";
+
+/// `POST /invocations`: MLflow's scoring protocol (see `codec::mlflow`), so
+/// a client of `mlflow models serve` switches by changing the URL.
+#[tracing::instrument(target = "ferry::request", level = "debug", name = "http.invocations", skip_all, fields(model))]
+pub(super) async fn invocations(
+    State(st): State<AppState>,
+    Query(q): Query<InvocationsQuery>,
+    headers: header::HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ScoringApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let format = Format::from_content_type(content_type).map_err(|message| ScoringApiError {
+        status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        code: "BAD_REQUEST",
+        message,
+        retry: false,
+    })?;
+    let model = q
+        .model
+        .or_else(|| headers.get(MODEL_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned))
+        .unwrap_or_else(|| st.models.default_name().to_owned());
+    tracing::Span::current().record("model", model.as_str());
+    // One lookup: the version whose signature shapes the input runs it.
+    let lease = st.models.acquire(&model, None, "rest.invocations")?;
+    let (inputs, shape) = mlflow_scoring::decode(format, &body, &lease.signature().inputs)?;
+    let p = lease.run(inputs, Vec::new(), None).await?;
+    Ok(Json(mlflow_scoring::encode(p.outputs, shape)))
+}

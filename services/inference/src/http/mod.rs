@@ -1,0 +1,77 @@
+//! The HTTP side: REST for browsers and existing BFF clients, the Open
+//! Inference Protocol's REST binding and MLflow's scoring protocol, one file
+//! each, all calling the same `Models` as the gRPC side, in-process. Errors
+//! are mapped to statuses once, in `error.rs`.
+
+mod error;
+mod mlflow;
+mod oip;
+mod predict;
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, State},
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::{get, post},
+};
+use serde_json::{Value, json};
+
+pub(crate) use self::error::ApiError;
+use crate::serving::{Models, SlotState};
+
+#[derive(Debug, Clone)]
+struct AppState {
+    models: Arc<Models>,
+    rest_output: Option<String>,
+}
+
+pub(crate) fn router(models: Arc<Models>, rest_output: Option<String>, max_request_bytes: usize) -> Router {
+    Router::new()
+        .route("/predict", post(predict::predict))
+        .route("/v1/predict", post(predict::predict_json))
+        .route("/invocations", post(mlflow::invocations))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/models", get(list_models))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(AppState { models: Arc::clone(&models), rest_output })
+        .merge(oip::routes().with_state(models))
+        .layer(DefaultBodyLimit::max(max_request_bytes))
+}
+
+/// The OpenAPI document of this REST API (checked against the server in CI).
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("../../openapi.json"))
+}
+
+async fn list_models(State(st): State<AppState>) -> Json<Value> {
+    let models: Vec<Value> = st
+        .models
+        .slots()
+        .map(|s| {
+            let s = s.status();
+            json!({
+                "name": s.name,
+                "selector": s.selector,
+                "state": match s.state {
+                    SlotState::Pending => "PENDING",
+                    SlotState::Serving => "SERVING",
+                    SlotState::Degraded => "DEGRADED",
+                    SlotState::Failed => "FAILED",
+                },
+                "servingVersion": s.serving_version,
+                "sha256": s.sha256,
+                "verified": s.verified,
+                "lastError": s.last_error,
+            })
+        })
+        .collect();
+    Json(json!({ "models": models }))
+}
+
+async fn ready(State(st): State<AppState>) -> StatusCode {
+    if st.models.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+}
