@@ -43,8 +43,11 @@ pub struct Signature {
     pub outputs: Vec<TensorSpec>,
 }
 
-/// Tensor elements, row-major.
-#[derive(Debug, Clone, PartialEq)]
+/// Tensor elements, row-major. Serialized as a plain JSON array straight from
+/// the typed vector, so float32 values print as float32 (0.7647375), not
+/// widened to f64 digits.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
 pub enum TensorData {
     F32(Vec<f32>),
     F64(Vec<f64>),

@@ -75,7 +75,7 @@ pub(super) async fn predict(
         .unwrap_or_else(|| sig.outputs[0].name.clone());
     let input_name = input.name.clone();
     let p = lease.run(vec![NamedTensor { name: input_name, shape, data }], vec![output], None).await?;
-    let prediction = p.outputs.into_iter().next().map_or(Elements::F32(Vec::new()), |t| Elements::from(t.data));
+    let prediction = p.outputs.into_iter().next().map_or(TensorData::F32(Vec::new()), |t| t.data);
     Ok(Json(PredictReply { model_version: p.version, prediction }))
 }
 
@@ -83,33 +83,7 @@ pub(super) async fn predict(
 #[serde(rename_all = "camelCase")]
 pub(super) struct PredictReply {
     model_version: String,
-    prediction: Elements,
-}
-
-/// Tensor elements as a JSON array. Serialized straight from the typed vector,
-/// so float32 values print as float32 (0.7647375), not widened to f64 digits.
-#[derive(Debug, Serialize)]
-#[serde(untagged)]
-pub(super) enum Elements {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-    I32(Vec<i32>),
-    I64(Vec<i64>),
-    Bool(Vec<bool>),
-    Str(Vec<String>),
-}
-
-impl From<TensorData> for Elements {
-    fn from(d: TensorData) -> Self {
-        match d {
-            TensorData::F32(v) => Elements::F32(v),
-            TensorData::F64(v) => Elements::F64(v),
-            TensorData::I32(v) => Elements::I32(v),
-            TensorData::I64(v) => Elements::I64(v),
-            TensorData::Bool(v) => Elements::Bool(v),
-            TensorData::Str(v) => Elements::Str(v),
-        }
-    }
+    prediction: TensorData,
 }
 
 /// An int64 in the protobuf JSON mapping: a string, or (leniently) a number.
