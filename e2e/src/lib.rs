@@ -330,6 +330,15 @@ pub fn python_script(name: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow:
     run_python(cmd.arg(repo_root().join("python").join(name)).args(args), env, name)
 }
 
+/// Logs models with MLflow's Python client (`python/log_models.py NAME KINDS...`)
+/// and returns what it printed for each: version, source, expected outputs, digest.
+pub fn log_models(name: &str, kinds: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let args: Vec<&str> = ["--name", name].into_iter().chain(kinds.iter().copied()).collect();
+    let out = python_script("log_models.py", &args, env)?;
+    // MLflow prints run links on stdout too: the script's answer is its last line.
+    Ok(serde_json::from_str(out.lines().last().unwrap_or_default())?)
+}
+
 fn run_python(cmd: &mut Command, env: &[(&str, &str)], what: &str) -> anyhow::Result<String> {
     for (k, v) in env {
         cmd.env(k, v);

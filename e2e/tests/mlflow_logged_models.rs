@@ -15,8 +15,7 @@ use std::{
 
 use anyhow::{Context, ensure};
 use ferry_e2e::{
-    Mlflow, assert_close, logged_row, predict_row, python_script, start_inference, start_registry, wait_for,
-    wait_serving,
+    Mlflow, assert_close, log_models, logged_row, predict_row, start_inference, start_registry, wait_for, wait_serving,
 };
 use ferry_proto::{
     inference::v1::{GetModelMetadataRequest, ModelState, PredictRequest},
@@ -34,12 +33,11 @@ async fn models_logged_by_the_python_client_serve() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let mlflow = Mlflow::start(d).await?;
-    let logged = python_script(
-        "log_models.py",
-        &["--name", MODEL, "external", "inline", "many-files", "runs-uri", "sklearn"],
+    let logged = log_models(
+        MODEL,
+        &["external", "inline", "many-files", "runs-uri", "sklearn"],
         &[("MLFLOW_TRACKING_URI", &mlflow.url)],
     )?;
-    let logged: Vec<serde_json::Value> = serde_json::from_str(logged.lines().last().unwrap_or_default())?;
     let by_kind = |k: &str| logged.iter().find(|e| e["kind"] == k).cloned().context(k.to_owned());
     // What the Python client made: external data in one file and in several, and both kinds of source.
     let (external, many) = (by_kind("external")?, by_kind("many-files")?);
@@ -113,12 +111,7 @@ async fn the_sha256_tag_covers_external_data() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let mlflow = Mlflow::start(d).await?;
-    let logged = python_script(
-        "log_models.py",
-        &["--name", MODEL, "many-files", "many-files"],
-        &[("MLFLOW_TRACKING_URI", &mlflow.url)],
-    )?;
-    let logged: Vec<serde_json::Value> = serde_json::from_str(logged.lines().last().unwrap_or_default())?;
+    let logged = log_models(MODEL, &["many-files", "many-files"], &[("MLFLOW_TRACKING_URI", &mlflow.url)])?;
     let (good, bad) = (&logged[0], &logged[1]);
     let tag = |v: &serde_json::Value, sha: &str| {
         format!(
@@ -306,9 +299,7 @@ async fn a_dropped_download_resumes() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let mlflow = Mlflow::start(d).await?;
-    let logged =
-        python_script("log_models.py", &["--name", MODEL, "external"], &[("MLFLOW_TRACKING_URI", &mlflow.url)])?;
-    let logged: Vec<serde_json::Value> = serde_json::from_str(logged.lines().last().unwrap_or_default())?;
+    let logged = log_models(MODEL, &["external"], &[("MLFLOW_TRACKING_URI", &mlflow.url)])?;
     let v = &logged[0];
     // The weights file is ~38 KB; every other answer is far smaller.
     let (proxy, cut) = cutting_proxy(mlflow.url.trim_start_matches("http://").to_owned(), 20_000).await?;

@@ -7,7 +7,7 @@
 use std::{process::Command, time::Duration};
 
 use anyhow::{Context, ensure};
-use ferry_e2e::{Mlflow, Proc, free_port, python_script, start_inference, venv, wait_for, wait_serving};
+use ferry_e2e::{Mlflow, Proc, free_port, log_models, start_inference, venv, wait_for, wait_serving};
 use serde_json::{Value, json};
 
 fn rows() -> (Vec<f64>, Vec<f64>) {
@@ -42,9 +42,7 @@ async fn invocations_answer_like_mlflow_models_serve() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let mlflow = Mlflow::start(d).await?;
-    let logged =
-        python_script("log_models.py", &["--name", "mlp", "example"], &[("MLFLOW_TRACKING_URI", &mlflow.url)])?;
-    let logged: Vec<Value> = serde_json::from_str(logged.lines().last().unwrap_or_default())?;
+    let logged = log_models("mlp", &["example"], &[("MLFLOW_TRACKING_URI", &mlflow.url)])?;
     let example = logged[0]["serving_input_example"].as_str().context("no serving_input_example.json")?.to_owned();
 
     // MLflow's own scoring server for the same version.

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use ferry_e2e::{
-    Mlflow, MlflowOptions, S3, assert_close, logged_row, python, python_script, start_inference, wait_serving,
+    Mlflow, MlflowOptions, S3, assert_close, log_models, logged_row, python, start_inference, wait_serving,
 };
 use ferry_proto::inference::v1::GetModelMetadataRequest;
-use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inference_reads_s3_directly_when_mlflow_does_not_proxy() -> anyhow::Result<()> {
@@ -27,8 +26,7 @@ async fn inference_reads_s3_directly_when_mlflow_does_not_proxy() -> anyhow::Res
     let mlflow = Mlflow::start_with(d, opts).await?;
     let mut client_env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     client_env.push(("MLFLOW_TRACKING_URI", &mlflow.url));
-    let logged = python_script("log_models.py", &["--name", "mlp", "external", "many-files"], &client_env)?;
-    let logged: Vec<Value> = serde_json::from_str(logged.lines().last().unwrap_or_default())?;
+    let logged = log_models("mlp", &["external", "many-files"], &client_env)?;
     let keys = s3.keys().await?;
     ensure!(keys.iter().any(|k| k.ends_with("/model.onnx")), "the client did not write to the bucket: {keys:?}");
 

@@ -44,7 +44,8 @@ pub(crate) struct Fetched {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Record {
     onnx: String,
-    files: Vec<(String, String, u64)>,
+    /// Every file of the model, relative to its folder (re-hashed before reuse).
+    files: Vec<String>,
 }
 
 const RECORD: &str = ".ferry-files.json";
@@ -66,7 +67,8 @@ impl Fetcher<'_> {
     pub(crate) async fn fetch(&self, target: &ModelVersion) -> Result<Fetched, String> {
         let expected = target.tag(tags::SHA256).map(str::to_ascii_lowercase);
         tokio::fs::create_dir_all(self.root).await.map_err(|e| format!("creating {}: {e}", self.root.display()))?;
-        if let Some(sha) = &expected
+        // A tag is anyone's text in MLflow: only a well-formed digest names a cached folder.
+        if let Some(sha) = expected.as_deref().filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
             && let Some(cached) = self.cached(&target.version, sha).await
         {
             debug!(dir = %cached.dir.display(), "using the cached copy");
@@ -125,14 +127,11 @@ impl Fetcher<'_> {
                 files = files.len(),
                 bytes,
                 %digest,
-                "version has no {} tag: sizes match MLflow's artifact listing, content not verified; the digest is in the model's status",
+                "version has no {} tag: sizes match the store's listing, content not verified; the digest is in the model's status",
                 tags::SHA256
             ),
         }
-        let record = Record {
-            onnx: onnx.clone(),
-            files: files.iter().map(|f| (f.path.clone(), f.sha256.clone(), f.size)).collect(),
-        };
+        let record = Record { onnx: onnx.clone(), files: files.iter().map(|f| f.path.clone()).collect() };
         let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
         tokio::fs::write(staging.path().join(RECORD), json)
             .await
@@ -153,14 +152,14 @@ impl Fetcher<'_> {
 
     /// A copy already on disk whose files still hash to `sha`.
     async fn cached(&self, version: &str, sha: &str) -> Option<Fetched> {
-        let dir = self.root.join(format!("v{}-{}", sanitize(version), &sha[..sha.len().min(16)]));
+        let dir = self.root.join(format!("v{}-{}", sanitize(version), &sha[..16]));
         let record: Record = serde_json::from_slice(&tokio::fs::read(dir.join(RECORD)).await.ok()?).ok()?;
         let check = dir.clone();
         let files = tokio::task::spawn_blocking(move || {
             record
                 .files
                 .iter()
-                .map(|(path, _, _)| {
+                .map(|path| {
                     let rel = ferry_artifact::validate_relative_path(path).ok()?;
                     let (sha256, size) = ferry_artifact::hash_file(&check.join(&rel)).ok()?;
                     Some(FileDigest { path: rel, sha256, size })
@@ -316,7 +315,31 @@ impl Listings {
     }
 }
 
-/// A file-name-safe form of a model name or version.
+/// A file-name-safe form of a model name or version: never `.`, `..` or a
+/// hidden name, so it cannot step out of the folder it is joined to.
 pub(crate) fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+        .collect();
+    match safe.strip_prefix('.') {
+        Some(rest) => format!("_{rest}"),
+        None if safe.is_empty() => "_".to_owned(),
+        None => safe,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn names_stay_inside_their_folder() {
+        assert_eq!(sanitize("iris"), "iris");
+        assert_eq!(sanitize("team/model v2"), "team_model_v2");
+        for bad in ["..", ".", "", "../etc", ".hidden"] {
+            let s = sanitize(bad);
+            assert!(!s.starts_with('.') && !s.is_empty() && !s.contains('/'), "{bad:?} → {s:?}");
+        }
+    }
 }
