@@ -22,11 +22,11 @@ pub mod tensor;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use ferry_proto::{
     inference::v1::inference_server::InferenceServer, oip::grpc_inference_service_server::GrpcInferenceServiceServer,
 };
-use tokio::{net::TcpListener, sync::watch};
+use ferry_telemetry::Plane;
+use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tracing::info;
 
@@ -76,7 +76,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 
     // Shutdown: readiness false first, keep serving for the drain delay, then
     // stop accepting and let in-flight requests finish (bounded below).
-    let (stop_tx, stop) = watch::channel(false);
+    let (trigger, stop) = ferry_server::stop_signal();
     let drain_delay = Duration::from_millis(cfg.drain_delay_ms);
     let draining = Arc::clone(&models);
     tokio::spawn(async move {
@@ -84,7 +84,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         draining.start_draining();
         info!(delay_ms = drain_delay.as_millis() as u64, "draining: reporting not-ready");
         tokio::time::sleep(drain_delay).await;
-        stop_tx.send_replace(true);
+        trigger.stop();
     });
 
     let delivery = delivery::spawn(
@@ -98,102 +98,40 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             poll_interval: Duration::from_millis(cfg.poll_interval_ms),
             keep_versions: cfg.keep_versions,
         },
-        stop.clone(),
+        stop.receiver(),
     );
 
     // Health: NOT_SERVING until every configured model is loaded and warm.
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_not_serving::<InferenceServer<grpc::InferenceService>>().await;
-    reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-    let mut ready = models.ready();
-    tokio::spawn(async move {
-        loop {
-            let status = if *ready.borrow_and_update() {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
-            reporter.set_service_status("", status).await;
-            for service in [
-                <InferenceServer<grpc::InferenceService> as NamedService>::NAME,
-                <GrpcInferenceServiceServer<grpc::OipService> as NamedService>::NAME,
-            ] {
-                reporter.set_service_status(service, status).await;
-            }
-            if ready.changed().await.is_err() {
-                return;
-            }
-        }
-    });
-
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    let inference = InferenceServer::new(grpc::InferenceService { models: Arc::clone(&models) })
-        .max_decoding_message_size(cfg.max_request_bytes)
-        .max_encoding_message_size(usize::MAX);
-    let oip = GrpcInferenceServiceServer::new(grpc::OipService { models: Arc::clone(&models) })
-        .max_decoding_message_size(cfg.max_request_bytes)
-        .max_encoding_message_size(usize::MAX);
+    let services = vec![
+        <InferenceServer<grpc::InferenceService> as NamedService>::NAME,
+        <GrpcInferenceServiceServer<grpc::OipService> as NamedService>::NAME,
+    ];
+    ferry_server::follow_health(reporter, services, models.ready()).await;
 
     info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, models = ?cfg.models.iter().map(ToString::to_string).collect::<Vec<_>>(), "ferry-inference listening");
-
-    let mut grpc_stop = stop.clone();
-    let grpc = tonic::transport::Server::builder()
-        .trace_fn(|req| {
-            ferry_telemetry::server_span(ferry_telemetry::Plane::Data, "grpc", req.uri().path(), req.headers())
-        })
-        // gRPC-Web for browsers on the same port (HTTP/1.1 accepted).
-        .accept_http1(true)
-        .layer(browser::GrpcBrowserLayer)
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(inference)
-        .add_service(oip)
-        .serve_with_incoming_shutdown(ferry_telemetry::net::nodelay_incoming(grpc_listener), async move {
-            let _ = grpc_stop.wait_for(|s| *s).await;
-        });
-    let mut http_stop = stop.clone();
-    let trace = tower_http::trace::TraceLayer::new_for_http()
-        // Expected 503s (readiness while loading, draining) are not errors; metrics count failures.
-        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
-        .make_span_with(|req: &::http::Request<_>| {
-            ferry_telemetry::server_span(ferry_telemetry::Plane::Data, "http", req.uri().path(), req.headers())
-        });
-    let (set_id, echo_id) = ferry_telemetry::request_id_layers();
-    // Around the router, not on it: `Router::layer` wraps every route, and
-    // the wrapped route is cloned, boxed, for each request.
-    let app = tower::ServiceBuilder::new()
-        .map_response(|r: ::http::Response<_>| r.map(axum::body::Body::new))
-        .layer(set_id)
-        .layer(echo_id)
-        .layer(trace)
-        .layer(browser::HttpBrowserLayer)
-        .service(http::router(Arc::clone(&models), cfg.rest_output.clone(), cfg.max_request_bytes));
-    let http = axum::serve(
-        http_listener.tap_io(ferry_telemetry::net::set_nodelay),
-        axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = http_stop.wait_for(|s| *s).await;
-    });
-    let mut metrics_stop = stop.clone();
-    let metrics =
-        axum::serve(metrics_listener, metrics::router(metrics::Sources { models: Arc::clone(&models), mlflow }))
-            .with_graceful_shutdown(async move {
-                let _ = metrics_stop.wait_for(|s| *s).await;
-            });
+    // gRPC-Web for browsers on the same port (HTTP/1.1 accepted).
+    let grpc_server = ferry_server::grpc_server(Plane::Data).accept_http1(true).layer(browser::GrpcBrowserLayer);
+    let grpc = ferry_server::with_common_services(grpc_server, health)?
+        .add_service(grpc::inference_server(Arc::clone(&models), cfg.max_request_bytes))
+        .add_service(grpc::oip_server(Arc::clone(&models), cfg.max_request_bytes))
+        .serve_with_incoming_shutdown(ferry_telemetry::net::nodelay_incoming(grpc_listener), stop.fired());
+    let app = tower::ServiceBuilder::new().layer(browser::HttpBrowserLayer).service(http::router(
+        Arc::clone(&models),
+        cfg.rest_output.clone(),
+        cfg.max_request_bytes,
+    ));
+    let http = ferry_server::serve_http(http_listener, Plane::Data, app, &stop);
+    let metrics = ferry_server::serve_plain(
+        metrics_listener,
+        metrics::router(metrics::Sources { models: Arc::clone(&models), mlflow }),
+        &stop,
+    );
     let servers = async { tokio::join!(grpc, http, metrics) };
-    let mut deadline_stop = stop.clone();
     let drain_timeout = Duration::from_millis(cfg.drain_timeout_ms);
+    let stopped = stop.fired();
     let deadline = async move {
-        let _ = deadline_stop.wait_for(|s| *s).await;
+        stopped.await;
         tokio::time::sleep(drain_timeout).await;
     };
     tokio::select! {

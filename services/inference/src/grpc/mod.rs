@@ -6,4 +6,25 @@ pub(crate) mod inference;
 pub(crate) mod oip;
 mod status;
 
+use std::sync::Arc;
+
+use ferry_proto::{
+    inference::v1::inference_server::InferenceServer, oip::grpc_inference_service_server::GrpcInferenceServiceServer,
+};
+
 pub(crate) use self::{inference::InferenceService, oip::OipService};
+use crate::serving::Models;
+
+/// `ferry.inference.v1.Inference`, taking requests up to `max_request_bytes`.
+pub(crate) fn inference_server(models: Arc<Models>, max_request_bytes: usize) -> InferenceServer<InferenceService> {
+    InferenceServer::new(InferenceService { models })
+        .max_decoding_message_size(max_request_bytes)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// The Open Inference Protocol, taking requests up to `max_request_bytes`.
+pub(crate) fn oip_server(models: Arc<Models>, max_request_bytes: usize) -> GrpcInferenceServiceServer<OipService> {
+    GrpcInferenceServiceServer::new(OipService { models })
+        .max_decoding_message_size(max_request_bytes)
+        .max_encoding_message_size(usize::MAX)
+}

@@ -1,0 +1,192 @@
+//! What both Ferry services do alike when they serve, so that each one's
+//! `run()` reads as the list of what it serves: one stop signal that every
+//! listener and background task follows, gRPC health that follows a
+//! readiness flag, reflection (v1 and v1alpha, for grpcurl and Postman),
+//! and the HTTP stack's request id and tracing span.
+
+use std::{convert::Infallible, future::Future};
+
+use axum::{extract::Request, response::Response, serve::ListenerExt};
+use ferry_telemetry::Plane;
+use tokio::{net::TcpListener, sync::watch};
+use tonic::transport::server::Router;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+/// Fired once, at the end of a service's drain; every server and loop waits on it.
+#[derive(Debug)]
+pub struct StopTrigger(watch::Sender<bool>);
+
+impl StopTrigger {
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// A cheap, cloneable view of the stop signal.
+#[derive(Debug, Clone)]
+pub struct Stop(watch::Receiver<bool>);
+
+/// The one stop signal of a service.
+pub fn stop_signal() -> (StopTrigger, Stop) {
+    let (tx, rx) = watch::channel(false);
+    (StopTrigger(tx), Stop(rx))
+}
+
+impl Stop {
+    /// Resolves once the stop has fired (at once if it already has).
+    pub fn fired(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            // An error means the trigger is gone, which only happens at exit: stop too.
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    pub fn is_fired(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// The underlying receiver, for loops that `select!` on it with other channels.
+    pub fn receiver(&self) -> watch::Receiver<bool> {
+        self.0.clone()
+    }
+}
+
+/// Reports `services` (and the server as a whole, `""`) as SERVING exactly
+/// while `ready` holds true, from now until the sender is dropped. The first
+/// report is made before this returns, so no check sees tonic-health's
+/// default (SERVING) before the service is ready.
+pub async fn follow_health(reporter: HealthReporter, services: Vec<&'static str>, mut ready: watch::Receiver<bool>) {
+    async fn report(reporter: &HealthReporter, services: &[&'static str], ready: bool) {
+        let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+        reporter.set_service_status("", status).await;
+        for service in services {
+            reporter.set_service_status(*service, status).await;
+        }
+    }
+    let now = *ready.borrow_and_update();
+    report(&reporter, &services, now).await;
+    tokio::spawn(async move {
+        while ready.changed().await.is_ok() {
+            let now = *ready.borrow_and_update();
+            report(&reporter, &services, now).await;
+        }
+    });
+}
+
+/// A gRPC server with the request span every Ferry RPC gets.
+pub fn grpc_server(plane: Plane) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .trace_fn(move |req| ferry_telemetry::server_span(plane, "grpc", req.uri().path(), req.headers()))
+}
+
+/// Adds what every Ferry gRPC port answers besides its own services: health
+/// and server reflection (v1 and v1alpha) over Ferry's and health's descriptors.
+pub fn with_common_services<L: Clone>(
+    mut server: tonic::transport::Server<L>,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) -> Result<Router<L>, tonic_reflection::server::Error> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ferry_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok(server.add_service(health).add_service(reflection().build_v1()?).add_service(reflection().build_v1alpha()?))
+}
+
+/// Serves `app` on `listener` with a request id (the caller's `x-request-id`
+/// or a new one, echoed back) and a request span on every request, until
+/// `stop` fires; requests in flight then finish.
+pub async fn serve_http<S>(listener: TcpListener, plane: Plane, app: S, stop: &Stop) -> std::io::Result<()>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    let trace = tower_http::trace::TraceLayer::new_for_http()
+        // Expected 503s (readiness while loading, draining) are not errors; metrics count failures.
+        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
+        .make_span_with(move |req: &http::Request<_>| {
+            ferry_telemetry::server_span(plane, "http", req.uri().path(), req.headers())
+        });
+    let (set_id, echo_id) = ferry_telemetry::request_id_layers();
+    // Layers go around the router, not on it: `Router::layer` wraps every
+    // route, and the wrapped route is cloned, boxed, for each request.
+    let app = tower::ServiceBuilder::new()
+        .map_response(|r: http::Response<_>| r.map(axum::body::Body::new))
+        .layer(set_id)
+        .layer(echo_id)
+        .layer(trace)
+        .service(app);
+    axum::serve(listener.tap_io(ferry_telemetry::net::set_nodelay), axum::ServiceExt::<Request>::into_make_service(app))
+        .with_graceful_shutdown(stop.fired())
+        .await
+}
+
+/// Serves a plain router (metrics) until `stop` fires.
+pub async fn serve_plain(listener: TcpListener, app: axum::Router, stop: &Stop) -> std::io::Result<()> {
+    axum::serve(listener, app).with_graceful_shutdown(stop.fired()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_stop_reaches_every_clone_even_those_made_after_it_fired() {
+        let (trigger, stop) = stop_signal();
+        let early = stop.clone();
+        let waiting = tokio::spawn(early.fired());
+        assert!(!stop.is_fired());
+        trigger.stop();
+        waiting.await.unwrap();
+        let late = stop.clone();
+        tokio::time::timeout(std::time::Duration::from_secs(1), late.fired()).await.unwrap();
+        assert!(late.is_fired());
+    }
+
+    #[tokio::test]
+    async fn health_follows_readiness() {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus as Wire, health_client::HealthClient,
+        };
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let (ready_tx, ready) = watch::channel(false);
+        follow_health(reporter, vec!["x.Svc"], ready).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (trigger, stop) = stop_signal();
+        let server = tokio::spawn(
+            with_common_services(grpc_server(Plane::Data), health)
+                .unwrap()
+                .serve_with_incoming_shutdown(ferry_telemetry::net::nodelay_incoming(listener), stop.fired()),
+        );
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let client = HealthClient::new(channel);
+        let status = |s: &'static str| {
+            let mut c = client.clone();
+            async move { c.check(HealthCheckRequest { service: s.into() }).await.unwrap().into_inner().status }
+        };
+        let until = |want: i32, s: &'static str| {
+            let status = &status;
+            async move {
+                for _ in 0..200 {
+                    if status(s).await == want {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                panic!("{s:?} never reported {want}");
+            }
+        };
+        until(Wire::NotServing as i32, "x.Svc").await;
+        ready_tx.send_replace(true);
+        until(Wire::Serving as i32, "x.Svc").await;
+        until(Wire::Serving as i32, "").await;
+        ready_tx.send_replace(false);
+        until(Wire::NotServing as i32, "").await;
+        drop(client);
+        trigger.stop();
+        server.await.unwrap().unwrap();
+    }
+}
