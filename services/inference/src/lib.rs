@@ -18,6 +18,8 @@ pub mod serving;
 pub mod spec;
 mod store;
 pub mod tensor;
+#[cfg(test)]
+mod testing;
 
 use std::{future::Future, sync::Arc, time::Duration};
 

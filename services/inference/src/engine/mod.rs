@@ -78,6 +78,15 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// An engine over any runners (fakes, in tests of what holds an engine),
+    /// one worker thread each, without batching or inline runs.
+    #[cfg(test)]
+    pub(crate) fn with_runners<R: Runner>(signature: Signature, runners: Vec<R>, stats: Arc<ExecStats>) -> Self {
+        let batcher = Batcher::start("test-model", runners, None, BatchPolicy::OFF, Arc::clone(&stats))
+            .expect("starting test worker threads");
+        Engine { signature, batcher, inline: None, stats }
+    }
+
     /// Runs validated inputs, possibly stacked with other requests: a cheap
     /// model's on this thread, others' on a model thread. Dropping the future cancels the request if it has not run yet.
     pub async fn infer(

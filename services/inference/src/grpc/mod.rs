@@ -5,6 +5,8 @@
 pub(crate) mod inference;
 pub(crate) mod oip;
 mod status;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

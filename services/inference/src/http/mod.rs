@@ -7,6 +7,8 @@ mod error;
 mod mlflow;
 mod oip;
 mod predict;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

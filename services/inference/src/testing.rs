@@ -1,0 +1,99 @@
+//! In-process fixtures for the transports' tests: models served by a fake
+//! runner behind a real engine, slots and leases, so that the gRPC services
+//! and the HTTP router are tested without ONNX Runtime or MLflow.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use crate::{
+    engine::{Engine, SessionOptions, batcher::BatchPolicy, batcher::Runner},
+    error::ServeError,
+    serving::{Backend, LoadedModel, ModelSettings, Models},
+    spec::{ModelSpec, Selector},
+    tensor::{DType, NamedTensor, Signature, TensorData, TensorSpec},
+};
+
+/// Every model here takes `x` (float32, `[-1, 4]`) and answers `y = 2x`.
+pub(crate) const WIDTH: i64 = 4;
+
+/// The served models: `double` (version 3, the default), `slow` (version 1,
+/// one worker that takes `SLOW` per request) and `pending` (configured, never loaded).
+pub(crate) const SLOW: Duration = Duration::from_millis(400);
+
+/// Requests each model takes at once before refusing with "overloaded".
+pub(crate) const MAX_IN_FLIGHT: usize = 2;
+
+struct Doubler {
+    delay: Duration,
+    /// Model calls begun, for tests that need the worker busy.
+    started: Arc<AtomicUsize>,
+}
+
+impl Runner for Doubler {
+    fn run(&mut self, inputs: Vec<NamedTensor>, _outputs: &[String]) -> Result<Vec<NamedTensor>, ServeError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+        let x = inputs.into_iter().next().ok_or_else(|| ServeError::Internal("no input".into()))?;
+        let TensorData::F32(v) = x.data else {
+            return Err(ServeError::Model("x must be float32".into()));
+        };
+        Ok(vec![NamedTensor {
+            name: "y".into(),
+            shape: x.shape,
+            data: TensorData::F32(v.iter().map(|a| a * 2.0).collect()),
+        }])
+    }
+}
+
+fn signature() -> Signature {
+    let spec = |n: &str| TensorSpec { name: n.into(), dtype: DType::F32, shape: vec![-1, WIDTH] };
+    Signature { inputs: vec![spec("x")], outputs: vec![spec("y")] }
+}
+
+fn loaded(models: &Models, name: &str, version: &str, delay: Duration, started: Arc<AtomicUsize>) -> LoadedModel {
+    let stats = Arc::clone(&models.slot(name).unwrap().stats.exec);
+    LoadedModel {
+        version: version.into(),
+        sha256: format!("sha-{version}"),
+        verified: true,
+        signature: signature(),
+        backend: Backend::Local {
+            engine: Engine::with_runners(signature(), vec![Doubler { delay, started }], stats),
+            dir: PathBuf::new(),
+        },
+        loaded_at: std::time::Instant::now(),
+    }
+}
+
+/// `double`, `slow` and `pending`, as described above.
+pub(crate) fn models() -> Arc<Models> {
+    models_and_slow_calls().0
+}
+
+/// The models, and how many calls the slow model's worker has begun.
+pub(crate) fn models_and_slow_calls() -> (Arc<Models>, Arc<AtomicUsize>) {
+    let session = SessionOptions {
+        sessions: 1,
+        intra_threads: 1,
+        throughput_sessions: None,
+        inter_threads: 1,
+        optimization_level: 0,
+        batch: BatchPolicy::OFF,
+        inline_below: Duration::ZERO,
+        spinning: false,
+    };
+    let settings = ModelSettings { session, warmup_runs: 0, max_in_flight: MAX_IN_FLIGHT };
+    let spec =
+        |name: &str| ModelSpec { name: name.into(), selector: Selector::Alias("champion".into()), remote: false };
+    let models = Models::new(["double", "slow", "pending"].into_iter().map(|n| (spec(n), settings)).collect()).unwrap();
+    let slow_calls = Arc::new(AtomicUsize::new(0));
+    models.install("double", loaded(&models, "double", "3", Duration::ZERO, Arc::default()), None);
+    models.install("slow", loaded(&models, "slow", "1", SLOW, Arc::clone(&slow_calls)), None);
+    (Arc::new(models), slow_calls)
+}
