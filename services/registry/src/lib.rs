@@ -1,6 +1,8 @@
 //! Ferry Registry, the control plane: registers ONNX models in MLflow, moves
 //! versions through stages and aliases, and streams every change.
 
+#[cfg(test)]
+mod adapter_tests;
 pub mod auth;
 pub mod config;
 mod convert;

@@ -1,0 +1,233 @@
+//! Both transports in process, against an MLflow that is missing things, down
+//! or too slow (a few lines of axum, a closed port, a listener that never
+//! answers): every registry row of the README's error table, with the gRPC
+//! code and the HTTP status a client sees, and nothing sent to MLflow for a
+//! request refused before it.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{body::Body, http::StatusCode};
+use ferry_proto::registry::v1::{
+    self as pb, model_registry_client::ModelRegistryClient, register_model_request::Payload,
+};
+use tonic::{Code, transport::Channel};
+use tower::ServiceExt;
+
+use crate::{auth::Auth, grpc::RegistryService, hub::Hub, service::Registry};
+
+const TOKEN: &str = "s3cret-token";
+
+/// What the MLflow behind the registry does.
+#[derive(Debug, Clone, Copy)]
+enum Mlflow {
+    /// Answers every call with MLflow's 404 (`RESOURCE_DOES_NOT_EXIST`).
+    Empty,
+    /// Nothing listens on its port.
+    Down,
+    /// Accepts connections and never answers.
+    Hanging,
+}
+
+struct Fixture {
+    registry: Registry,
+    /// Calls that reached MLflow.
+    calls: Arc<AtomicUsize>,
+    root: tempfile::TempDir,
+    _uploads: tempfile::TempDir,
+}
+
+async fn fixture(kind: Mlflow) -> Fixture {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let calls = Arc::new(AtomicUsize::new(0));
+    match kind {
+        Mlflow::Empty => {
+            let counted = Arc::clone(&calls);
+            let app = axum::Router::new().fallback(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async {
+                    let body = r#"{"error_code":"RESOURCE_DOES_NOT_EXIST","message":"Registered Model with name=nope not found"}"#;
+                    (StatusCode::NOT_FOUND, body)
+                }
+            });
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
+        Mlflow::Down => drop(listener),
+        Mlflow::Hanging => {
+            let counted = Arc::clone(&calls);
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((conn, _)) = listener.accept().await {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    held.push(conn);
+                }
+            });
+        }
+    }
+    let mut cfg = ferry_mlflow::Config::new(url.parse().unwrap());
+    cfg.timeout = Duration::from_millis(300);
+    cfg.retries = 1;
+    let uploads = tempfile::tempdir().unwrap();
+    let registry = Registry {
+        mlflow: ferry_mlflow::Client::new(cfg).unwrap(),
+        hub: Hub::new(16, 16),
+        experiment: "ferry-registrations".into(),
+        max_model_bytes: 1 << 20,
+        upload_dir: uploads.path().to_owned(),
+        path_root: None,
+    };
+    Fixture { registry, calls, root: tempfile::tempdir().unwrap(), _uploads: uploads }
+}
+
+async fn grpc(f: &Fixture) -> ModelRegistryClient<Channel> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = RegistryService { registry: f.registry.clone(), auth: Auth::new(Some(TOKEN), false) };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::model_registry_server::ModelRegistryServer::new(service))
+            .serve_with_incoming(ferry_telemetry::net::nodelay_incoming(listener)),
+    );
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    ModelRegistryClient::new(channel)
+}
+
+fn authorized<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    req
+}
+
+async fn http(f: &Fixture, req: http::Request<Body>) -> (StatusCode, String) {
+    let app = crate::http::router(f.registry.clone(), Auth::new(Some(TOKEN), false), None);
+    let resp = app.oneshot(req).await.unwrap();
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    (status, v["error"].as_str().unwrap_or_default().to_owned())
+}
+
+fn put_stage(model: &str, stage: &str, token: Option<&str>) -> http::Request<Body> {
+    let mut b = http::Request::put(format!("/set-model-stage?modelName={model}&version=1&stage={stage}"));
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+fn upload(name: &str, bytes: &[u8]) -> http::Request<Body> {
+    let boundary = "ferry-test-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"modelName\"\r\n\r\n{name}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"model.onnx\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    http::Request::post("/register-model")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(Body::from(body))
+        .unwrap()
+}
+
+fn register_path(path: &std::path::Path) -> http::Request<Body> {
+    http::Request::post("/register-model")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::json!({"modelName": "m", "path": path}).to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_bad_onnx_upload_or_stage_is_invalid_argument_and_nothing_reaches_mlflow() {
+    let f = fixture(Mlflow::Empty).await;
+    let mut client = grpc(&f).await;
+    let messages = vec![
+        pb::RegisterModelRequest {
+            payload: Some(Payload::Metadata(pb::RegisterModelMetadata { name: "m".into(), ..Default::default() })),
+        },
+        pb::RegisterModelRequest { payload: Some(Payload::Chunk(b"not an onnx graph".to_vec())) },
+    ];
+    let status = client.register_model(authorized(tokio_stream::iter(messages))).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    let (s, error) = http(&f, upload("m", b"not an onnx graph")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{error}");
+    let req = pb::TransitionStageRequest { name: "m".into(), version: "1".into(), ..Default::default() };
+    let status = client.transition_stage(authorized(req)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    let (s, error) = http(&f, put_stage("m", "Bogus", Some(TOKEN))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(error.contains("Bogus"), "{error}");
+    assert_eq!(f.calls.load(Ordering::SeqCst), 0, "refused before anything was sent to MLflow");
+}
+
+#[tokio::test]
+async fn an_unknown_model_is_not_found_naming_it() {
+    let f = fixture(Mlflow::Empty).await;
+    let status = grpc(&f).await.get_model(authorized(pb::GetModelRequest { name: "nope".into() })).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{}", status.message());
+    assert!(status.message().contains("nope"), "{}", status.message());
+    let (s, error) = http(&f, put_stage("nope", "Staging", Some(TOKEN))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{error}");
+    assert!(error.contains("nope"), "{error}");
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_token_is_unauthenticated() {
+    let f = fixture(Mlflow::Empty).await;
+    let mut client = grpc(&f).await;
+    let alias = || pb::SetAliasRequest { name: "m".into(), alias: "champion".into(), version: "1".into() };
+    let status = client.set_alias(alias()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{}", status.message());
+    let mut wrong = tonic::Request::new(alias());
+    wrong.metadata_mut().insert("authorization", "Bearer guess".parse().unwrap());
+    assert_eq!(client.set_alias(wrong).await.unwrap_err().code(), Code::Unauthenticated);
+    for token in [None, Some("guess")] {
+        let (s, error) = http(&f, put_stage("m", "Staging", token)).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{token:?}: {error}");
+        assert!(!error.contains(TOKEN), "the token never appears in an error");
+    }
+    assert_eq!(f.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_server_side_path_outside_the_root_is_forbidden_before_it_is_opened() {
+    let mut f = fixture(Mlflow::Empty).await;
+    let (s, error) = http(&f, register_path(std::path::Path::new("/etc/passwd"))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "no root configured: {error}");
+    f.registry.path_root = Some(f.root.path().to_owned());
+    let outside = f.root.path().join("../../etc/passwd");
+    let (s, error) = http(&f, register_path(&outside)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{error}");
+    assert!(!error.contains("root:"), "nothing of the file is read back: {error}");
+    assert_eq!(f.calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn mlflow_down_is_unavailable() {
+    let f = fixture(Mlflow::Down).await;
+    let status = grpc(&f).await.get_model(authorized(pb::GetModelRequest { name: "m".into() })).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    let (s, error) = http(&f, put_stage("m", "Staging", Some(TOKEN))).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{error}");
+}
+
+#[tokio::test]
+async fn mlflow_too_slow_is_deadline_exceeded_within_the_per_call_timeout() {
+    let f = fixture(Mlflow::Hanging).await;
+    let started = Instant::now();
+    let status = grpc(&f).await.get_model(authorized(pb::GetModelRequest { name: "m".into() })).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{}", status.message());
+    assert!(started.elapsed() < Duration::from_secs(5), "bounded by the timeout and retries: {:?}", started.elapsed());
+    let (s, error) = http(&f, put_stage("m", "Staging", Some(TOKEN))).await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{error}");
+    assert!(f.calls.load(Ordering::SeqCst) >= 1);
+}
