@@ -370,6 +370,19 @@ impl Client {
         .await
     }
 
+    /// A small text artifact (an `MLmodel` file), refusing one over `max_bytes`.
+    pub async fn read_artifact_text(&self, artifact_uri: &str, max_bytes: usize) -> Result<String> {
+        let mut resp = self.download_artifact(artifact_uri, 0).await?;
+        let mut raw = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| Error::from_reqwest(e, self.cfg.transfer_timeout))? {
+            raw.extend_from_slice(&chunk);
+            if raw.len() > max_bytes {
+                return Err(Error::Protocol(format!("{artifact_uri} is over {max_bytes} bytes")));
+            }
+        }
+        String::from_utf8(raw).map_err(|_| Error::Protocol(format!("{artifact_uri} is not UTF-8 text")))
+    }
+
     /// Lists the direct children of an artifact directory (basenames).
     #[instrument(skip(self))]
     pub async fn list_artifacts(&self, artifact_uri: &str) -> Result<Vec<FileInfo>> {

@@ -8,12 +8,14 @@
 mod args;
 mod client;
 mod error;
+mod selector;
 mod types;
 
 #[cfg(feature = "clap")]
 pub use args::MlflowArgs;
 pub use client::{Auth, Client, Config, artifact_rel_path, escape_filter};
 pub use error::{Error, ErrorKind, Result};
+pub use selector::{ModelRef, Selector};
 pub use types::{
     AliasEntry, Experiment, FileInfo, ModelVersion, Page, RegisteredModel, RunInfo, RunStatus, Tag, Webhook,
     WebhookEvent,

@@ -23,7 +23,6 @@ use crate::{
     fetch::{Fetcher, sanitize},
     remote::{self, RemoteModel},
     serving::{Backend, LoadTiming, LoadedModel, ModelSlot, Models},
-    spec::Selector,
     store::Stores,
 };
 
@@ -296,17 +295,7 @@ impl Loader {
 
     /// Which version MLflow designates for this slot right now.
     async fn resolve(&self) -> ferry_mlflow::Result<Option<ModelVersion>> {
-        let name = &self.slot.spec.name;
-        let found = match &self.slot.spec.selector {
-            Selector::Stage(stage) => return self.mlflow.latest_version_in_stage(name, stage).await,
-            Selector::Alias(alias) => self.mlflow.get_version_by_alias(name, alias).await,
-            Selector::Version(v) => self.mlflow.get_model_version(name, v).await,
-        };
-        match found {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.mlflow.resolve(&self.slot.spec.name, &self.slot.spec.selector).await
     }
 
     async fn load(&self, target: &ModelVersion) -> Result<LoadedModel, String> {

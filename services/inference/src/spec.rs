@@ -2,20 +2,11 @@
 
 use std::{fmt, str::FromStr};
 
-use ferry_mlflow::canonical_stage;
+use ferry_mlflow::ModelRef;
+pub use ferry_mlflow::Selector;
 
-/// How a model's serving version is chosen in MLflow.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Selector {
-    /// The newest version in a stage (`Production`, `Staging`, ...).
-    Stage(String),
-    /// The version an alias points at (`champion`).
-    Alias(String),
-    /// A pinned version number.
-    Version(String),
-}
-
-/// `name:Stage`, `name@alias` or `name/version`, e.g. `iris:Production`.
+/// `name:Stage`, `name@alias` or `name/version` (see `ferry_mlflow::ModelRef`),
+/// and whether it is served here or forwarded.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ModelSpec {
     pub name: String,
@@ -24,23 +15,9 @@ pub struct ModelSpec {
     pub remote: bool,
 }
 
-impl fmt::Display for Selector {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Selector::Stage(s) => write!(f, "stage:{s}"),
-            Selector::Alias(a) => write!(f, "alias:{a}"),
-            Selector::Version(v) => write!(f, "version:{v}"),
-        }
-    }
-}
-
 impl fmt::Display for ModelSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.selector {
-            Selector::Stage(s) => write!(f, "{}:{s}", self.name),
-            Selector::Alias(a) => write!(f, "{}@{a}", self.name),
-            Selector::Version(v) => write!(f, "{}/{v}", self.name),
-        }
+        ModelRef { name: self.name.clone(), selector: self.selector.clone() }.fmt(f)
     }
 }
 
@@ -48,29 +25,8 @@ impl FromStr for ModelSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let (name, selector) = if let Some((n, a)) = s.split_once('@') {
-            (n, Selector::Alias(a.to_owned()))
-        } else if let Some((n, st)) = s.split_once(':') {
-            let stage = canonical_stage(st)
-                .ok_or_else(|| format!("{s:?}: unknown stage {st:?} (use None, Staging, Production or Archived)"))?;
-            (n, Selector::Stage(stage.to_owned()))
-        } else if let Some((n, v)) = s.rsplit_once('/') {
-            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("{s:?}: version {v:?} is not a number"));
-            }
-            (n, Selector::Version(v.to_owned()))
-        } else {
-            return Err(format!("{s:?}: expected name:Stage, name@alias or name/version"));
-        };
-        let ok = |x: &str| !x.is_empty() && !x.chars().any(char::is_whitespace);
-        let sel_ok = match &selector {
-            Selector::Stage(x) | Selector::Alias(x) | Selector::Version(x) => ok(x),
-        };
-        if !ok(name) || !sel_ok {
-            return Err(format!("{s:?}: empty or blank name or selector"));
-        }
-        Ok(ModelSpec { name: name.to_owned(), selector, remote: false })
+        let ModelRef { name, selector } = s.parse()?;
+        Ok(ModelSpec { name, selector, remote: false })
     }
 }
 

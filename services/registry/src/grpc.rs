@@ -19,7 +19,7 @@ use crate::{
     convert,
     error::RegistryError,
     register::{self, Registration},
-    service::{self, Registry, Spool, Spooled},
+    service::{Registry, Spool, Spooled},
 };
 
 #[derive(Debug, Clone)]
@@ -187,10 +187,10 @@ impl ModelRegistry for RegistryService {
         let selector = match r.selector {
             Some(Selector::Stage(s)) => {
                 let stage = pb::Stage::try_from(s).unwrap_or(pb::Stage::Unspecified);
-                service::Selector::Stage(convert::stage_to_mlflow(stage).map_err(status)?.to_owned())
+                ferry_mlflow::Selector::Stage(convert::stage_to_mlflow(stage).map_err(status)?.to_owned())
             }
-            Some(Selector::Alias(a)) => service::Selector::Alias(a),
-            Some(Selector::Version(v)) => service::Selector::Version(v),
+            Some(Selector::Alias(a)) => ferry_mlflow::Selector::Alias(a),
+            Some(Selector::Version(v)) => ferry_mlflow::Selector::Version(v),
             None => return Err(Status::invalid_argument("one of stage, alias or version is required")),
         };
         let (v, download_uri) = self.registry.resolve(&r.name, &selector).await.map_err(status)?;

@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use ferry_mlflow::{Client, ModelVersion, RegisteredModel, canonical_stage, escape_filter, tags};
+use ferry_mlflow::{Client, ModelVersion, RegisteredModel, Selector, canonical_stage, escape_filter, tags};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tracing::info;
@@ -23,14 +23,6 @@ pub struct Registry {
     pub(crate) upload_dir: PathBuf,
     /// Where server-side registration paths may point; `None`: nowhere.
     pub(crate) path_root: Option<PathBuf>,
-}
-
-/// How a caller designates a version.
-#[derive(Debug, Clone)]
-pub enum Selector {
-    Stage(String),
-    Alias(String),
-    Version(String),
 }
 
 /// An upload being written to disk, hashed as it streams in, with a size limit.
@@ -225,38 +217,40 @@ impl Registry {
         Ok((versions, page.next_page_token.unwrap_or_default()))
     }
 
-    /// The version a selector designates, and where its ONNX file downloads from.
+    /// The version a selector designates (the same resolver inference follows),
+    /// and the URI of its ONNX graph: the file `MLmodel` names, as inference
+    /// downloads it; external data files sit beside it.
     pub async fn resolve(&self, name: &str, selector: &Selector) -> Result<(ModelVersion, String)> {
         required("name", name)?;
-        let v = match selector {
-            Selector::Stage(s) => {
-                let stage =
-                    canonical_stage(s).ok_or_else(|| RegistryError::InvalidArgument(format!("unknown stage {s:?}")))?;
-                self.mlflow
-                    .latest_version_in_stage(name, stage)
-                    .await
-                    .map_err(|e| RegistryError::mlflow(format!("model {name:?}"), e))?
-                    .ok_or_else(|| RegistryError::NotFound(format!("model {name:?} has no version in stage {stage}")))?
-            }
-            Selector::Alias(a) => self
-                .mlflow
-                .get_version_by_alias(name, a)
-                .await
-                .map_err(|e| RegistryError::mlflow(format!("alias {a:?} of model {name:?}"), e))?,
-            Selector::Version(v) => self
-                .mlflow
-                .get_model_version(name, v)
-                .await
-                .map_err(|e| RegistryError::mlflow(format!("model {name:?} version {v}"), e))?,
+        let selector = match selector {
+            Selector::Stage(s) => Selector::Stage(
+                canonical_stage(s)
+                    .ok_or_else(|| RegistryError::InvalidArgument(format!("unknown stage {s:?}")))?
+                    .to_owned(),
+            ),
+            other @ (Selector::Alias(_) | Selector::Version(_)) => other.clone(),
         };
+        let v = self
+            .mlflow
+            .resolve(name, &selector)
+            .await
+            .map_err(|e| RegistryError::mlflow(format!("model {name:?}"), e))?
+            .ok_or_else(|| RegistryError::NotFound(format!("model {name:?} has no version for {selector}")))?;
         let dir = self
             .mlflow
             .resolve_model_uri(name, &v.version)
             .await
             .map_err(|e| RegistryError::mlflow(format!("download URI of {name:?} version {}", v.version), e))?;
-        let file = v.tag(tags::ARTIFACT_PATH).unwrap_or("model.onnx");
-        let uri = format!("{}/{}", dir.trim_end_matches('/'), file);
-        Ok((v, uri))
+        let dir = dir.trim_end_matches('/');
+        let file = match self.mlflow.read_artifact_text(&format!("{dir}/{}", ferry_artifact::MLMODEL), 1 << 20).await {
+            Ok(text) => ferry_artifact::MlModel::parse(&text)
+                .and_then(|m| m.onnx_file())
+                .map_err(|e| RegistryError::InvalidArgument(format!("model {name:?} version {}: {e}", v.version)))?,
+            // A bare folder (registered before MLmodel was written): Ferry's tag, or its default.
+            Err(e) if e.is_not_found() => v.tag(tags::ARTIFACT_PATH).unwrap_or("model.onnx").to_owned(),
+            Err(e) => return Err(RegistryError::mlflow(format!("MLmodel of {name:?} version {}", v.version), e)),
+        };
+        Ok((v, format!("{dir}/{file}")))
     }
 }
 
