@@ -7,7 +7,6 @@ pub mod config;
 mod delivery;
 pub mod engine;
 pub mod error;
-mod fetch;
 mod grpc;
 mod http;
 pub mod memory;
@@ -16,7 +15,6 @@ mod models_file;
 pub mod remote;
 pub mod serving;
 pub mod spec;
-mod store;
 pub mod tensor;
 #[cfg(test)]
 mod testing;

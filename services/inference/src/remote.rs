@@ -12,6 +12,7 @@ use tonic::{Code, transport::Channel};
 use crate::{
     codec::oip,
     error::ServeError,
+    serving::Forward,
     tensor::{NamedTensor, Signature, TensorSpec},
 };
 
@@ -63,8 +64,36 @@ impl RemoteModel {
         Ok((Self { endpoint: endpoint.to_owned(), name: name.to_owned(), client }, signature))
     }
 
-    /// Forwards one request; returns the outputs and the version that computed them.
-    pub async fn infer(
+    /// The remote's answer, mapped to what our caller can act on.
+    fn error(&self, s: tonic::Status) -> ServeError {
+        let msg = format!("remote {}: {}", self.endpoint, s.message());
+        match s.code() {
+            Code::InvalidArgument | Code::OutOfRange => ServeError::InvalidArgument(msg),
+            Code::NotFound => ServeError::NotFound(msg),
+            Code::ResourceExhausted => ServeError::Overloaded(msg),
+            Code::FailedPrecondition => ServeError::VersionMismatch(msg),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
+                ServeError::Unavailable(msg)
+            }
+            Code::Ok
+            | Code::Unknown
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::DataLoss
+            | Code::Unauthenticated => ServeError::Internal(msg),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Forward for RemoteModel {
+    fn target(&self) -> (&str, &str) {
+        (&self.endpoint, &self.name)
+    }
+
+    async fn infer(
         &self,
         inputs: Vec<NamedTensor>,
         outputs: &[String],
@@ -101,27 +130,5 @@ impl RemoteModel {
             out.push(NamedTensor { name: t.name, shape: t.shape, data });
         }
         Ok((out, resp.model_version))
-    }
-
-    /// The remote's answer, mapped to what our caller can act on.
-    fn error(&self, s: tonic::Status) -> ServeError {
-        let msg = format!("remote {}: {}", self.endpoint, s.message());
-        match s.code() {
-            Code::InvalidArgument | Code::OutOfRange => ServeError::InvalidArgument(msg),
-            Code::NotFound => ServeError::NotFound(msg),
-            Code::ResourceExhausted => ServeError::Overloaded(msg),
-            Code::FailedPrecondition => ServeError::VersionMismatch(msg),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
-                ServeError::Unavailable(msg)
-            }
-            Code::Ok
-            | Code::Unknown
-            | Code::AlreadyExists
-            | Code::PermissionDenied
-            | Code::Unimplemented
-            | Code::Internal
-            | Code::DataLoss
-            | Code::Unauthenticated => ServeError::Internal(msg),
-        }
     }
 }

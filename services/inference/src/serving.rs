@@ -20,7 +20,6 @@ use tokio::sync::{Semaphore, watch};
 use crate::{
     engine::{Engine, SessionOptions, batcher::ExecStats},
     error::ServeError,
-    remote::RemoteModel,
     spec::ModelSpec,
     tensor::{NamedTensor, Signature, validate},
 };
@@ -31,7 +30,22 @@ pub enum Backend {
     /// In this process, with ONNX Runtime, from the version's local folder.
     Local { engine: Engine, dir: PathBuf },
     /// On another Open Inference Protocol server.
-    Remote(RemoteModel),
+    Remote(Box<dyn Forward>),
+}
+
+/// A model version served elsewhere, requests forwarded to it (`remote.rs`):
+/// the seam that keeps this module free of any transport.
+#[tonic::async_trait]
+pub trait Forward: Send + Sync + std::fmt::Debug {
+    /// Where requests go, and the model's name there.
+    fn target(&self) -> (&str, &str);
+
+    /// Forwards one request; returns the outputs and the version that computed them.
+    async fn infer(
+        &self,
+        inputs: Vec<NamedTensor>,
+        outputs: &[String],
+    ) -> Result<(Vec<NamedTensor>, String), ServeError>;
 }
 
 /// One version of a model, loaded and warm (or connected, when remote).
@@ -488,7 +502,7 @@ mod tests {
             sha256: format!("sha-{v}"),
             verified: true,
             signature: Signature { inputs: vec![spec("x")], outputs: vec![spec("y")] },
-            backend: Backend::Remote(RemoteModel::lazy("http://127.0.0.1:9", "m")),
+            backend: Backend::Remote(Box::new(crate::remote::RemoteModel::lazy("http://127.0.0.1:9", "m"))),
             loaded_at: Instant::now(),
         }
     }

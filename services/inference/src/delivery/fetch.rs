@@ -11,11 +11,7 @@
 //! the tag is loaded with its sizes checked and its digest recorded, and
 //! said to be unverified.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use ferry_artifact::{FileDigest, MLMODEL, MlModel, ModelDigest};
 use ferry_mlflow::{ModelVersion, tags};
@@ -24,31 +20,11 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
-use crate::store::{Source, Stores};
+use super::{
+    cache::{Fetched, ModelCache, RECORD},
+    store::{Source, Stores},
+};
 
-/// A model version's files on local disk.
-#[derive(Debug, Clone)]
-pub(crate) struct Fetched {
-    /// The version's directory (`<work>/<model>/v<version>-<digest prefix>`).
-    pub(crate) dir: PathBuf,
-    /// The ONNX file inside it; its external data sits beside it.
-    pub(crate) onnx: PathBuf,
-    /// `ferry_artifact::ModelDigest` over every file.
-    pub(crate) digest: String,
-    /// Whether `digest` was checked against the version's `ferry.sha256` tag.
-    pub(crate) verified: bool,
-}
-
-/// The record kept beside the files, so a cached copy can be re-checked
-/// without asking MLflow.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Record {
-    onnx: String,
-    /// Every file of the model, relative to its folder (re-hashed before reuse).
-    files: Vec<String>,
-}
-
-const RECORD: &str = ".ferry-files.json";
 /// `MLmodel` is a few KB of YAML; anything much larger is not one.
 const MAX_MLMODEL_BYTES: u64 = 1 << 20;
 /// Consecutive failed attempts (no byte gained) before a download gives up.
@@ -57,8 +33,8 @@ const RESUME_ATTEMPTS: u32 = 5;
 pub(crate) struct Fetcher<'a> {
     pub(crate) mlflow: &'a ferry_mlflow::Client,
     pub(crate) stores: &'a Stores,
-    /// This model's folder under the work directory.
-    pub(crate) root: &'a Path,
+    /// Where this model's versions are kept.
+    pub(crate) cache: &'a ModelCache,
     /// Limit on the sum of a version's file sizes.
     pub(crate) max_bytes: u64,
 }
@@ -66,10 +42,9 @@ pub(crate) struct Fetcher<'a> {
 impl Fetcher<'_> {
     pub(crate) async fn fetch(&self, target: &ModelVersion) -> Result<Fetched, String> {
         let expected = target.tag(tags::SHA256).map(str::to_ascii_lowercase);
-        tokio::fs::create_dir_all(self.root).await.map_err(|e| format!("creating {}: {e}", self.root.display()))?;
         // A tag is anyone's text in MLflow: only a well-formed digest names a cached folder.
         if let Some(sha) = expected.as_deref().filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-            && let Some(cached) = self.cached(&target.version, sha).await
+            && let Some(cached) = self.cache.cached(&target.version, sha).await
         {
             debug!(dir = %cached.dir.display(), "using the cached copy");
             return Ok(cached);
@@ -78,10 +53,7 @@ impl Fetcher<'_> {
         let source = self.stores.source(self.mlflow, &uri).map_err(|e| format!("version {}: {e}", target.version))?;
         debug!(source = source.uri(), "fetching the model's files");
         let onnx = self.onnx_path(&source, target).await?;
-        let staging = tempfile::Builder::new()
-            .prefix(".staging-")
-            .tempdir_in(self.root)
-            .map_err(|e| format!("creating a staging folder in {}: {e}", self.root.display()))?;
+        let staging = self.cache.staging().await?;
         let mut listings = Listings::default();
         let mut budget = self.max_bytes;
         let mut files = vec![self.download(&source, &onnx, staging.path(), &mut listings, &mut budget).await?];
@@ -131,52 +103,7 @@ impl Fetcher<'_> {
                 tags::SHA256
             ),
         }
-        let record = Record { onnx: onnx.clone(), files: files.iter().map(|f| f.path.clone()).collect() };
-        let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-        tokio::fs::write(staging.path().join(RECORD), json)
-            .await
-            .map_err(|e| format!("writing the file record: {e}"))?;
-
-        let dir = self.root.join(format!("v{}-{}", sanitize(&target.version), &digest[..16]));
-        if tokio::fs::try_exists(&dir).await.unwrap_or(false) {
-            // A stale or damaged copy: a serving session keeps its open files.
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-        }
-        let staged = staging.keep();
-        tokio::fs::rename(&staged, &dir).await.map_err(|e| {
-            let _ = std::fs::remove_dir_all(&staged);
-            format!("saving {}: {e}", dir.display())
-        })?;
-        Ok(Fetched { onnx: dir.join(&onnx), dir, digest, verified: expected.is_some() })
-    }
-
-    /// A copy already on disk whose files still hash to `sha`.
-    async fn cached(&self, version: &str, sha: &str) -> Option<Fetched> {
-        let dir = self.root.join(format!("v{}-{}", sanitize(version), &sha[..16]));
-        let record: Record = serde_json::from_slice(&tokio::fs::read(dir.join(RECORD)).await.ok()?).ok()?;
-        let check = dir.clone();
-        let files = tokio::task::spawn_blocking(move || {
-            record
-                .files
-                .iter()
-                .map(|path| {
-                    let rel = ferry_artifact::validate_relative_path(path).ok()?;
-                    let (sha256, size) = ferry_artifact::hash_file(&check.join(&rel)).ok()?;
-                    Some(FileDigest { path: rel, sha256, size })
-                })
-                .collect::<Option<Vec<_>>>()
-                .map(|files| (record.onnx, files))
-        })
-        .await
-        .ok()??;
-        let (onnx, files) = files;
-        let onnx = ferry_artifact::validate_relative_path(&onnx).ok()?;
-        (ModelDigest::of(&files) == sha).then(|| Fetched {
-            onnx: dir.join(onnx),
-            dir,
-            digest: sha.to_owned(),
-            verified: true,
-        })
+        self.cache.keep(staging, &target.version, &onnx, &files, digest, expected.is_some()).await
     }
 
     /// The ONNX file's path inside the model directory: from `MLmodel`, or
@@ -311,35 +238,6 @@ impl Listings {
         match self.0.get(folder).and_then(|m| m.get(name)) {
             Some(size) => Ok(*size),
             None => Err(format!("{rel} is not among the version's files in {}", source.uri())),
-        }
-    }
-}
-
-/// A file-name-safe form of a model name or version: never `.`, `..` or a
-/// hidden name, so it cannot step out of the folder it is joined to.
-pub(crate) fn sanitize(name: &str) -> String {
-    let safe: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
-        .collect();
-    match safe.strip_prefix('.') {
-        Some(rest) => format!("_{rest}"),
-        None if safe.is_empty() => "_".to_owned(),
-        None => safe,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::sanitize;
-
-    #[test]
-    fn names_stay_inside_their_folder() {
-        assert_eq!(sanitize("iris"), "iris");
-        assert_eq!(sanitize("team/model v2"), "team_model_v2");
-        for bad in ["..", ".", "", "../etc", ".hidden"] {
-            let s = sanitize(bad);
-            assert!(!s.starts_with('.') && !s.is_empty() && !s.contains('/'), "{bad:?} → {s:?}");
         }
     }
 }
