@@ -7,8 +7,9 @@ use clap::{Parser, Subcommand};
 use ferry_proto::{
     inference::v1::{DataType, PredictRequest, Tensor, inference_client::InferenceClient},
     registry::v1::{
-        ModelFile, RegisterModelMetadata, RegisterModelRequest, SetAliasRequest, Stage, TransitionStageRequest,
-        WatchModelsRequest, model_registry_client::ModelRegistryClient, register_model_request::Payload,
+        GetTrafficPolicyRequest, ModelFile, RegisterModelMetadata, RegisterModelRequest, SetAliasRequest,
+        SetTrafficPolicyRequest, Stage, TrafficPolicy, TransitionStageRequest, WatchModelsRequest,
+        model_registry_client::ModelRegistryClient, register_model_request::Payload,
     },
 };
 use futures::StreamExt;
@@ -98,6 +99,11 @@ enum Cmd {
         #[arg(long = "name")]
         names: Vec<String>,
     },
+    /// A model's traffic policy (README, "Traffic policies").
+    Policy {
+        #[command(subcommand)]
+        action: PolicyCmd,
+    },
     /// Predict on one float32 row.
     Predict {
         #[arg(long)]
@@ -111,7 +117,27 @@ enum Cmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Print the policy and the version each variant designates now.
+    Get { name: String },
+    /// Validate a policy (a JSON file, `-` for stdin) and set it in MLflow.
+    Set { name: String, file: PathBuf },
+    /// Remove the policy: the configured selector serves alone.
+    Clear { name: String },
+}
+
 const CHUNK: usize = 1 << 20;
+
+fn print_policy(p: &TrafficPolicy) {
+    let variants: Vec<_> = p
+        .variants
+        .iter()
+        .map(|v| serde_json::json!({"name": v.name, "selector": v.selector, "weight": v.weight, "version": v.version}))
+        .collect();
+    let policy: serde_json::Value = serde_json::from_str(&p.policy_json).unwrap_or(serde_json::Value::Null);
+    println!("{}", serde_json::json!({"name": p.name, "policy": policy, "variants": variants}));
+}
 
 /// The files of the model at `path` (an ONNX file, or a folder with one):
 /// the graph first, then the external data files it references, each with
@@ -226,12 +252,39 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Alias { name, alias, version } => {
             let mut client = ModelRegistryClient::connect(cli.registry).await?;
             let v = client
-                .set_alias(SetAliasRequest { name, alias, version })
+                .set_alias(authed(cli.token.as_deref(), SetAliasRequest { name, alias, version })?)
                 .await?
                 .into_inner()
                 .version
                 .unwrap_or_default();
             println!("{}", serde_json::json!({"name": v.name, "version": v.version, "aliases": v.aliases}));
+        }
+        Cmd::Policy { action } => {
+            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let token = cli.token.as_deref();
+            let policy = match action {
+                PolicyCmd::Get { name } => {
+                    client
+                        .get_traffic_policy(authed(token, GetTrafficPolicyRequest { name })?)
+                        .await?
+                        .into_inner()
+                        .policy
+                }
+                PolicyCmd::Set { name, file } => {
+                    let policy_json = if file.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin())?
+                    } else {
+                        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+                    };
+                    let req = SetTrafficPolicyRequest { name, policy_json };
+                    client.set_traffic_policy(authed(token, req)?).await?.into_inner().policy
+                }
+                PolicyCmd::Clear { name } => {
+                    let req = SetTrafficPolicyRequest { name, policy_json: String::new() };
+                    client.set_traffic_policy(authed(token, req)?).await?.into_inner().policy
+                }
+            };
+            print_policy(&policy.unwrap_or_default());
         }
         Cmd::Watch { names } => {
             let mut client = ModelRegistryClient::connect(cli.registry).await?;

@@ -590,6 +590,19 @@ impl Client {
         Ok(())
     }
 
+    #[instrument(skip(self, value))]
+    pub async fn set_registered_model_tag(&self, name: &str, key: &str, value: &str) -> Result<()> {
+        let body = json!({ "name": name, "key": key, "value": value });
+        let _: Value = self.post("registered-models/set-tag", &body, true).await?;
+        Ok(())
+    }
+
+    #[instrument(skip(self))]
+    pub async fn delete_registered_model_tag(&self, name: &str, key: &str) -> Result<()> {
+        self.with_body(Method::DELETE, "registered-models/delete-tag", json!({ "name": name, "key": key })).await?;
+        Ok(())
+    }
+
     #[instrument(skip(self))]
     pub async fn delete_model_version(&self, name: &str, version: &str) -> Result<()> {
         self.with_body(Method::DELETE, "model-versions/delete", json!({ "name": name, "version": version })).await?;

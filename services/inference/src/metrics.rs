@@ -8,7 +8,7 @@ use ferry_telemetry::metrics::{escape as esc, header as family};
 
 use crate::{
     error::ServeError,
-    serving::{Models, SlotState},
+    serving::{ModelSlot, Models, SlotState},
 };
 
 /// What `/metrics` reads: the models, and the MLflow client's call statistics.
@@ -36,12 +36,19 @@ async fn render(State(src): State<Sources>) -> impl IntoResponse {
         "counter",
         "Requests by API method, model, version and outcome code.",
     );
-    // One snapshot per model, with its label set rendered once, for both families.
-    let series: Vec<(String, _)> = models
-        .slots()
-        .flat_map(|s| {
-            s.stats.requests.snapshot().into_iter().map(|((method, version), series)| {
-                (format!("method=\"{method}\",model=\"{}\",version=\"{}\"", esc(&s.spec.name), esc(&version)), series)
+    // One snapshot per model (per variant, for a model with a traffic policy),
+    // with its label set rendered once, for both families.
+    let series: Vec<(String, _)> = served(models)
+        .into_iter()
+        .flat_map(|(s, variant)| {
+            let variant = variant.map(|v| format!(",variant=\"{}\"", esc(&v))).unwrap_or_default();
+            s.stats.requests.snapshot().into_iter().map(move |((method, version), series)| {
+                let labels = format!(
+                    "method=\"{method}\",model=\"{}\",version=\"{}\"{variant}",
+                    esc(&s.spec.name),
+                    esc(&version)
+                );
+                (labels, series)
             })
         })
         .collect();
@@ -128,12 +135,7 @@ async fn render(State(src): State<Sources>) -> impl IntoResponse {
     family(&mut out, "ferry_inference_serving_info", "gauge", "The version each model serves, and its state.");
     for s in models.slots() {
         let st = s.status();
-        let state = match st.state {
-            SlotState::Pending => "pending",
-            SlotState::Serving => "serving",
-            SlotState::Degraded => "degraded",
-            SlotState::Failed => "failed",
-        };
+        let state = state_name(st.state);
         let version = esc(st.serving_version.as_deref().unwrap_or(""));
         let _ = writeln!(
             out,
@@ -141,8 +143,75 @@ async fn render(State(src): State<Sources>) -> impl IntoResponse {
             model_label(&st.name)
         );
     }
+    family(
+        &mut out,
+        "ferry_inference_variant_info",
+        "gauge",
+        "Each variant of a model's traffic policy: its selector, weight, serving version and state.",
+    );
+    for s in models.slots() {
+        for v in s.status().variants {
+            let _ = writeln!(
+                out,
+                "ferry_inference_variant_info{{{},variant=\"{}\",selector=\"{}\",weight=\"{}\",version=\"{}\",state=\"{}\"}} 1",
+                model_label(&s.spec.name),
+                esc(&v.name),
+                esc(&v.selector),
+                v.weight,
+                esc(v.serving_version.as_deref().unwrap_or("")),
+                state_name(v.state),
+            );
+        }
+    }
+    family(
+        &mut out,
+        "ferry_inference_policy_refusals_total",
+        "counter",
+        "Traffic policies in MLflow refused as invalid (the last valid one stays in force).",
+    );
+    for s in models.slots() {
+        let _ = writeln!(
+            out,
+            "ferry_inference_policy_refusals_total{{{}}} {}",
+            model_label(&s.spec.name),
+            val(&s.stats.policy_refusals)
+        );
+    }
     family(&mut out, "ferry_inference_ready", "gauge", "1 when every model is loaded and warm and not draining.");
     let _ = writeln!(out, "ferry_inference_ready {}", u8::from(models.is_ready()));
     src.mlflow.render_metrics(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+fn state_name(s: SlotState) -> &'static str {
+    match s {
+        SlotState::Pending => "pending",
+        SlotState::Serving => "serving",
+        SlotState::Degraded => "degraded",
+        SlotState::Failed => "failed",
+    }
+}
+
+/// Every slot serving requests, with its variant's name when the model has a
+/// traffic policy (a slot shared by the configured selector and a variant once).
+fn served(models: &Models) -> Vec<(Arc<ModelSlot>, Option<String>)> {
+    let mut out = Vec::new();
+    for s in models.slots() {
+        match s.routing() {
+            None => out.push((Arc::clone(s), None)),
+            Some(r) => {
+                let mut primary = false;
+                for (slot, v) in r.slots.iter().zip(r.router.variants()) {
+                    primary |= Arc::ptr_eq(slot, s);
+                    if !out.iter().any(|(o, _): &(Arc<ModelSlot>, _)| Arc::ptr_eq(o, slot)) {
+                        out.push((Arc::clone(slot), Some(v.name.clone())));
+                    }
+                }
+                if !primary {
+                    out.push((Arc::clone(s), None));
+                }
+            }
+        }
+    }
+    out
 }

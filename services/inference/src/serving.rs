@@ -110,6 +110,8 @@ pub struct Stats {
     pub load_ns: AtomicU64,
     /// Successful loads: download, verify, load and warm-up.
     pub load_duration: Histogram,
+    /// Traffic policies refused (each distinct error counted once).
+    pub policy_refusals: AtomicU64,
     /// From the registry observing a change (or this process noticing it, when
     /// polling) to the new version serving.
     pub delivery_lag: Histogram,
@@ -129,6 +131,7 @@ impl Default for Stats {
             load_failures: AtomicU64::default(),
             load_ns: AtomicU64::default(),
             load_duration: Histogram::seconds(metrics::SLOW_NS),
+            policy_refusals: AtomicU64::default(),
             delivery_lag: Histogram::seconds(metrics::SLOW_NS),
             requests: RequestMetrics::default(),
         }
@@ -165,6 +168,68 @@ pub struct ModelSlot {
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     pub stats: Stats,
+    /// The model's traffic policy (on the configured slot only; variants' slots have none).
+    route: Route,
+}
+
+/// A model's traffic policy in force, and the last policy refused.
+#[derive(Debug, Default)]
+struct Route {
+    current: ArcSwapOption<Routing>,
+    refused: Mutex<Option<String>>,
+}
+
+/// A traffic policy in force: the router and one slot per variant, in the
+/// router's order. A variant with the configured selector shares the
+/// configured slot; the others have their own, loaded on their own.
+#[derive(Debug)]
+pub struct Routing {
+    pub router: ferry_traffic::Router,
+    pub slots: Vec<Arc<ModelSlot>>,
+    names: Vec<Arc<str>>,
+    /// The variant served by the configured slot, which takes the share of a
+    /// variant that has nothing loaded yet.
+    fallback: Option<usize>,
+    /// The tag's text this was built from, to notice edits.
+    pub source: String,
+}
+
+impl Routing {
+    /// `primary` is the configured slot the variants' slots were matched against.
+    pub fn new(
+        router: ferry_traffic::Router,
+        slots: Vec<Arc<ModelSlot>>,
+        source: String,
+        primary: &Arc<ModelSlot>,
+    ) -> Self {
+        let names = router.variants().iter().map(|v| Arc::from(v.name.as_str())).collect();
+        let fallback = slots.iter().position(|s| Arc::ptr_eq(s, primary));
+        Self { router, slots, names, fallback, source }
+    }
+}
+
+/// One variant of a routed model, for status APIs.
+#[derive(Debug, Clone)]
+pub struct VariantStatus {
+    pub name: String,
+    pub selector: String,
+    pub weight: u32,
+    pub state: SlotState,
+    pub serving_version: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// What routing reads from a request: HTTP headers or gRPC metadata, by
+/// lowercase name. Each transport implements it for its own map.
+pub trait RequestHeaders: Sync {
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+/// A request without headers (warm-up, tests): routed by weight alone.
+impl RequestHeaders for () {
+    fn header(&self, _: &str) -> Option<&str> {
+        None
+    }
 }
 
 /// A point-in-time view of a slot, for metadata APIs.
@@ -178,10 +243,14 @@ pub struct SlotStatus {
     pub verified: bool,
     pub last_error: Option<String>,
     pub signature: Option<Signature>,
+    /// The traffic policy's variants, when the model has one.
+    pub variants: Vec<VariantStatus>,
+    /// Why the policy in MLflow was refused; the last valid one stays in force.
+    pub policy_error: Option<String>,
 }
 
 impl ModelSlot {
-    fn new(spec: ModelSpec, settings: ModelSettings) -> Self {
+    pub(crate) fn new(spec: ModelSpec, settings: ModelSettings) -> Self {
         let max_in_flight = settings.max_in_flight.max(1);
         Self {
             spec,
@@ -191,7 +260,34 @@ impl ModelSlot {
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
             stats: Stats::default(),
+            route: Route::default(),
         }
+    }
+
+    /// The traffic policy in force, if any.
+    pub fn routing(&self) -> Option<Arc<Routing>> {
+        self.route.current.load_full()
+    }
+
+    /// Puts a valid policy in force (or none), atomically: requests already
+    /// routed finish where they are.
+    pub(crate) fn set_routing(&self, routing: Option<Routing>) {
+        self.route.current.store(routing.map(Arc::new));
+        if let Ok(mut r) = self.route.refused.lock() {
+            *r = None;
+        }
+    }
+
+    /// Records a policy refused; returns whether it is news (not the same error again).
+    pub(crate) fn refuse_policy(&self, error: String) -> bool {
+        self.route.refused.lock().is_ok_and(|mut r| {
+            let news = r.as_deref() != Some(error.as_str());
+            if news {
+                self.stats.policy_refusals.fetch_add(1, Ordering::Relaxed);
+            }
+            *r = Some(error);
+            news
+        })
     }
 
     pub fn current(&self) -> Option<Arc<LoadedModel>> {
@@ -251,8 +347,31 @@ impl ModelSlot {
             serving_version: current.as_ref().map(|m| m.version.clone()),
             sha256: current.as_ref().map(|m| m.sha256.clone()),
             verified: current.as_ref().is_some_and(|m| m.verified),
-            last_error: failure,
+            last_error: failure.clone(),
             signature: current.as_ref().map(|m| m.signature.clone()),
+            variants: self.routing().map_or_else(Vec::new, |r| {
+                r.router
+                    .variants()
+                    .iter()
+                    .zip(&r.slots)
+                    .map(|(v, slot)| {
+                        let st = if std::ptr::eq(Arc::as_ptr(slot), self) { None } else { Some(slot.status()) };
+                        let (state, serving_version, last_error) = match st {
+                            Some(st) => (st.state, st.serving_version, st.last_error),
+                            None => (state, current.as_ref().map(|m| m.version.clone()), failure.clone()),
+                        };
+                        VariantStatus {
+                            name: v.name.clone(),
+                            selector: v.selector.to_string(),
+                            weight: v.weight,
+                            state,
+                            serving_version,
+                            last_error,
+                        }
+                    })
+                    .collect()
+            }),
+            policy_error: self.route.refused.lock().ok().and_then(|r| r.clone()),
         }
     }
 }
@@ -276,6 +395,8 @@ pub struct PredictInput {
 pub struct Prediction {
     pub model: String,
     pub version: String,
+    /// The variant that served, when the model has a traffic policy.
+    pub variant: Option<Arc<str>>,
     pub outputs: Vec<NamedTensor>,
 }
 
@@ -287,6 +408,8 @@ pub struct Models {
     ready: watch::Sender<bool>,
     /// Set at shutdown: readiness turns false so load balancers stop sending.
     draining: std::sync::atomic::AtomicBool,
+    /// One number per routed request, for the weighted choice.
+    draws: AtomicU64,
 }
 
 impl Models {
@@ -304,7 +427,7 @@ impl Models {
             return Err("no model configured (use --model name:Stage, name@alias or name/version)".into());
         }
         let (ready, _) = watch::channel(false);
-        Ok(Self { slots, order, ready, draining: std::sync::atomic::AtomicBool::new(false) })
+        Ok(Self { slots, order, ready, draining: std::sync::atomic::AtomicBool::new(false), draws: AtomicU64::new(0) })
     }
 
     pub fn slot(&self, name: &str) -> Result<&Arc<ModelSlot>, ServeError> {
@@ -350,70 +473,122 @@ impl Models {
         model: LoadedModel,
         timing: Option<LoadTiming>,
     ) -> Option<Arc<LoadedModel>> {
-        let old = self.slots.get(name)?.install(model, timing);
+        let slot = Arc::clone(self.slots.get(name)?);
+        self.install_in(&slot, model, timing)
+    }
+
+    /// Makes `model` the serving version of `slot` (a configured slot or a
+    /// variant's) and updates readiness.
+    pub(crate) fn install_in(
+        &self,
+        slot: &ModelSlot,
+        model: LoadedModel,
+        timing: Option<LoadTiming>,
+    ) -> Option<Arc<LoadedModel>> {
+        let old = slot.install(model, timing);
         self.ready.send_replace(self.is_ready());
         old
     }
 
-    /// Runs a prediction on the serving version of the named model.
-    pub async fn predict(&self, req: PredictInput) -> Result<Prediction, ServeError> {
-        let lease = self.acquire(&req.model, req.version.as_deref(), req.method)?;
+    /// Runs a prediction on the serving version of the named model (of the
+    /// variant its traffic policy chooses for these headers).
+    pub async fn predict(&self, req: PredictInput, headers: &dyn RequestHeaders) -> Result<Prediction, ServeError> {
+        let lease = self.acquire(&req.model, req.version.as_deref(), req.method, headers)?;
         lease.run(req.inputs, req.outputs, req.deadline).await
     }
 
     /// Takes a request's hold on the version `name` serves now (or exactly
-    /// `version`): an in-flight permit and the loaded version, in one lookup.
-    /// An adapter that shapes its input from the signature reads it from the
-    /// lease, so the version that shaped the input is the one that runs it,
-    /// whatever a swap does meanwhile. Failures are counted under `method`.
-    pub fn acquire(&self, name: &str, version: Option<&str>, method: &'static str) -> Result<Lease<'_>, ServeError> {
-        let slot = self.slot(name)?;
+    /// `version`): the variant its traffic policy chooses for `headers`, an
+    /// in-flight permit and the loaded version, in one lookup. An adapter
+    /// that shapes its input from the signature reads it from the lease, so
+    /// the version that shaped the input is the one that runs it, whatever a
+    /// swap does meanwhile. Failures are counted under `method`.
+    pub fn acquire(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        method: &'static str,
+        headers: &dyn RequestHeaders,
+    ) -> Result<Lease, ServeError> {
+        let configured = self.slot(name)?;
         let started = Instant::now();
-        let fail = |e: ServeError| {
+        let fail = |slot: &ModelSlot, e: ServeError| {
             let elapsed = started.elapsed();
             slot.stats.record(false, elapsed.as_nanos() as u64);
             let current = slot.current().map(|m| m.version.clone()).unwrap_or_default();
             slot.stats.requests.record((method, current), 1 + e.kind_index(), elapsed);
             e
         };
+        let (slot, variant) = match configured.route.current.load().as_deref() {
+            None => (Arc::clone(configured), None),
+            Some(routing) => {
+                let router = &routing.router;
+                let named = router.route_header().and_then(|h| headers.header(h.as_str()));
+                let sticky = router.sticky_header().and_then(|h| headers.header(h.as_str()));
+                let draw = self.draws.fetch_add(1, Ordering::Relaxed);
+                let (i, reason) =
+                    router.choose(named, sticky, draw).map_err(|e| fail(configured, ServeError::InvalidArgument(e)))?;
+                let chosen = &routing.slots[i];
+                match routing.fallback {
+                    // A variant with nothing loaded yet gets no traffic, unless asked for by name.
+                    Some(f) if chosen.current().is_none() && reason != ferry_traffic::Reason::Header => {
+                        (Arc::clone(&routing.slots[f]), Some(Arc::clone(&routing.names[f])))
+                    }
+                    _ => (Arc::clone(chosen), Some(Arc::clone(&routing.names[i]))),
+                }
+            }
+        };
         // Backpressure at the door: a bounded number in flight, never an unbounded queue.
         let permit = Arc::clone(&slot.in_flight).try_acquire_owned().map_err(|_| {
-            fail(ServeError::Overloaded(format!(
-                "model {name:?} has {} requests in flight; retry shortly",
-                slot.max_in_flight
-            )))
+            fail(
+                &slot,
+                ServeError::Overloaded(format!(
+                    "model {name:?} has {} requests in flight; retry shortly",
+                    slot.max_in_flight
+                )),
+            )
         })?;
         let Some(model) = slot.current() else {
-            return Err(fail(ServeError::Unavailable(format!(
-                "model {name:?} ({}) has no version loaded yet",
-                slot.spec.selector
-            ))));
+            let what = match &variant {
+                Some(v) => format!("variant {v:?} ({})", slot.spec.selector),
+                None => format!("({})", slot.spec.selector),
+            };
+            return Err(fail(
+                &slot,
+                ServeError::Unavailable(format!("model {name:?} {what} has no version loaded yet")),
+            ));
         };
         if let Some(v) = version.filter(|v| !v.is_empty())
             && v != model.version
         {
-            return Err(fail(ServeError::VersionMismatch(format!(
-                "model {name:?} serves version {}, not {v}",
-                model.version
-            ))));
+            return Err(fail(
+                &slot,
+                ServeError::VersionMismatch(format!("model {name:?} serves version {}, not {v}", model.version)),
+            ));
         }
-        Ok(Lease { slot, model, permit, method, started })
+        Ok(Lease { slot, model, variant, permit, method, started })
     }
 }
 
 /// A request's hold on one loaded version (see [`Models::acquire`]).
 #[derive(Debug)]
-pub struct Lease<'a> {
-    slot: &'a ModelSlot,
+pub struct Lease {
+    slot: Arc<ModelSlot>,
     model: Arc<LoadedModel>,
+    variant: Option<Arc<str>>,
     permit: tokio::sync::OwnedSemaphorePermit,
     method: &'static str,
     started: Instant,
 }
 
-impl Lease<'_> {
+impl Lease {
     pub fn version(&self) -> &str {
         &self.model.version
+    }
+
+    /// The variant chosen, when the model has a traffic policy.
+    pub fn variant(&self) -> Option<&Arc<str>> {
+        self.variant.as_ref()
     }
 
     pub fn signature(&self) -> &Signature {
@@ -427,7 +602,7 @@ impl Lease<'_> {
         outputs: Vec<String>,
         deadline: Option<Instant>,
     ) -> Result<Prediction, ServeError> {
-        let (slot, method, started) = (self.slot, self.method, self.started);
+        let (slot, method, started) = (Arc::clone(&self.slot), self.method, self.started);
         let leased = self.model.version.clone();
         let result = self.run_in(inputs, outputs, deadline).await;
         let elapsed = started.elapsed();
@@ -445,7 +620,7 @@ impl Lease<'_> {
         outputs: Vec<String>,
         deadline: Option<Instant>,
     ) -> Result<Prediction, ServeError> {
-        let Lease { slot, model, permit, .. } = self;
+        let Lease { slot, model, permit, variant, .. } = self;
         validate(&model.signature, &inputs, &outputs)?;
         let name = slot.spec.name.clone();
         let (outputs, version) = match &model.backend {
@@ -464,7 +639,7 @@ impl Lease<'_> {
                 (outputs, if version.is_empty() { model.version.clone() } else { version })
             }
         };
-        Ok(Prediction { model: name, version, outputs })
+        Ok(Prediction { model: name, version, variant, outputs })
     }
 }
 
@@ -535,25 +710,25 @@ mod tests {
     async fn a_lease_keeps_its_version_across_a_swap() {
         let m = models(4);
         m.install("m", version("1", 4), None);
-        let lease = m.acquire("m", None, "test").unwrap();
+        let lease = m.acquire("m", None, "test", &()).unwrap();
         m.install("m", version("2", 8), None);
         // The input shaped from the lease's signature is for the version it holds.
         assert_eq!((lease.version(), lease.signature().inputs[0].shape[1]), ("1", 4));
-        let err = m.acquire("m", Some("1"), "test").unwrap_err();
+        let err = m.acquire("m", Some("1"), "test", &()).unwrap_err();
         assert!(matches!(err, ServeError::VersionMismatch(_)), "{err:?}");
-        assert_eq!(m.acquire("m", Some("2"), "test").unwrap().version(), "2");
-        assert!(matches!(m.acquire("nope", None, "test"), Err(ServeError::NotFound(_))));
+        assert_eq!(m.acquire("m", Some("2"), "test", &()).unwrap().version(), "2");
+        assert!(matches!(m.acquire("nope", None, "test", &()), Err(ServeError::NotFound(_))));
     }
 
     #[tokio::test]
     async fn leases_are_bounded_and_refusals_counted() {
         let m = models(1);
-        assert!(matches!(m.acquire("m", None, "test"), Err(ServeError::Unavailable(_))), "nothing loaded yet");
+        assert!(matches!(m.acquire("m", None, "test", &()), Err(ServeError::Unavailable(_))), "nothing loaded yet");
         m.install("m", version("1", 4), None);
-        let held = m.acquire("m", None, "test").unwrap();
-        assert!(matches!(m.acquire("m", None, "test"), Err(ServeError::Overloaded(_))));
+        let held = m.acquire("m", None, "test", &()).unwrap();
+        assert!(matches!(m.acquire("m", None, "test", &()), Err(ServeError::Overloaded(_))));
         drop(held);
-        assert!(m.acquire("m", None, "test").is_ok(), "the permit comes back with the lease");
+        assert!(m.acquire("m", None, "test", &()).is_ok(), "the permit comes back with the lease");
         assert_eq!(m.slot("m").unwrap().stats.fail_count.load(Ordering::Relaxed), 2);
     }
 }

@@ -3,11 +3,12 @@
 use std::{pin::Pin, time::Duration};
 
 use ferry_proto::registry::v1::{
-    self as pb, DeleteAliasRequest, DeleteAliasResponse, GetModelRequest, GetModelResponse, ListModelsRequest,
-    ListModelsResponse, ListVersionsRequest, ListVersionsResponse, ModelChanged, RegisterModelRequest,
-    RegisterModelResponse, ResolveVersionRequest, ResolveVersionResponse, SetAliasRequest, SetAliasResponse,
-    TransitionStageRequest, TransitionStageResponse, WatchModelsRequest, model_registry_server::ModelRegistry,
-    register_model_request::Payload, resolve_version_request::Selector,
+    self as pb, DeleteAliasRequest, DeleteAliasResponse, GetModelRequest, GetModelResponse, GetTrafficPolicyRequest,
+    GetTrafficPolicyResponse, ListModelsRequest, ListModelsResponse, ListVersionsRequest, ListVersionsResponse,
+    ModelChanged, RegisterModelRequest, RegisterModelResponse, ResolveVersionRequest, ResolveVersionResponse,
+    SetAliasRequest, SetAliasResponse, SetTrafficPolicyRequest, SetTrafficPolicyResponse, TrafficPolicy,
+    TrafficVariant, TransitionStageRequest, TransitionStageResponse, WatchModelsRequest,
+    model_registry_server::ModelRegistry, register_model_request::Payload, resolve_version_request::Selector,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
@@ -199,6 +200,28 @@ impl ModelRegistry for RegistryService {
 
     type WatchModelsStream = ChangeStream;
 
+    #[instrument(name = "grpc.get_traffic_policy", skip_all, fields(model = %request.get_ref().name))]
+    async fn get_traffic_policy(
+        &self,
+        request: Request<GetTrafficPolicyRequest>,
+    ) -> Result<Response<GetTrafficPolicyResponse>, Status> {
+        self.allow(&request, Access::Read)?;
+        let name = request.into_inner().name;
+        let policy = self.registry.traffic_policy(&name).await.map_err(status)?;
+        Ok(Response::new(GetTrafficPolicyResponse { policy: Some(traffic_policy(name, policy)) }))
+    }
+
+    #[instrument(name = "grpc.set_traffic_policy", skip_all, fields(model = %request.get_ref().name))]
+    async fn set_traffic_policy(
+        &self,
+        request: Request<SetTrafficPolicyRequest>,
+    ) -> Result<Response<SetTrafficPolicyResponse>, Status> {
+        self.allow(&request, Access::Write)?;
+        let r = request.into_inner();
+        let policy = self.registry.set_traffic_policy(&r.name, &r.policy_json).await.map_err(status)?;
+        Ok(Response::new(SetTrafficPolicyResponse { policy: Some(traffic_policy(r.name, policy)) }))
+    }
+
     async fn watch_models(
         &self,
         request: Request<WatchModelsRequest>,
@@ -234,4 +257,18 @@ impl ModelRegistry for RegistryService {
         });
         Ok(Response::new(Box::pin(backlog.chain(live))))
     }
+}
+
+fn traffic_policy(name: String, policy: Option<(String, Vec<(ferry_traffic::Variant, String)>)>) -> TrafficPolicy {
+    let (policy_json, variants) = policy.unwrap_or_default();
+    let variants = variants
+        .into_iter()
+        .map(|(v, version)| TrafficVariant {
+            name: v.name,
+            selector: v.selector.to_string(),
+            weight: v.weight,
+            version,
+        })
+        .collect();
+    TrafficPolicy { name, policy_json, variants }
 }

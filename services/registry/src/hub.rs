@@ -25,6 +25,8 @@ struct View {
     versions: BTreeMap<Key, ModelVersion>,
     /// (model, alias) -> version
     aliases: BTreeMap<(String, String), String>,
+    /// model -> its traffic policy tag's text
+    policies: BTreeMap<String, String>,
 }
 
 impl View {
@@ -210,7 +212,8 @@ impl Hub {
                 revision: st.revision,
                 kind: kind.into(),
                 name: key.0.clone(),
-                version: key.1.to_string(),
+                // A model-level change (its traffic policy) names no version.
+                version: if key.1 == 0 { String::new() } else { key.1.to_string() },
                 alias,
                 model_version: st.view.pb_version(&key),
                 observed_at: now(),
@@ -258,6 +261,10 @@ fn diff(old: &View, new: &View) -> Vec<(ChangeKind, Key, String)> {
             _ => {}
         }
     }
+    let models: BTreeSet<&String> = old.policies.keys().chain(new.policies.keys()).collect();
+    for m in models.into_iter().filter(|m| old.policies.get(*m) != new.policies.get(*m)) {
+        out.push((ChangeKind::PolicyChanged, (m.clone(), 0), String::new()));
+    }
     out
 }
 
@@ -270,6 +277,9 @@ async fn read_view(mlflow: &Client) -> ferry_mlflow::Result<View> {
         for m in &page.items {
             for a in &m.aliases {
                 view.aliases.insert((m.name.clone(), a.alias.clone()), a.version.clone());
+            }
+            if let Some(policy) = m.tag_map().remove(ferry_traffic::POLICY_TAG) {
+                view.policies.insert(m.name.clone(), policy);
             }
         }
         match page.next_page_token {
@@ -303,6 +313,7 @@ mod tests {
         View {
             versions: vs.iter().map(|v| ((v.name.clone(), v.number()), v.clone())).collect(),
             aliases: aliases.iter().map(|(m, a, v)| ((m.to_string(), a.to_string()), v.to_string())).collect(),
+            policies: BTreeMap::new(),
         }
     }
 
@@ -323,6 +334,11 @@ mod tests {
         assert!(kinds.contains(&(ChangeKind::AliasDeleted, 1, "old".into())));
         assert_eq!(kinds.len(), 6);
         assert!(diff(&new, &new).is_empty());
+        let mut routed = view(&[], &[]);
+        routed.policies.insert("m".into(), r#"{"format":1}"#.into());
+        let set: Vec<_> = diff(&view(&[], &[]), &routed).into_iter().map(|(k, key, _)| (k, key)).collect();
+        assert_eq!(set, [(ChangeKind::PolicyChanged, ("m".to_owned(), 0))], "a policy set, edited or removed");
+        assert_eq!(diff(&routed, &view(&[], &[])).len(), 1);
     }
 
     #[test]

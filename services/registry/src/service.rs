@@ -4,6 +4,7 @@
 use std::{path::PathBuf, sync::Arc};
 
 use ferry_mlflow::{Client, ModelVersion, RegisteredModel, Selector, canonical_stage, escape_filter, tags};
+use ferry_traffic::{Policy, Variant};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tracing::info;
@@ -174,6 +175,68 @@ impl Registry {
         info!(model = %name, alias, "alias deleted");
         self.hub.poke();
         Ok(())
+    }
+
+    /// The model's traffic policy (its `ferry.traffic` tag), if any, with the
+    /// version each variant designates now.
+    pub async fn traffic_policy(&self, name: &str) -> Result<Option<(String, Vec<(Variant, String)>)>> {
+        let model = self.get_model(name).await?;
+        let Some(text) = model.tag_map().remove(ferry_traffic::POLICY_TAG) else { return Ok(None) };
+        // What is in MLflow may have been edited by hand: report it as it is.
+        let resolved = match Policy::parse(name, &text) {
+            Ok(router) => self.resolve_variants(name, router.variants()).await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        Ok(Some((text, resolved)))
+    }
+
+    /// Validates a policy, checks that every variant's selector designates a
+    /// version now, and writes it to MLflow; `""` removes it.
+    pub async fn set_traffic_policy(&self, name: &str, text: &str) -> Result<Option<(String, Vec<(Variant, String)>)>> {
+        required("name", name)?;
+        let ctx = format!("traffic policy of model {name:?}");
+        if text.trim().is_empty() {
+            match self.mlflow.delete_registered_model_tag(name, ferry_traffic::POLICY_TAG).await {
+                Ok(()) => {}
+                // Removing a policy that is not there is done already.
+                Err(e) if e.is_not_found() && self.get_model(name).await.is_ok() => {}
+                Err(e) => return Err(RegistryError::mlflow(&ctx, e)),
+            }
+            info!(model = %name, "traffic policy removed");
+            self.hub.poke();
+            return Ok(None);
+        }
+        let router = Policy::parse(name, text).map_err(|e| RegistryError::InvalidArgument(e.to_string()))?;
+        let resolved = self.resolve_variants(name, router.variants()).await?;
+        // Stored compact and canonical, so what the MLflow UI shows is what was validated.
+        let policy: Policy = serde_json::from_str(text).map_err(|e| RegistryError::InvalidArgument(e.to_string()))?;
+        let canonical = serde_json::to_string(&policy).map_err(|e| RegistryError::Internal(e.to_string()))?;
+        self.mlflow
+            .set_registered_model_tag(name, ferry_traffic::POLICY_TAG, &canonical)
+            .await
+            .map_err(|e| RegistryError::mlflow(&ctx, e))?;
+        info!(model = %name, policy = %canonical, "traffic policy set");
+        self.hub.poke();
+        Ok(Some((canonical, resolved)))
+    }
+
+    async fn resolve_variants(&self, name: &str, variants: &[Variant]) -> Result<Vec<(Variant, String)>> {
+        let mut out = Vec::with_capacity(variants.len());
+        for v in variants {
+            let version = self
+                .mlflow
+                .resolve(name, &v.selector)
+                .await
+                .map_err(|e| RegistryError::mlflow(format!("variant {:?} of model {name:?}", v.name), e))?
+                .ok_or_else(|| {
+                    RegistryError::InvalidArgument(format!(
+                        "variant {:?}: {} of model {name:?} designates no version",
+                        v.name, v.selector
+                    ))
+                })?;
+            out.push((v.clone(), version.version));
+        }
+        Ok(out)
     }
 
     pub async fn get_model(&self, name: &str) -> Result<RegisteredModel> {

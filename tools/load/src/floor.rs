@@ -89,6 +89,7 @@ impl pb::inference_server::Inference for Nothing {
         Ok(tonic::Response::new(pb::PredictResponse {
             model: "iris".into(),
             model_version: "1".into(),
+            variant: String::new(),
             outputs: vec![
                 pb::Tensor { int64_data: vec![2], dtype: pb::DataType::Int64.into(), ..tensor("label", vec![1]) },
                 pb::Tensor {

@@ -19,6 +19,9 @@ pub(crate) const EXTENSIONS: &[&str] = &["model_configuration", "statistics", "b
 /// The batch size Ferry advertises for models with a dynamic leading dimension.
 pub(crate) const MAX_BATCH_SIZE: i32 = 1024;
 
+/// The response parameter naming the variant that served, when the model has a traffic policy.
+pub(crate) const VARIANT_PARAMETER: &str = "ferry_variant";
+
 pub(crate) fn datatype(d: DType) -> &'static str {
     match d {
         DType::F32 => "FP32",

@@ -9,24 +9,41 @@ use crate::{
     tensor::{DType, NamedTensor, TensorData, TensorSpec},
 };
 
-pub(crate) fn model_status(s: SlotStatus) -> pb::ModelStatus {
-    let state = match s.state {
+fn state(s: SlotState) -> ModelState {
+    match s {
         SlotState::Pending => ModelState::Pending,
         SlotState::Serving => ModelState::Serving,
         SlotState::Degraded => ModelState::Degraded,
         SlotState::Failed => ModelState::Failed,
-    };
+    }
+}
+
+pub(crate) fn model_status(s: SlotStatus) -> pb::ModelStatus {
+    let variants = s
+        .variants
+        .into_iter()
+        .map(|v| pb::VariantStatus {
+            name: v.name,
+            selector: v.selector,
+            weight: v.weight,
+            state: state(v.state).into(),
+            serving_version: v.serving_version.unwrap_or_default(),
+            last_error: v.last_error.unwrap_or_default(),
+        })
+        .collect();
     let sig = s.signature.unwrap_or_default();
     pb::ModelStatus {
         name: s.name,
         selector: s.selector,
         serving_version: s.serving_version.unwrap_or_default(),
-        state: state.into(),
+        state: state(s.state).into(),
         last_error: s.last_error.unwrap_or_default(),
         sha256: s.sha256.unwrap_or_default(),
         verified: s.verified,
         inputs: sig.inputs.iter().map(spec_to_pb).collect(),
         outputs: sig.outputs.iter().map(spec_to_pb).collect(),
+        variants,
+        policy_error: s.policy_error.unwrap_or_default(),
     }
 }
 

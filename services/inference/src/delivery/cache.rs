@@ -115,16 +115,15 @@ impl ModelCache {
         Ok(Fetched { onnx: dir.join(onnx), dir, digest, verified })
     }
 
-    /// Keeps the newest `keep_versions` version folders of this model (the
-    /// serving one always), and drops staging folders and single files left
+    /// Keeps the versions serving (every variant's) and the newest others up
+    /// to `keep_versions` in all, and drops staging folders and single files left
     /// by an interrupted download or an older Ferry.
-    pub(super) async fn clean(&self, serving: &Path) {
-        let Some(root) = serving.parent() else { return };
-        let Ok(mut rd) = tokio::fs::read_dir(root).await else { return };
+    pub(super) async fn clean(&self, serving: &[PathBuf]) {
+        let Ok(mut rd) = tokio::fs::read_dir(&self.root).await else { return };
         let mut versions = Vec::new();
         while let Ok(Some(e)) = rd.next_entry().await {
             let p = e.path();
-            if p == serving {
+            if serving.contains(&p) {
                 continue;
             }
             let Ok(meta) = e.metadata().await else { continue };
@@ -140,7 +139,7 @@ impl ModelCache {
             }
         }
         versions.sort_by_key(|f| std::cmp::Reverse(f.0));
-        for (_, p) in versions.into_iter().skip(self.keep_versions.saturating_sub(1)) {
+        for (_, p) in versions.into_iter().skip(self.keep_versions.saturating_sub(serving.len())) {
             let _ = tokio::fs::remove_dir_all(&p).await;
         }
     }
@@ -204,7 +203,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let leftover = cache.staging().await.unwrap().keep();
-        cache.clean(&dirs[2]).await;
+        cache.clean(&dirs[2..]).await;
         let exists: Vec<bool> = dirs.iter().map(|d| d.exists()).collect();
         assert_eq!(exists, [false, true, true], "the serving version and one more are kept");
         assert!(!leftover.exists(), "an interrupted download's staging folder is removed");

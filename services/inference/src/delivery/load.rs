@@ -14,7 +14,8 @@ use super::{DeliveryConfig, cache::ModelCache, fetch::Fetcher, store::Stores};
 use crate::{
     engine::Runtime,
     remote::{self, RemoteModel},
-    serving::{Backend, LoadTiming, LoadedModel, ModelSlot, Models},
+    serving::{Backend, LoadTiming, LoadedModel, ModelSlot, Models, Routing},
+    spec::ModelSpec,
 };
 
 pub(super) struct Loader {
@@ -31,11 +32,87 @@ pub(super) struct Loader {
 const RETRY_FAILED_AFTER: Duration = Duration::from_secs(30);
 
 impl Loader {
-    /// `observed_at`: when the registry observed the change that woke this
-    /// reconcile, if one did.
+    /// Brings the model's slots in line with MLflow: its traffic policy, then
+    /// the configured slot and each variant's. `observed_at`: when the
+    /// registry observed the change that woke this reconcile, if one did.
     pub(super) async fn reconcile(&self, observed_at: Option<SystemTime>) {
+        if self.slot.spec.remote {
+            return match self.resolve(&self.slot).await {
+                Ok(Some(target)) => self.reconcile_remote(target).await,
+                Ok(None) => debug!("no version designated yet"),
+                Err(e) => warn!(error = %e, "cannot resolve the serving version; keeping the current one"),
+            };
+        }
+        self.apply_policy().await;
+        self.reconcile_slot(&self.slot, observed_at).await;
+        // Variants load one after another, after the configured slot.
+        if let Some(routing) = self.slot.routing() {
+            for slot in routing.slots.iter().filter(|s| !Arc::ptr_eq(s, &self.slot)) {
+                let span = info_span!("variant", selector = %slot.spec.selector);
+                self.reconcile_slot(slot, observed_at).instrument(span).await;
+            }
+        }
+    }
+
+    /// Reads the registered model's `ferry.traffic` tag and puts it in force
+    /// when it changed; a policy that does not validate is reported (status,
+    /// metric, log) and the last valid one stays. Without the tag the model
+    /// is served as configured.
+    async fn apply_policy(&self) {
+        let name = &self.slot.spec.name;
+        let text = match self.mlflow.get_registered_model(name).await {
+            Ok(m) => m.tag_map().remove(ferry_traffic::POLICY_TAG),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return warn!(error = %e, "cannot read the traffic policy; keeping the one in force"),
+        };
+        let current = self.slot.routing();
+        let Some(text) = text else {
+            if current.is_some() {
+                info!("traffic policy removed; serving {} alone", self.slot.spec.selector);
+                self.slot.set_routing(None);
+            }
+            return;
+        };
+        if current.as_ref().is_some_and(|r| r.source == text) {
+            return;
+        }
+        let router = match ferry_traffic::Policy::parse(name, &text) {
+            Ok(router) => router,
+            Err(e) => {
+                if self.slot.refuse_policy(e.to_string()) {
+                    warn!(error = %e, "traffic policy refused; the last valid one stays in force");
+                }
+                return;
+            }
+        };
+        // Each variant's slot: the configured one for its selector, a slot the
+        // policy in force already has (it keeps its loaded version), or a new one.
+        let slots = router
+            .variants()
+            .iter()
+            .map(|v| {
+                if v.selector == self.slot.spec.selector {
+                    return Arc::clone(&self.slot);
+                }
+                let kept = current.iter().flat_map(|r| r.slots.iter()).find(|s| s.spec.selector == v.selector);
+                kept.map_or_else(
+                    || {
+                        let spec = ModelSpec { name: name.clone(), selector: v.selector.clone(), remote: false };
+                        Arc::new(ModelSlot::new(spec, self.slot.settings))
+                    },
+                    Arc::clone,
+                )
+            })
+            .collect();
+        info!(policy = %text, "traffic policy in force");
+        self.slot.set_routing(Some(Routing::new(router, slots, text, &self.slot)));
+    }
+
+    /// Loads and installs the version `slot`'s selector designates, if it is
+    /// not the one serving (and did not just fail).
+    async fn reconcile_slot(&self, slot: &Arc<ModelSlot>, observed_at: Option<SystemTime>) {
         let noticed = SystemTime::now();
-        let target = match self.resolve().await {
+        let target = match self.resolve(slot).await {
             Ok(Some(t)) => t,
             Ok(None) => {
                 debug!("no version designated yet");
@@ -46,31 +123,24 @@ impl Loader {
                 return;
             }
         };
-        if self.slot.spec.remote {
-            return self.reconcile_remote(target).await;
-        }
         let sha = target.tag(tags::SHA256).unwrap_or_default().to_owned();
-        if let Some(cur) = self.slot.current()
+        if let Some(cur) = slot.current()
             && cur.version == target.version
             && (sha.is_empty() || cur.sha256 == sha)
         {
             return;
         }
-        if self.slot.failed_recently(&target.version, &sha, RETRY_FAILED_AFTER) {
+        if slot.failed_recently(&target.version, &sha, RETRY_FAILED_AFTER) {
             return;
         }
         let started = Instant::now();
         let span = info_span!("model.load", version = %target.version);
-        match self.load(&target).instrument(span).await {
+        match self.load(slot, &target).instrument(span).await {
             Ok(model) => {
-                let dir = match &model.backend {
-                    Backend::Local { dir, .. } => Some(dir.clone()),
-                    Backend::Remote(_) => None,
-                };
                 let since = observed_at.map_or(noticed, |at| at.min(noticed));
                 let lag = SystemTime::now().duration_since(since).unwrap_or_default();
                 let timing = LoadTiming { took: started.elapsed(), lag };
-                let old = self.models.install(&self.slot.spec.name, model, Some(timing));
+                let old = self.models.install_in(slot, model, Some(timing));
                 info!(
                     version = %target.version,
                     previous = old.as_ref().map(|o| o.version.as_str()).unwrap_or("none"),
@@ -81,18 +151,28 @@ impl Loader {
                 if old.is_some_and(|o| Arc::strong_count(&o) == 1) {
                     tokio::task::spawn_blocking(crate::memory::trim);
                 }
-                if let Some(dir) = dir {
-                    self.cache.clean(&dir).await;
-                }
+                self.cache.clean(&self.serving_dirs()).await;
             }
-            Err(error) => self.fail(&target.version, &sha, error),
+            Err(error) => Self::fail(slot, &target.version, &sha, error),
         }
     }
 
+    /// The folders of every version this model serves (all variants).
+    fn serving_dirs(&self) -> Vec<std::path::PathBuf> {
+        let routed = self.slot.routing().map(|r| r.slots.clone()).unwrap_or_default();
+        std::iter::once(&self.slot)
+            .chain(&routed)
+            .filter_map(|s| match &s.current()?.backend {
+                Backend::Local { dir, .. } => Some(dir.clone()),
+                Backend::Remote(_) => None,
+            })
+            .collect()
+    }
+
     /// Records a failed load; the current version keeps serving.
-    fn fail(&self, version: &str, sha256: &str, error: String) {
+    fn fail(slot: &ModelSlot, version: &str, sha256: &str, error: String) {
         warn!(version, %error, "load failed; the current version keeps serving");
-        self.slot.fail(version, sha256, error);
+        slot.fail(version, sha256, error);
     }
 
     /// A remote slot: the registered model's tags say where the version is
@@ -106,7 +186,7 @@ impl Loader {
         let tags = model.tag_map();
         let Some(endpoint) = tags.get(remote::ENDPOINT_TAG) else {
             let error = format!("registered model {name:?} has no {} tag naming its server", remote::ENDPOINT_TAG);
-            return self.fail(&target.version, "", error);
+            return Self::fail(&self.slot, &target.version, "", error);
         };
         let remote_name = tags.get(remote::NAME_TAG).unwrap_or(name);
         if let Some(cur) = self.slot.current()
@@ -131,16 +211,16 @@ impl Loader {
                     None,
                 );
             }
-            Err(error) => self.fail(&target.version, "", error),
+            Err(error) => Self::fail(&self.slot, &target.version, "", error),
         }
     }
 
-    /// Which version MLflow designates for this slot right now.
-    async fn resolve(&self) -> ferry_mlflow::Result<Option<ModelVersion>> {
-        self.mlflow.resolve(&self.slot.spec.name, &self.slot.spec.selector).await
+    /// Which version MLflow designates for `slot` right now.
+    async fn resolve(&self, slot: &ModelSlot) -> ferry_mlflow::Result<Option<ModelVersion>> {
+        self.mlflow.resolve(&slot.spec.name, &slot.spec.selector).await
     }
 
-    async fn load(&self, target: &ModelVersion) -> Result<LoadedModel, String> {
+    async fn load(&self, slot: &ModelSlot, target: &ModelVersion) -> Result<LoadedModel, String> {
         let fetcher = Fetcher {
             mlflow: &self.mlflow,
             stores: &self.stores,
@@ -149,9 +229,9 @@ impl Loader {
         };
         let fetched = fetcher.fetch(target).await?;
         let runtime = self.runtime.clone();
-        let (opts, warmups) = (self.slot.settings.session, self.slot.settings.warmup_runs);
+        let (opts, warmups) = (slot.settings.session, slot.settings.warmup_runs);
         let onnx = fetched.onnx.clone();
-        let (threads, exec) = (format!("ort-{}", self.slot.spec.name), Arc::clone(&self.slot.stats.exec));
+        let (threads, exec) = (format!("ort-{}", slot.spec.name), Arc::clone(&slot.stats.exec));
         // ONNX Runtime reads the graph from its path, so external data resolves beside it.
         let loaded = tokio::task::spawn_blocking(move || {
             let engine = runtime.load_model(&onnx, opts, &threads, exec)?;

@@ -25,7 +25,7 @@ impl Inference for InferenceService {
     #[tracing::instrument(target = "ferry::request", level = "debug", name = "grpc.predict", skip_all, fields(model = %request.get_ref().model))]
     async fn predict(&self, request: Request<PredictRequest>) -> Result<Response<PredictResponse>, Status> {
         let deadline = deadline(request.metadata());
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         let inputs = req.inputs.into_iter().map(from_pb).collect::<Result<Vec<_>, _>>().map_err(status)?;
         let input = PredictInput {
             model: req.model,
@@ -35,12 +35,15 @@ impl Inference for InferenceService {
             deadline,
             method: "grpc.Predict",
         };
-        let p = self.models.predict(input).await.map_err(status)?;
-        Ok(Response::new(PredictResponse {
+        let p = self.models.predict(input, &metadata).await.map_err(status)?;
+        let variant = p.variant.as_deref().map(str::to_owned);
+        let resp = Response::new(PredictResponse {
             model: p.model,
             model_version: p.version,
             outputs: p.outputs.into_iter().map(to_pb).collect(),
-        }))
+            variant: variant.clone().unwrap_or_default(),
+        });
+        Ok(super::with_variant(resp, variant.as_deref()))
     }
 
     async fn get_model_metadata(

@@ -15,7 +15,25 @@ use ferry_proto::{
 };
 
 pub(crate) use self::{inference::InferenceService, oip::OipService};
-use crate::serving::Models;
+use crate::serving::{Models, RequestHeaders};
+
+/// Routing reads gRPC metadata the way HTTP adapters read headers.
+impl RequestHeaders for tonic::metadata::MetadataMap {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Metadata naming the variant that served, when the model has a traffic policy.
+pub(crate) const VARIANT_KEY: &str = "x-ferry-variant";
+
+/// Adds the variant to a response's metadata.
+fn with_variant<T>(mut resp: tonic::Response<T>, variant: Option<&str>) -> tonic::Response<T> {
+    if let Some(v) = variant.and_then(|v| tonic::metadata::MetadataValue::try_from(v).ok()) {
+        resp.metadata_mut().insert(VARIANT_KEY, v);
+    }
+    resp
+}
 
 /// `ferry.inference.v1.Inference`, taking requests up to `max_request_bytes`.
 pub(crate) fn inference_server(models: Arc<Models>, max_request_bytes: usize) -> InferenceServer<InferenceService> {

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use ferry_proto::oip::{
-    InferTensorContents, ModelConfigRequest, ModelConfigResponse, ModelInferRequest, ModelInferResponse,
-    ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse, ModelStatisticsRequest,
-    ModelStatisticsResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
-    ServerReadyRequest, ServerReadyResponse, grpc_inference_service_server::GrpcInferenceService,
+    InferParameter, InferTensorContents, ModelConfigRequest, ModelConfigResponse, ModelInferRequest,
+    ModelInferResponse, ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse,
+    ModelStatisticsRequest, ModelStatisticsResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest,
+    ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
+    grpc_inference_service_server::GrpcInferenceService, infer_parameter::ParameterChoice,
     model_infer_request::InferInputTensor, model_infer_response::InferOutputTensor,
 };
 use tonic::{Request, Response, Status};
@@ -128,7 +129,7 @@ impl GrpcInferenceService for OipService {
     #[tracing::instrument(target = "ferry::request", level = "debug", name = "oip.model_infer", skip_all, fields(model = %request.get_ref().model_name))]
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         let deadline = deadline(request.metadata());
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
         let raw = !r.raw_input_contents.is_empty();
         if raw && r.raw_input_contents.len() != r.inputs.len() {
             return Err(status(ServeError::InvalidArgument(format!(
@@ -152,19 +153,26 @@ impl GrpcInferenceService for OipService {
         .map_err(status)?;
         let p = self
             .models
-            .predict(PredictInput {
-                model: r.model_name,
-                version: Some(r.model_version).filter(|v| !v.is_empty()),
-                inputs,
-                outputs: r.outputs.into_iter().map(|o| o.name).collect(),
-                deadline,
-                method: "grpc.ModelInfer",
-            })
+            .predict(
+                PredictInput {
+                    model: r.model_name,
+                    version: Some(r.model_version).filter(|v| !v.is_empty()),
+                    inputs,
+                    outputs: r.outputs.into_iter().map(|o| o.name).collect(),
+                    deadline,
+                    method: "grpc.ModelInfer",
+                },
+                &metadata,
+            )
             .await
             .map_err(status)?;
         // Answer in the form the caller used: raw for raw (as Triton does), typed otherwise.
         let mut resp =
             ModelInferResponse { model_name: p.model, model_version: p.version, id: r.id, ..Default::default() };
+        if let Some(v) = &p.variant {
+            let param = InferParameter { parameter_choice: Some(ParameterChoice::StringParam(v.to_string())) };
+            resp.parameters.insert(common::VARIANT_PARAMETER.to_owned(), param);
+        }
         for t in p.outputs {
             let datatype = common::datatype(t.data.dtype()).to_owned();
             let mut out = InferOutputTensor { name: t.name, datatype, shape: t.shape, ..Default::default() };
@@ -175,6 +183,7 @@ impl GrpcInferenceService for OipService {
             }
             resp.outputs.push(out);
         }
-        Ok(Response::new(resp))
+        let variant = p.variant.as_deref().map(str::to_owned);
+        Ok(super::with_variant(Response::new(resp), variant.as_deref()))
     }
 }

@@ -6,9 +6,9 @@ use axum::{
     body::Bytes,
     extract::{Query, State},
     http::{StatusCode, header},
+    response::IntoResponse,
 };
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{AppState, error::ScoringApiError};
 use crate::codec::mlflow::{self as mlflow_scoring, Format};
@@ -30,7 +30,7 @@ pub(super) async fn invocations(
     Query(q): Query<InvocationsQuery>,
     headers: header::HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ScoringApiError> {
+) -> Result<axum::response::Response, ScoringApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let format = Format::from_content_type(content_type).map_err(|message| ScoringApiError {
         status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -44,8 +44,9 @@ pub(super) async fn invocations(
         .unwrap_or_else(|| st.models.default_name().to_owned());
     tracing::Span::current().record("model", model.as_str());
     // One lookup: the version whose signature shapes the input runs it.
-    let lease = st.models.acquire(&model, None, "rest.invocations")?;
+    let lease = st.models.acquire(&model, None, "rest.invocations", &headers)?;
     let (inputs, shape) = mlflow_scoring::decode(format, &body, &lease.signature().inputs)?;
     let p = lease.run(inputs, Vec::new(), None).await?;
-    Ok(Json(mlflow_scoring::encode(p.outputs, shape)))
+    let resp = Json(mlflow_scoring::encode(p.outputs, shape)).into_response();
+    Ok(super::with_variant(resp, p.variant.as_deref()))
 }

@@ -22,7 +22,25 @@ use axum::{
 use serde_json::{Value, json};
 
 pub(crate) use self::error::ApiError;
-use crate::serving::{Models, SlotState};
+use crate::serving::{Models, RequestHeaders, SlotState};
+
+/// Routing reads request headers by their lowercase names.
+impl RequestHeaders for axum::http::HeaderMap {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// The response header naming the variant that served, when the model has a traffic policy.
+const VARIANT_HEADER: &str = "x-ferry-variant";
+
+/// Adds the variant header to a response.
+fn with_variant(mut resp: axum::response::Response, variant: Option<&str>) -> axum::response::Response {
+    if let Some(v) = variant.and_then(|v| axum::http::HeaderValue::from_str(v).ok()) {
+        resp.headers_mut().insert(VARIANT_HEADER, v);
+    }
+    resp
+}
 
 #[derive(Debug, Clone)]
 struct AppState {
@@ -55,15 +73,22 @@ async fn list_models(State(st): State<AppState>) -> Json<Value> {
         .slots()
         .map(|s| {
             let s = s.status();
+            let variants: Vec<Value> = s
+                .variants
+                .iter()
+                .map(|v| {
+                    json!({
+                        "name": v.name, "selector": v.selector, "weight": v.weight, "state": state_name(v.state),
+                        "servingVersion": v.serving_version, "lastError": v.last_error,
+                    })
+                })
+                .collect();
             json!({
                 "name": s.name,
                 "selector": s.selector,
-                "state": match s.state {
-                    SlotState::Pending => "PENDING",
-                    SlotState::Serving => "SERVING",
-                    SlotState::Degraded => "DEGRADED",
-                    SlotState::Failed => "FAILED",
-                },
+                "state": state_name(s.state),
+                "variants": variants,
+                "policyError": s.policy_error,
                 "servingVersion": s.serving_version,
                 "sha256": s.sha256,
                 "verified": s.verified,
@@ -72,6 +97,15 @@ async fn list_models(State(st): State<AppState>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "models": models }))
+}
+
+fn state_name(s: SlotState) -> &'static str {
+    match s {
+        SlotState::Pending => "PENDING",
+        SlotState::Serving => "SERVING",
+        SlotState::Degraded => "DEGRADED",
+        SlotState::Failed => "FAILED",
+    }
 }
 
 async fn ready(State(st): State<AppState>) -> StatusCode {

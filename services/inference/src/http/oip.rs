@@ -253,14 +253,17 @@ async fn infer_in(
         .map(|o| o.name.clone())
         .collect();
     let p = models
-        .predict(PredictInput {
-            model: name,
-            version,
-            inputs,
-            outputs: req.outputs.into_iter().map(|o| o.name).collect(),
-            deadline: None,
-            method: "rest.v2.infer",
-        })
+        .predict(
+            PredictInput {
+                model: name,
+                version,
+                inputs,
+                outputs: req.outputs.into_iter().map(|o| o.name).collect(),
+                deadline: None,
+                method: "rest.v2.infer",
+            },
+            headers,
+        )
         .await?;
     let mut blobs = Vec::new();
     let mut outputs = Vec::with_capacity(p.outputs.len());
@@ -280,12 +283,17 @@ async fn infer_in(
         outputs.push(Value::Object(o));
     }
     let mut resp = json!({ "model_name": p.model, "model_version": p.version, "outputs": outputs });
+    if let Some(v) = &p.variant {
+        resp["parameters"] = json!({ common::VARIANT_PARAMETER: v.as_ref() });
+    }
     if let Some(id) = req.id {
         resp["id"] = json!(id);
     }
     let header = serde_json::to_vec(&resp).map_err(|e| ServeError::Internal(e.to_string()))?;
+    let variant = p.variant.as_deref();
     if blobs.is_empty() {
-        return Ok(([(header::CONTENT_TYPE, "application/json")], header).into_response());
+        let resp = ([(header::CONTENT_TYPE, "application/json")], header).into_response();
+        return Ok(super::with_variant(resp, variant));
     }
     let header_len = header.len();
     let mut body = header;
@@ -295,7 +303,7 @@ async fn infer_in(
     let mut r = Response::new(Body::from(body));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     r.headers_mut().insert(HEADER_LENGTH, HeaderValue::from(header_len));
-    Ok(r)
+    Ok(super::with_variant(r, variant))
 }
 
 /// Flattens JSON `data` (flat or nested row-major arrays) into typed elements.

@@ -5,6 +5,8 @@ use axum::{
     Json,
     body::Bytes,
     extract::{Query, State},
+    http::HeaderMap,
+    response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -36,8 +38,9 @@ struct PredictBody {
 pub(super) async fn predict(
     State(st): State<AppState>,
     Query(q): Query<PredictQuery>,
+    headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<PredictReply>, ApiError> {
+) -> Result<Response, ApiError> {
     let bad = |m: String| ApiError(ServeError::InvalidArgument(m));
     let body: PredictBody =
         serde_json::from_slice(&body).map_err(|e| bad(format!("body must be {{\"data\": [numbers...]}}: {e}")))?;
@@ -47,7 +50,7 @@ pub(super) async fn predict(
     let model = q.model.unwrap_or_else(|| st.models.default_name().to_owned());
     tracing::Span::current().record("model", model.as_str());
     // One lookup: the version whose signature shapes the row runs it.
-    let lease = st.models.acquire(&model, None, "rest.predict")?;
+    let lease = st.models.acquire(&model, None, "rest.predict", &headers)?;
     let sig = lease.signature();
     let [input] = sig.inputs.as_slice() else {
         return Err(bad(format!(
@@ -76,13 +79,18 @@ pub(super) async fn predict(
     let input_name = input.name.clone();
     let p = lease.run(vec![NamedTensor { name: input_name, shape, data }], vec![output], None).await?;
     let prediction = p.outputs.into_iter().next().map_or(TensorData::F32(Vec::new()), |t| t.data);
-    Ok(Json(PredictReply { model_version: p.version, prediction }))
+    let variant = p.variant.as_deref().map(str::to_owned);
+    let resp = Json(PredictReply { model_version: p.version, variant: variant.clone(), prediction }).into_response();
+    Ok(super::with_variant(resp, variant.as_deref()))
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct PredictReply {
     model_version: String,
+    /// The variant that served, when the model has a traffic policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variant: Option<String>,
     prediction: TensorData,
 }
 
@@ -138,7 +146,11 @@ struct PredictJson {
 
 /// `POST /v1/predict`: the protobuf JSON mapping of `ferry.inference.v1.Inference/Predict`,
 /// as grpc-gateway would expose it (camelCase fields, enum names, int64 as strings).
-pub(super) async fn predict_json(State(st): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub(super) async fn predict_json(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let bad = |m: String| ApiError(ServeError::InvalidArgument(m));
     let req: PredictJson = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid Predict JSON: {e}")))?;
     let mut inputs = Vec::with_capacity(req.inputs.len());
@@ -164,14 +176,17 @@ pub(super) async fn predict_json(State(st): State<AppState>, body: Bytes) -> Res
     }
     let p = st
         .models
-        .predict(PredictInput {
-            model: req.model,
-            version: Some(req.version).filter(|v| !v.is_empty()),
-            inputs,
-            outputs: req.outputs,
-            deadline: None,
-            method: "rest.v1.predict",
-        })
+        .predict(
+            PredictInput {
+                model: req.model,
+                version: Some(req.version).filter(|v| !v.is_empty()),
+                inputs,
+                outputs: req.outputs,
+                deadline: None,
+                method: "rest.v1.predict",
+            },
+            &headers,
+        )
         .await?;
     let outputs: Vec<Value> = p
         .outputs
@@ -190,5 +205,9 @@ pub(super) async fn predict_json(State(st): State<AppState>, body: Bytes) -> Res
             json!({ "name": t.name, "dtype": dtype, "shape": shape, field: data })
         })
         .collect();
-    Ok(Json(json!({ "model": p.model, "modelVersion": p.version, "outputs": outputs })))
+    let mut body = json!({ "model": p.model, "modelVersion": p.version, "outputs": outputs });
+    if let Some(v) = &p.variant {
+        body["variant"] = json!(v.as_ref());
+    }
+    Ok(super::with_variant(Json(body).into_response(), p.variant.as_deref()))
 }

@@ -1,0 +1,217 @@
+//! Traffic policies set in MLflow: a policy written with MLflow's own Python
+//! client (the registered model's `ferry.traffic` tag) splits a model's
+//! traffic between two aliases by weight, routes by header exactly, keeps a
+//! sticky key on one variant on two inference processes alike, and every
+//! answer says which variant served it. A policy edited by hand into nonsense
+//! is reported and ignored; removing it serves the configured alias alone.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context, ensure};
+use ferry_e2e::{
+    Inference, Mlflow, promote, python, register_file, start_inference, start_registry, train_iris, wait_for,
+    wait_serving,
+};
+use ferry_proto::{
+    inference::v1::{GetModelMetadataRequest, ModelStatus},
+    registry::v1::{SetAliasRequest, SetTrafficPolicyRequest},
+};
+
+const ROW: [f32; 4] = [5.1, 3.5, 1.4, 0.2];
+
+fn policy(champion: u32) -> String {
+    serde_json::json!({
+        "format": 1,
+        "variants": [
+            {"name": "champion", "selector": "@champion", "weight": champion},
+            {"name": "challenger", "selector": "@challenger", "weight": 100 - champion},
+        ],
+        "sticky_header": "x-user-id",
+    })
+    .to_string()
+}
+
+/// Sets (or with `None` deletes) the policy tag with MLflow's Python client.
+fn set_policy(mlflow: &Mlflow, text: Option<&str>) -> anyhow::Result<()> {
+    let code = match text {
+        Some(t) => format!(
+            "from mlflow import MlflowClient; MlflowClient().set_registered_model_tag('iris', 'ferry.traffic', {})",
+            serde_json::to_string(t)?
+        ),
+        None => "from mlflow import MlflowClient; MlflowClient().delete_registered_model_tag('iris', 'ferry.traffic')"
+            .into(),
+    };
+    python(&code, &[("MLFLOW_TRACKING_URI", &mlflow.url)]).map(drop)
+}
+
+async fn status(inf: &Inference) -> anyhow::Result<ModelStatus> {
+    let mut c = inf.client.clone();
+    c.get_model_metadata(GetModelMetadataRequest { model: "iris".into() })
+        .await?
+        .into_inner()
+        .model
+        .context("no status")
+}
+
+/// Waits until `inf` reports `want` (variant, weight, serving version) for every variant.
+async fn wait_variants(inf: &Inference, want: &[(&str, u32, &str)]) -> anyhow::Result<ModelStatus> {
+    wait_for("the policy to be in force", Duration::from_secs(30), || async {
+        let s = status(inf).await?;
+        let got: Vec<_> = s.variants.iter().map(|v| (v.name.as_str(), v.weight, v.serving_version.as_str())).collect();
+        Ok((got == want).then_some(s.clone()))
+    })
+    .await
+    .with_context(|| inf.proc.log_tail())
+}
+
+/// One REST `/predict` call: (variant header, model version).
+async fn predict(
+    http: &reqwest::Client,
+    inf: &Inference,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(String, String)> {
+    let mut req = http.post(format!("{}/predict", inf.http)).json(&serde_json::json!({"data": ROW}));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await?;
+    ensure!(resp.status().is_success(), "HTTP {}", resp.status());
+    let variant = resp.headers().get("x-ferry-variant").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let body: serde_json::Value = resp.json().await?;
+    ensure!(body["variant"].as_str().unwrap_or_default() == variant, "body and header disagree: {body}");
+    Ok((variant, body["modelVersion"].as_str().unwrap_or_default().to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_set_with_mlflows_client_splits_routes_and_sticks() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let mut registry = start_registry(d, &mlflow.url, &[]).await?;
+    for (i, c) in [1.0, 0.05].into_iter().enumerate() {
+        let file = d.join(format!("iris-{i}.onnx"));
+        train_iris(&file, c)?;
+        register_file(&mut registry.client, "iris", &file).await?;
+    }
+    promote(&mut registry.client, "iris", "1").await?;
+    for (alias, version) in [("champion", "1"), ("challenger", "2")] {
+        let req = SetAliasRequest { name: "iris".into(), alias: alias.into(), version: version.into() };
+        registry.client.set_alias(req).await?;
+    }
+    let a = start_inference(d, &mlflow.url, Some(&registry.url), "iris@champion", &[]).await?;
+    let b = start_inference(d, &mlflow.url, Some(&registry.url), "iris@champion", &[]).await?;
+    for inf in [&a, &b] {
+        wait_serving(&inf.client, "iris", "1", &ROW, Duration::from_secs(60))
+            .await
+            .with_context(|| inf.proc.log_tail())?;
+    }
+    let http = reqwest::Client::new();
+    let (variant, version) = predict(&http, &a, &[]).await?;
+    ensure!(variant.is_empty() && version == "1", "without a policy: as configured ({variant:?}, {version})");
+
+    // Written with MLflow's client: delivered through the registry's change stream.
+    set_policy(&mlflow, Some(&policy(90)))?;
+    for inf in [&a, &b] {
+        wait_variants(inf, &[("champion", 90, "1"), ("challenger", 10, "2")]).await?;
+    }
+
+    // 2,000 requests at 90/10: the challenger's count is binomial (mean 200,
+    // sd 13.4); ±5 sd fails by chance about once in 3.5 million runs.
+    let mut counts = BTreeMap::new();
+    for _ in 0..2000 {
+        let (variant, version) = predict(&http, &a, &[]).await?;
+        let want = if variant == "challenger" { "2" } else { "1" };
+        ensure!(version == want, "variant {variant:?} answered with version {version}");
+        *counts.entry(variant).or_insert(0u32) += 1;
+    }
+    let challenger = f64::from(counts.get("challenger").copied().unwrap_or(0));
+    ensure!(counts.len() == 2 && (challenger - 200.0).abs() < 5.0 * 13.4, "split {counts:?}");
+    eprintln!("90/10 over 2,000 requests: {counts:?}");
+
+    // The route header names a variant exactly, over REST and gRPC.
+    for _ in 0..50 {
+        ensure!(predict(&http, &a, &[("x-ferry-variant", "challenger")]).await? == ("challenger".into(), "2".into()));
+    }
+    let mut req = tonic::Request::new(ferry_e2e::predict_row("iris", &ROW));
+    req.metadata_mut().insert("x-ferry-variant", "champion".parse()?);
+    let resp = a.client.clone().predict(req).await?;
+    ensure!(resp.metadata().get("x-ferry-variant").and_then(|v| v.to_str().ok()) == Some("champion"));
+    let resp = resp.into_inner();
+    ensure!((resp.variant.as_str(), resp.model_version.as_str()) == ("champion", "1"), "{resp:?}");
+
+    // A sticky key: the same variant on every call and on both processes.
+    let mut before = BTreeMap::new();
+    for user in 0..200 {
+        let key = format!("user-{user}");
+        let first = predict(&http, &a, &[("x-user-id", &key)]).await?.0;
+        for inf in [&a, &b, &a] {
+            let again = predict(&http, inf, &[("x-user-id", &key)]).await?.0;
+            ensure!(again == first, "{key}: {first} then {again}");
+        }
+        before.insert(key, first);
+    }
+    let on_challenger = before.values().filter(|v| *v == "challenger").count();
+    ensure!((5..=45).contains(&on_challenger), "{on_challenger} of 200 sticky users on the 10% challenger");
+
+    // Set through the registry (validated there): 75/25 moves only champion users, about 15% of them.
+    let refused = registry
+        .client
+        .set_traffic_policy(SetTrafficPolicyRequest {
+            name: "iris".into(),
+            policy_json: policy(75).replace("@challenger", "@nobody"),
+        })
+        .await
+        .expect_err("a selector that designates no version");
+    ensure!(refused.code() == tonic::Code::InvalidArgument && refused.message().contains("nobody"), "{refused:?}");
+    let set = registry
+        .client
+        .set_traffic_policy(SetTrafficPolicyRequest { name: "iris".into(), policy_json: policy(75) })
+        .await?
+        .into_inner()
+        .policy
+        .context("no policy")?;
+    let designated: Vec<_> = set.variants.iter().map(|v| (v.name.as_str(), v.weight, v.version.as_str())).collect();
+    ensure!(designated == [("champion", 75, "1"), ("challenger", 25, "2")], "{set:?}");
+    for inf in [&a, &b] {
+        wait_variants(inf, &[("champion", 75, "1"), ("challenger", 25, "2")]).await?;
+    }
+    // ferryctl reads it back with the version each variant designates.
+    let out = std::process::Command::new(ferry_e2e::bin_dir().join("ferryctl"))
+        .args(["--registry", &registry.url, "policy", "get", "iris"])
+        .output()?;
+    ensure!(out.status.success(), "ferryctl policy get: {}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(got["variants"][1]["version"] == "2" && got["policy"]["sticky_header"] == "x-user-id", "{got}");
+    let mut moved = 0;
+    for (key, first) in &before {
+        let now = predict(&http, &b, &[("x-user-id", key)]).await?.0;
+        if &now != first {
+            ensure!(first == "champion" && now == "challenger", "{key} moved from {first} to {now}");
+            moved += 1;
+        }
+    }
+    ensure!((10..=50).contains(&moved), "{moved} of 200 sticky users moved for a 15% shift");
+    eprintln!("sticky users on the challenger at 90/10: {on_challenger} of 200; moved at 75/25: {moved}");
+
+    // An invalid policy written by hand: reported, and the last valid one stays.
+    set_policy(&mlflow, Some(r#"{"format":1,"variants":[{"name":"champion","selector":"@champion","weight":80}]}"#))?;
+    let s = wait_for("the invalid policy to be reported", Duration::from_secs(30), || async {
+        let s = status(&a).await?;
+        Ok((!s.policy_error.is_empty()).then_some(s))
+    })
+    .await?;
+    ensure!(s.policy_error.contains("sum to 80"), "{}", s.policy_error);
+    ensure!(
+        s.variants.len() == 2 && s.variants[0].weight == 75,
+        "the last valid policy stays in force: {:?}",
+        s.variants
+    );
+    ensure!(predict(&http, &a, &[("x-ferry-variant", "challenger")]).await?.1 == "2");
+
+    // Removed: the configured alias serves alone again.
+    set_policy(&mlflow, None)?;
+    wait_variants(&a, &[]).await?;
+    let (variant, version) = predict(&http, &a, &[("x-ferry-variant", "challenger")]).await?;
+    ensure!(variant.is_empty() && version == "1", "({variant:?}, {version})");
+    Ok(())
+}
