@@ -215,3 +215,129 @@ async fn a_policy_set_with_mlflows_client_splits_routes_and_sticks() -> anyhow::
     ensure!(variant.is_empty() && version == "1", "({variant:?}, {version})");
     Ok(())
 }
+
+/// Waits until `inf`'s shadow variant has `n` mirrored requests accounted for
+/// (compared, dropped or failed), and returns its status.
+async fn shadow_settled(
+    inf: &Inference,
+    model: &str,
+    n: u64,
+) -> anyhow::Result<ferry_proto::inference::v1::VariantStatus> {
+    wait_for("the shadow to account for every mirrored request", Duration::from_secs(30), || async {
+        let mut c = inf.client.clone();
+        let s = c.get_model_metadata(GetModelMetadataRequest { model: model.into() }).await?.into_inner();
+        let v = s.model.and_then(|m| m.variants.into_iter().find(|v| v.shadow_percent > 0));
+        Ok(v.filter(|v| v.shadow_compared + v.shadow_dropped + v.shadow_failed >= n))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_traffic_is_compared_and_never_reaches_the_caller() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let mut registry = start_registry(d, &mlflow.url, &[]).await?;
+    // Version 1 and 2: two MLPs with different weights; version 3: a model that does not take the input.
+    for (i, seed) in [1, 2].into_iter().enumerate() {
+        let file = d.join(format!("mlp-{i}.onnx"));
+        ferry_e2e::make_mlp(&file, seed)?;
+        register_file(&mut registry.client, "mlp", &file).await?;
+    }
+    let iris = d.join("iris.onnx");
+    train_iris(&iris, 1.0)?;
+    register_file(&mut registry.client, "mlp", &iris).await?;
+    for (alias, version) in [("champion", "1"), ("twin", "1"), ("other", "2"), ("broken", "3")] {
+        let req = SetAliasRequest { name: "mlp".into(), alias: alias.into(), version: version.into() };
+        registry.client.set_alias(req).await?;
+    }
+    let inf = start_inference(d, &mlflow.url, Some(&registry.url), "mlp@champion", &[]).await?;
+    let row =
+        |i: usize| -> Vec<f32> { (0..512).map(|j| (((i * 7919 + j * 104_729) % 1000) as f32 / 500.0) - 1.0).collect() };
+    wait_serving(&inf.client, "mlp", "1", &row(0), Duration::from_secs(60))
+        .await
+        .with_context(|| inf.proc.log_tail())?;
+    let mut baseline = Vec::new();
+    for i in 0..100 {
+        baseline.push(inf.client.clone().predict(ferry_e2e::predict_row("mlp", &row(i))).await?.into_inner().outputs);
+    }
+
+    // Requests refused while version 1 loaded (wait_serving's) are not the shadow's doing.
+    let errors_before = caller_errors(&inf).await?;
+    let mut mirrored = 0;
+    for (shadow, want_agreement) in [("twin", Some(1.0)), ("other", None), ("broken", None)] {
+        let policy = serde_json::json!({
+            "format": 1,
+            "variants": [{"name": "champion", "selector": "@champion", "weight": 100},
+                         {"name": shadow, "selector": format!("@{shadow}"), "weight": 0}],
+            "shadow": {"variant": shadow, "percent": 100},
+        });
+        let req = SetTrafficPolicyRequest { name: "mlp".into(), policy_json: policy.to_string() };
+        registry.client.set_traffic_policy(req).await?;
+        let want_version = match shadow {
+            "twin" => "1",
+            "other" => "2",
+            _ => "3",
+        };
+        let state = wait_for("the shadow variant to load or fail", Duration::from_secs(60), || async {
+            let mut c = inf.client.clone();
+            let s = c.get_model_metadata(GetModelMetadataRequest { model: "mlp".into() }).await?.into_inner();
+            let v = s.model.and_then(|m| m.variants.into_iter().find(|v| v.name == shadow));
+            Ok(v.filter(|v| v.serving_version == want_version).map(|v| v.state))
+        })
+        .await
+        .with_context(|| inf.proc.log_tail())?;
+        // The callers' answers: the champion's, unchanged, every one.
+        for (i, want) in baseline.iter().enumerate() {
+            let resp = inf.client.clone().predict(ferry_e2e::predict_row("mlp", &row(i))).await?.into_inner();
+            ensure!((resp.variant.as_str(), resp.model_version.as_str()) == ("champion", "1"), "{shadow}: {resp:?}");
+            ensure!(&resp.outputs == want, "{shadow}: request {i} answered differently with a shadow");
+        }
+        let v = shadow_settled(&inf, "mlp", 100).await?;
+        eprintln!(
+            "shadow {shadow} (state {state}): compared {}, dropped {}, failed {}, agreement {:?}, mean abs diff {:?}",
+            v.shadow_compared, v.shadow_dropped, v.shadow_failed, v.agreement, v.mean_abs_diff
+        );
+        match shadow {
+            "twin" => {
+                ensure!(
+                    v.shadow_compared > 0 && v.agreement == want_agreement && v.mean_abs_diff == Some(0.0),
+                    "{v:?}"
+                );
+            }
+            "other" => ensure!(
+                v.shadow_compared > 0
+                    && v.agreement.is_some_and(|a| a < 0.9)
+                    && v.mean_abs_diff.is_some_and(|d| d > 0.0),
+                "another model disagrees: {v:?}"
+            ),
+            _ => ensure!(
+                v.shadow_failed > 0 && v.shadow_compared == 0,
+                "a shadow that cannot take the input fails: {v:?}"
+            ),
+        }
+        mirrored += 100;
+    }
+    let metrics = reqwest::get(&inf.metrics).await?.text().await?;
+    ensure!(
+        metrics.contains("ferry_inference_shadow_requests_total{model=\"mlp\",variant=\"broken\",result=\"failed\"}"),
+        "{metrics}"
+    );
+    let errors = caller_errors(&inf).await? - errors_before;
+    ensure!(errors == 0, "callers saw {errors} errors over {mirrored} mirrored requests");
+    Ok(())
+}
+
+/// Failed requests to `mlp` so far, from the service's own metrics.
+async fn caller_errors(inf: &Inference) -> anyhow::Result<u64> {
+    let metrics = reqwest::get(&inf.metrics).await?.text().await?;
+    Ok(metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("ferry_inference_requests_total{")
+                && l.contains("model=\"mlp\"")
+                && !l.contains("code=\"ok\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum())
+}

@@ -44,6 +44,19 @@ pub struct Policy {
     /// The header whose value (a user or session id) keeps a caller on one variant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_header: Option<String>,
+    /// A share of the other variants' requests also sent to this variant, off
+    /// the request path; its answers are compared, never returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSpec {
+    /// A variant of the policy (usually one with weight 0).
+    pub variant: String,
+    /// Percent of the other variants' requests mirrored to it, 1 to 100.
+    pub percent: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,12 +151,24 @@ impl Policy {
                 }
             }
         };
+        let shadow = match &self.shadow {
+            None => None,
+            Some(sh) => {
+                let Some(i) = variants.iter().position(|v| v.name == sh.variant) else {
+                    return bad(format!("shadow variant {:?} is not one of the variants", sh.variant));
+                };
+                if !(1..=100).contains(&sh.percent) {
+                    return bad(format!("shadow percent {} is not between 1 and 100", sh.percent));
+                }
+                Some((i, sh.percent))
+            }
+        };
         let route_header = header(&self.route_header, Some(DEFAULT_ROUTE_HEADER))?;
         let sticky_header = header(&self.sticky_header, None)?;
         if route_header.is_some() && route_header == sticky_header {
             return bad("route_header and sticky_header must differ".into());
         }
-        Ok(Router::new(model, variants, route_header, sticky_header))
+        Ok(Router::new(model, variants, route_header, sticky_header, shadow))
     }
 }
 
@@ -157,6 +182,8 @@ pub struct Router {
     sticky_header: Option<http::HeaderName>,
     /// Keys are hashed with the model's name, so two models split one user independently.
     salt: u64,
+    /// The shadow variant and the percent of other requests mirrored to it.
+    shadow: Option<(usize, u32)>,
 }
 
 /// How a request came to its variant (for logs and metrics).
@@ -173,6 +200,7 @@ impl Router {
         variants: Vec<Variant>,
         route_header: Option<http::HeaderName>,
         sticky_header: Option<http::HeaderName>,
+        shadow: Option<(usize, u32)>,
     ) -> Self {
         let mut bound = 0;
         let bounds = variants
@@ -182,11 +210,22 @@ impl Router {
                 bound
             })
             .collect();
-        Self { variants, bounds, route_header, sticky_header, salt: fnv1a(FNV_OFFSET, model.as_bytes()) }
+        Self { variants, bounds, route_header, sticky_header, salt: fnv1a(FNV_OFFSET, model.as_bytes()), shadow }
     }
 
     pub fn variants(&self) -> &[Variant] {
         &self.variants
+    }
+
+    /// The shadow variant and its percent, if the policy has one.
+    pub fn shadow(&self) -> Option<(usize, u32)> {
+        self.shadow
+    }
+
+    /// Whether a request served by variant `chosen` is also mirrored to the
+    /// shadow variant; `draw` is the request's number (as for [`Router::choose`]).
+    pub fn mirrors(&self, chosen: usize, draw: u64) -> bool {
+        self.shadow.is_some_and(|(s, percent)| s != chosen && mix(draw ^ SHADOW_SALT) % 100 < u64::from(percent))
     }
 
     pub fn route_header(&self) -> Option<&http::HeaderName> {
@@ -222,6 +261,8 @@ impl Router {
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+/// Decorrelates the mirroring draw from the variant draw of the same request.
+const SHADOW_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// FNV-1a: a fixed, specified hash, so every replica (and every Ferry
 /// version) puts a key in the same bucket.
@@ -280,6 +321,16 @@ mod tests {
             (v(r#"{"name":"a","selector":"/x","weight":100}"#), "not a number"),
             (v(r#"{"name":"a","selector":"@a","weight":101}"#), "over 100"),
             (v(r#"{"name":"a","selector":"@a","weight":100,"shadow":true}"#), "unknown field"),
+            (
+                r#"{"format":1,"variants":[{"name":"a","selector":"@a","weight":100}],"shadow":{"variant":"b","percent":5}}"#
+                    .into(),
+                "not one of the variants",
+            ),
+            (
+                r#"{"format":1,"variants":[{"name":"a","selector":"@a","weight":100}],"shadow":{"variant":"a","percent":0}}"#
+                    .into(),
+                "between 1 and 100",
+            ),
             (
                 r#"{"format":1,"variants":[{"name":"a","selector":"@a","weight":100}],"sticky_header":"X-User"}"#.into(),
                 "lowercase",
@@ -349,5 +400,23 @@ mod tests {
         .unwrap();
         let same = keys.iter().filter(|k| pick(&before, k) == pick(&other, k)).count();
         assert!(same < keys.len(), "keys are salted with the model's name");
+    }
+
+    #[test]
+    fn a_shadow_mirrors_its_share_of_the_other_variants_requests() {
+        let r = Policy::parse(
+            "iris",
+            r#"{"format":1,"variants":[{"name":"champion","selector":"@champion","weight":100},
+                {"name":"challenger","selector":"@challenger","weight":0}],
+                "shadow":{"variant":"challenger","percent":20}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.shadow(), Some((1, 20)));
+        let n = 10_000u64;
+        let mirrored = (0..n).filter(|&d| r.mirrors(0, d)).count() as f64;
+        // Binomial: mean 2,000, sd 40; ±5 sd.
+        assert!((mirrored - 2000.0).abs() < 200.0, "{mirrored} of {n}");
+        assert!((0..n).all(|d| !r.mirrors(1, d)), "the shadow's own requests are not mirrored to it");
+        assert!(!split(90, false).mirrors(0, 1), "no shadow, no mirroring");
     }
 }

@@ -165,6 +165,58 @@ async fn render(State(src): State<Sources>) -> impl IntoResponse {
     }
     family(
         &mut out,
+        "ferry_inference_shadow_requests_total",
+        "counter",
+        "Requests mirrored to a shadow variant: compared with the caller's answer, dropped (busy) or failed.",
+    );
+    let shadows: Vec<_> = models
+        .slots()
+        .flat_map(|s| {
+            let name = s.spec.name.clone();
+            s.status().variants.into_iter().filter(|v| v.shadow_percent > 0).map(move |v| (name.clone(), v))
+        })
+        .collect();
+    for (model, v) in &shadows {
+        let labels = format!("{},variant=\"{}\"", model_label(model), esc(&v.name));
+        for (result, n) in [("compared", v.shadow_compared), ("dropped", v.shadow_dropped), ("failed", v.shadow_failed)]
+        {
+            let _ = writeln!(out, "ferry_inference_shadow_requests_total{{{labels},result=\"{result}\"}} {n}");
+        }
+    }
+    family(
+        &mut out,
+        "ferry_inference_shadow_agreement_ratio",
+        "gauge",
+        "Share of compared shadow answers whose top classes matched the caller's.",
+    );
+    for (model, v) in &shadows {
+        if let Some(a) = v.agreement {
+            let _ = writeln!(
+                out,
+                "ferry_inference_shadow_agreement_ratio{{{},variant=\"{}\"}} {a}",
+                model_label(model),
+                esc(&v.name)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "ferry_inference_shadow_mean_abs_diff",
+        "gauge",
+        "Mean absolute difference of a shadow variant's float outputs from the caller's answers.",
+    );
+    for (model, v) in &shadows {
+        if let Some(d) = v.mean_abs_diff {
+            let _ = writeln!(
+                out,
+                "ferry_inference_shadow_mean_abs_diff{{{},variant=\"{}\"}} {d}",
+                model_label(model),
+                esc(&v.name)
+            );
+        }
+    }
+    family(
+        &mut out,
         "ferry_inference_policy_refusals_total",
         "counter",
         "Traffic policies in MLflow refused as invalid (the last valid one stays in force).",

@@ -12,9 +12,12 @@ use std::{
 };
 
 use crate::{
-    engine::{Engine, SessionOptions, batcher::BatchPolicy, batcher::Runner},
+    engine::{
+        Engine, SessionOptions,
+        batcher::{BatchPolicy, ExecStats, Runner},
+    },
     error::ServeError,
-    serving::{Backend, LoadedModel, ModelSettings, Models},
+    serving::{Backend, LoadedModel, ModelSettings, ModelSlot, Models},
     spec::{ModelSpec, Selector},
     tensor::{DType, NamedTensor, Signature, TensorData, TensorSpec},
 };
@@ -31,6 +34,8 @@ pub(crate) const MAX_IN_FLIGHT: usize = 2;
 
 struct Doubler {
     delay: Duration,
+    /// 2 for the models here; other factors make variants that disagree.
+    factor: f32,
     /// Model calls begun, for tests that need the worker busy.
     started: Arc<AtomicUsize>,
 }
@@ -46,7 +51,7 @@ impl Runner for Doubler {
         Ok(vec![NamedTensor {
             name: "y".into(),
             shape: x.shape,
-            data: TensorData::F32(v.iter().map(|a| a * 2.0).collect()),
+            data: TensorData::F32(v.iter().map(|a| a * self.factor).collect()),
         }])
     }
 }
@@ -56,15 +61,20 @@ fn signature() -> Signature {
     Signature { inputs: vec![spec("x")], outputs: vec![spec("y")] }
 }
 
-fn loaded(models: &Models, name: &str, version: &str, delay: Duration, started: Arc<AtomicUsize>) -> LoadedModel {
-    let stats = Arc::clone(&models.slot(name).unwrap().stats.exec);
+fn loaded(
+    stats: Arc<ExecStats>,
+    version: &str,
+    delay: Duration,
+    factor: f32,
+    started: Arc<AtomicUsize>,
+) -> LoadedModel {
     LoadedModel {
         version: version.into(),
         sha256: format!("sha-{version}"),
         verified: true,
         signature: signature(),
         backend: Backend::Local {
-            engine: Engine::with_runners(signature(), vec![Doubler { delay, started }], stats),
+            engine: Engine::with_runners(signature(), vec![Doubler { delay, factor, started }], stats),
             dir: PathBuf::new(),
         },
         loaded_at: std::time::Instant::now(),
@@ -93,7 +103,26 @@ pub(crate) fn models_and_slow_calls() -> (Arc<Models>, Arc<AtomicUsize>) {
         |name: &str| ModelSpec { name: name.into(), selector: Selector::Alias("champion".into()), remote: false };
     let models = Models::new(["double", "slow", "pending"].into_iter().map(|n| (spec(n), settings)).collect()).unwrap();
     let slow_calls = Arc::new(AtomicUsize::new(0));
-    models.install("double", loaded(&models, "double", "3", Duration::ZERO, Arc::default()), None);
-    models.install("slow", loaded(&models, "slow", "1", SLOW, Arc::clone(&slow_calls)), None);
+    let exec = |name: &str| Arc::clone(&models.slot(name).unwrap().stats.exec);
+    models.install("double", loaded(exec("double"), "3", Duration::ZERO, 2.0, Arc::default()), None);
+    models.install("slow", loaded(exec("slow"), "1", SLOW, 2.0, Arc::clone(&slow_calls)), None);
     (Arc::new(models), slow_calls)
+}
+
+/// A variant's slot for `model` (`selector` like `@shadow`), serving
+/// `version` with `y = factor·x` after `delay`, one worker.
+pub(crate) fn variant(
+    models: &Models,
+    model: &str,
+    selector: &str,
+    version: &str,
+    delay: Duration,
+    factor: f32,
+) -> Arc<ModelSlot> {
+    let primary = models.slot(model).unwrap();
+    let selector = format!("{model}{selector}").parse::<ferry_mlflow::ModelRef>().unwrap().selector;
+    let slot = Arc::new(ModelSlot::new(ModelSpec { name: model.into(), selector, remote: false }, primary.settings));
+    let stats = Arc::clone(&slot.stats.exec);
+    models.install_in(&slot, loaded(stats, version, delay, factor, Arc::default()), None);
+    slot
 }

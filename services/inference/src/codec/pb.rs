@@ -29,6 +29,12 @@ pub(crate) fn model_status(s: SlotStatus) -> pb::ModelStatus {
             state: state(v.state).into(),
             serving_version: v.serving_version.unwrap_or_default(),
             last_error: v.last_error.unwrap_or_default(),
+            shadow_percent: v.shadow_percent,
+            shadow_compared: v.shadow_compared,
+            shadow_dropped: v.shadow_dropped,
+            shadow_failed: v.shadow_failed,
+            agreement: v.agreement,
+            mean_abs_diff: v.mean_abs_diff,
         })
         .collect();
     let sig = s.signature.unwrap_or_default();

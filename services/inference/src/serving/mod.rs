@@ -3,6 +3,7 @@
 //! so a swap never interrupts it; the old session is dropped after the last one.
 
 mod route;
+mod shadow;
 mod slot;
 
 use std::{
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 pub(crate) use self::slot::LoadTiming;
 pub use self::{
     route::{RequestHeaders, Routing, VariantStatus},
+    shadow::ShadowStats,
     slot::{Backend, Forward, LoadedModel, ModelSettings, ModelSlot, RequestMetrics, SlotState, SlotStatus, Stats},
 };
 use crate::{
@@ -170,8 +172,8 @@ impl Models {
             slot.stats.requests.record((method, current), 1 + e.kind_index(), elapsed);
             e
         };
-        let (slot, variant) = match configured.route.current.load().as_deref() {
-            None => (Arc::clone(configured), None),
+        let (slot, variant, shadow) = match configured.route.current.load().as_deref() {
+            None => (Arc::clone(configured), None, None),
             Some(routing) => {
                 let router = &routing.router;
                 let named = router.route_header().and_then(|h| headers.header(h.as_str()));
@@ -180,13 +182,14 @@ impl Models {
                 let (i, reason) =
                     router.choose(named, sticky, draw).map_err(|e| fail(configured, ServeError::InvalidArgument(e)))?;
                 let chosen = &routing.slots[i];
-                match routing.fallback {
+                let i = match routing.fallback {
                     // A variant with nothing loaded yet gets no traffic, unless asked for by name.
-                    Some(f) if chosen.current().is_none() && reason != ferry_traffic::Reason::Header => {
-                        (Arc::clone(&routing.slots[f]), Some(Arc::clone(&routing.names[f])))
-                    }
-                    _ => (Arc::clone(chosen), Some(Arc::clone(&routing.names[i]))),
-                }
+                    Some(f) if chosen.current().is_none() && reason != ferry_traffic::Reason::Header => f,
+                    _ => i,
+                };
+                let shadow =
+                    router.shadow().filter(|_| router.mirrors(i, draw)).map(|(s, _)| Arc::clone(&routing.slots[s]));
+                (Arc::clone(&routing.slots[i]), Some(Arc::clone(&routing.names[i])), shadow)
             }
         };
         // Backpressure at the door: a bounded number in flight, never an unbounded queue.
@@ -217,7 +220,7 @@ impl Models {
                 ServeError::VersionMismatch(format!("model {name:?} serves version {}, not {v}", model.version)),
             ));
         }
-        Ok(Lease { slot, model, variant, permit, method, started })
+        Ok(Lease { slot, model, variant, shadow, permit, method, started })
     }
 }
 
@@ -227,6 +230,8 @@ pub struct Lease {
     slot: Arc<ModelSlot>,
     model: Arc<LoadedModel>,
     variant: Option<Arc<str>>,
+    /// The shadow variant this request is mirrored to, if it is.
+    shadow: Option<Arc<ModelSlot>>,
     permit: tokio::sync::OwnedSemaphorePermit,
     method: &'static str,
     started: Instant,
@@ -271,26 +276,38 @@ impl Lease {
         outputs: Vec<String>,
         deadline: Option<Instant>,
     ) -> Result<Prediction, ServeError> {
-        let Lease { slot, model, permit, variant, .. } = self;
-        validate(&model.signature, &inputs, &outputs)?;
-        let name = slot.spec.name.clone();
-        let (outputs, version) = match &model.backend {
-            Backend::Local { engine, .. } => {
-                let outputs = engine.infer(inputs, outputs, deadline).await?;
-                drop(permit);
-                (outputs, model.version.clone())
-            }
-            Backend::Remote(remote) => {
-                let rows = crate::tensor::rows(&inputs);
-                let started = Instant::now();
-                let (outputs, version) = remote.infer(inputs, &outputs).await?;
-                drop(permit);
-                slot.stats.exec.record(1, rows, started.elapsed());
-                // The remote's own label, when it gives one, is the truth.
-                (outputs, if version.is_empty() { model.version.clone() } else { version })
-            }
-        };
-        Ok(Prediction { model: name, version, variant, outputs })
+        let Lease { slot, model, permit, variant, shadow, .. } = self;
+        // Mirrored requests keep a copy of their input for the shadow.
+        let mirror = shadow.map(|s| (s, inputs.clone(), outputs.clone()));
+        let (outputs, version) = execute(&slot, &model, inputs, outputs, deadline).await?;
+        drop(permit);
+        if let Some((shadow, inputs, wanted)) = mirror {
+            shadow::mirror(shadow, inputs, wanted, outputs.clone());
+        }
+        Ok(Prediction { model: slot.spec.name.clone(), version, variant, outputs })
+    }
+}
+
+/// Validates and runs a request on `model` (a version of `slot`); returns
+/// the outputs and the version that computed them.
+async fn execute(
+    slot: &ModelSlot,
+    model: &LoadedModel,
+    inputs: Vec<NamedTensor>,
+    outputs: Vec<String>,
+    deadline: Option<Instant>,
+) -> Result<(Vec<NamedTensor>, String), ServeError> {
+    validate(&model.signature, &inputs, &outputs)?;
+    match &model.backend {
+        Backend::Local { engine, .. } => Ok((engine.infer(inputs, outputs, deadline).await?, model.version.clone())),
+        Backend::Remote(remote) => {
+            let rows = crate::tensor::rows(&inputs);
+            let started = Instant::now();
+            let (outputs, version) = remote.infer(inputs, &outputs).await?;
+            slot.stats.exec.record(1, rows, started.elapsed());
+            // The remote's own label, when it gives one, is the truth.
+            Ok((outputs, if version.is_empty() { model.version.clone() } else { version }))
+        }
     }
 }
 
@@ -302,7 +319,7 @@ mod tests {
     use crate::{
         engine::{SessionOptions, batcher::BatchPolicy},
         spec::Selector,
-        tensor::{DType, TensorSpec},
+        tensor::{DType, TensorData, TensorSpec},
     };
 
     fn models(max_in_flight: usize) -> Models {
@@ -431,5 +448,89 @@ mod tests {
         // The policy removed: as configured, no variant named.
         primary.set_routing(None);
         assert_eq!(pick(&named("challenger")), ("1".to_owned(), None));
+    }
+
+    fn input(model: &str) -> PredictInput {
+        PredictInput {
+            model: model.into(),
+            version: None,
+            inputs: vec![NamedTensor {
+                name: "x".into(),
+                shape: vec![1, 4],
+                data: TensorData::F32(vec![1.0, 2.0, 3.0, 4.0]),
+            }],
+            outputs: Vec::new(),
+            deadline: None,
+            method: "test",
+        }
+    }
+
+    fn shadowed(m: &Models, shadow: &Arc<ModelSlot>) {
+        let primary = Arc::clone(m.slot("double").unwrap());
+        let policy = r#"{"format":1,"variants":[{"name":"champion","selector":"@champion","weight":100},
+            {"name":"shadow","selector":"@shadow","weight":0}],"shadow":{"variant":"shadow","percent":100}}"#;
+        let router = ferry_traffic::Policy::parse("double", policy).unwrap();
+        let slots = vec![Arc::clone(&primary), Arc::clone(shadow)];
+        primary.set_routing(Some(Routing::new(router, slots, policy.into(), &primary)));
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_shadow_never_changes_or_holds_up_the_callers_answer() {
+        let m = crate::testing::models();
+        let shadow = crate::testing::variant(&m, "double", "@shadow", "9", crate::testing::SLOW, 2.0);
+        shadowed(&m, &shadow);
+        for _ in 0..20 {
+            let started = Instant::now();
+            let p = m.predict(input("double"), &()).await.unwrap();
+            assert!(started.elapsed() < crate::testing::SLOW / 4, "the caller waited for the shadow");
+            assert_eq!((p.version.as_str(), p.variant.as_deref()), ("3", Some("champion")));
+            assert_eq!(p.outputs[0].data, TensorData::F32(vec![2.0, 4.0, 6.0, 8.0]));
+        }
+        // The shadow's in-flight limit took what fit; the rest was dropped, and counted.
+        let sh = &shadow.stats.shadow;
+        until("the shadow to finish", || {
+            sh.compared.load(Ordering::Relaxed) + sh.dropped.load(Ordering::Relaxed) == 20
+        })
+        .await;
+        let compared = sh.compared.load(Ordering::Relaxed);
+        assert!((1..=crate::testing::MAX_IN_FLIGHT as u64).contains(&compared), "{compared} compared");
+        assert_eq!((sh.agreement(), sh.mean_abs_diff()), (Some(1.0), Some(0.0)), "an identical model agrees");
+    }
+
+    #[tokio::test]
+    async fn a_shadow_that_disagrees_or_fails_is_measured_and_the_caller_never_notices() {
+        let m = crate::testing::models();
+        // y = -x: every row's top class moves; |2x - (-x)| averages 3 · 2.5.
+        let shadow = crate::testing::variant(&m, "double", "@shadow", "9", Duration::ZERO, -1.0);
+        shadowed(&m, &shadow);
+        for _ in 0..5 {
+            let p = m.predict(input("double"), &()).await.unwrap();
+            assert_eq!(p.outputs[0].data, TensorData::F32(vec![2.0, 4.0, 6.0, 8.0]));
+            // One at a time, so none is dropped.
+            let sh = &shadow.stats.shadow;
+            let before = sh.compared.load(Ordering::Relaxed);
+            until("the shadow to compare", || sh.compared.load(Ordering::Relaxed) > before).await;
+        }
+        let sh = &shadow.stats.shadow;
+        assert_eq!(sh.agreement(), Some(0.0));
+        assert!((sh.mean_abs_diff().unwrap() - 7.5).abs() < 1e-6, "{:?}", sh.mean_abs_diff());
+        // A shadow with nothing loaded: each copy is dropped, and counted; the caller is served.
+        let spec = ModelSpec { name: "double".into(), selector: Selector::Alias("shadow".into()), remote: false };
+        let empty = Arc::new(ModelSlot::new(spec, m.slot("double").unwrap().settings));
+        shadowed(&m, &empty);
+        assert_eq!(m.predict(input("double"), &()).await.unwrap().version, "3");
+        assert_eq!(empty.stats.shadow.dropped.load(Ordering::Relaxed), 1);
+        let status = m.slot("double").unwrap().status();
+        assert_eq!((status.variants[1].shadow_percent, status.variants[1].shadow_dropped), (100, 1));
     }
 }

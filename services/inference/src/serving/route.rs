@@ -52,6 +52,16 @@ pub struct VariantStatus {
     pub state: SlotState,
     pub serving_version: Option<String>,
     pub last_error: Option<String>,
+    /// Percent of the other variants' requests mirrored here (0: not the shadow).
+    pub shadow_percent: u32,
+    /// Mirrored requests compared, dropped (busy) and failed.
+    pub shadow_compared: u64,
+    pub shadow_dropped: u64,
+    pub shadow_failed: u64,
+    /// Share of compared answers whose top classes matched the caller's.
+    pub agreement: Option<f64>,
+    /// Mean absolute difference of float outputs over compared answers.
+    pub mean_abs_diff: Option<f64>,
 }
 
 /// What routing reads from a request: HTTP headers or gRPC metadata, by

@@ -14,7 +14,10 @@ use arc_swap::ArcSwapOption;
 use ferry_telemetry::metrics::{self, Family, Histogram};
 use tokio::sync::Semaphore;
 
-use super::route::{Route, Routing, VariantStatus};
+use super::{
+    route::{Route, Routing, VariantStatus},
+    shadow::ShadowStats,
+};
 use crate::{
     engine::{Engine, SessionOptions, batcher::ExecStats},
     error::ServeError,
@@ -110,6 +113,8 @@ pub struct Stats {
     pub load_duration: Histogram,
     /// Traffic policies refused (each distinct error counted once).
     pub policy_refusals: AtomicU64,
+    /// Requests mirrored to this slot as a shadow variant.
+    pub shadow: ShadowStats,
     /// From the registry observing a change (or this process noticing it, when
     /// polling) to the new version serving.
     pub delivery_lag: Histogram,
@@ -130,6 +135,7 @@ impl Default for Stats {
             load_ns: AtomicU64::default(),
             load_duration: Histogram::seconds(metrics::SLOW_NS),
             policy_refusals: AtomicU64::default(),
+            shadow: ShadowStats::default(),
             delivery_lag: Histogram::seconds(metrics::SLOW_NS),
             requests: RequestMetrics::default(),
         }
@@ -288,16 +294,19 @@ impl ModelSlot {
             last_error: failure.clone(),
             signature: current.as_ref().map(|m| m.signature.clone()),
             variants: self.routing().map_or_else(Vec::new, |r| {
+                let shadow = r.router.shadow();
                 r.router
                     .variants()
                     .iter()
                     .zip(&r.slots)
-                    .map(|(v, slot)| {
+                    .enumerate()
+                    .map(|(i, (v, slot))| {
                         let st = if std::ptr::eq(Arc::as_ptr(slot), self) { None } else { Some(slot.status()) };
                         let (state, serving_version, last_error) = match st {
                             Some(st) => (st.state, st.serving_version, st.last_error),
                             None => (state, current.as_ref().map(|m| m.version.clone()), failure.clone()),
                         };
+                        let sh = &slot.stats.shadow;
                         VariantStatus {
                             name: v.name.clone(),
                             selector: v.selector.to_string(),
@@ -305,6 +314,12 @@ impl ModelSlot {
                             state,
                             serving_version,
                             last_error,
+                            shadow_percent: shadow.filter(|(s, _)| *s == i).map_or(0, |(_, p)| p),
+                            shadow_compared: sh.compared.load(Ordering::Relaxed),
+                            shadow_dropped: sh.dropped.load(Ordering::Relaxed),
+                            shadow_failed: sh.failed.load(Ordering::Relaxed),
+                            agreement: sh.agreement(),
+                            mean_abs_diff: sh.mean_abs_diff(),
                         }
                     })
                     .collect()
