@@ -61,6 +61,10 @@ from cryptography.fernet import Fernet
 print("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=" + Fernet.generate_key().decode())
 print("FERRY_WEBHOOK_SECRET=" + secrets.token_hex(32))' > "$SECRETS")
 fi
+# The registry's token: mutating calls need it even on this machine.
+if ! grep -q '^FERRY_REGISTRY_TOKEN=' "$SECRETS"; then
+  (umask 077; "$FERRY_VENV/bin/python" -c 'import secrets; print("FERRY_REGISTRY_TOKEN=" + secrets.token_hex(24))' >> "$SECRETS")
+fi
 source "$SECRETS" # shell variables only: each is handed to the one process that needs it
 
 echo "up: starting MLflow on :$MLFLOW_PORT (sqlite $STATE/mlflow.db, artifacts $STATE/artifacts, webhooks on)..."
@@ -77,7 +81,7 @@ export FERRY_REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
 export FERRY_INFERENCE_URL="http://127.0.0.1:$INFERENCE_GRPC_PORT"
 
 echo "up: starting ferry-registry on :$REGISTRY_PORT (MLflow webhooks to http://127.0.0.1:$REGISTRY_HTTP_PORT/webhooks/mlflow)..."
-FERRY_WEBHOOK_SECRET="$FERRY_WEBHOOK_SECRET" FERRY_PUBLIC_URL="http://127.0.0.1:$REGISTRY_HTTP_PORT" \
+FERRY_REGISTRY_TOKEN="$FERRY_REGISTRY_TOKEN" FERRY_WEBHOOK_SECRET="$FERRY_WEBHOOK_SECRET" FERRY_PUBLIC_URL="http://127.0.0.1:$REGISTRY_HTTP_PORT" \
 FERRY_REGISTRY_GRPC_ADDR="127.0.0.1:$REGISTRY_PORT" FERRY_REGISTRY_HTTP_ADDR="127.0.0.1:$REGISTRY_HTTP_PORT" \
 FERRY_REGISTRY_METRICS_ADDR="127.0.0.1:$REGISTRY_METRICS_PORT" start registry "$BIN/ferry-registry"
 wait_until "ferry-registry" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REGISTRY_PORT"
@@ -86,12 +90,13 @@ wait_until "the MLflow webhook" 30 grep -q "MLflow webhook in place" "$STATE/log
 echo "up: training the sample model (scikit-learn LogisticRegression on iris → ONNX)..."
 "$FERRY_VENV/bin/python" python/train_iris.py --out "$STATE/iris.onnx"
 echo "up: registering it through ModelRegistry.RegisterModel..."
-reg=$("$BIN/ferryctl" register --name iris --file "$STATE/iris.onnx" --description "iris logistic regression (sample)")
+ferryctl() { FERRY_REGISTRY_TOKEN="$FERRY_REGISTRY_TOKEN" "$BIN/ferryctl" "$@"; }
+reg=$(ferryctl register --name iris --file "$STATE/iris.onnx" --description "iris logistic regression (sample)")
 echo "    $reg"
 version=$(echo "$reg" | "$FERRY_VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["version"])')
 echo "up: promoting version $version: alias champion (webhook-driven) and stage Production..."
-echo "    $("$BIN/ferryctl" alias --name iris --alias champion --version "$version")"
-echo "    $("$BIN/ferryctl" stage --name iris --version "$version" --stage Production --archive-existing)"
+echo "    $(ferryctl alias --name iris --alias champion --version "$version")"
+echo "    $(ferryctl stage --name iris --version "$version" --stage Production --archive-existing)"
 
 echo "up: starting ferry-inference (gRPC :$INFERENCE_GRPC_PORT, HTTP :$INFERENCE_HTTP_PORT) serving iris@champion..."
 FERRY_MODELS="iris@champion" ORT_DYLIB_PATH="$ORT" FERRY_MODEL_DIR="$STATE/models" \
@@ -114,7 +119,8 @@ Ferry is running (Ctrl-C stops everything; logs in $STATE/logs/):
   Inference (REST)        http://127.0.0.1:$INFERENCE_HTTP_PORT/predict  (also /v2/..., /v1/predict, /openapi.json)
   Registry metrics        http://127.0.0.1:$REGISTRY_METRICS_PORT/metrics
   Inference metrics       http://127.0.0.1:$INFERENCE_METRICS_PORT/metrics
-Try:  $BIN/ferryctl watch          (changes as they happen)
+Try:  source $SECRETS; export FERRY_REGISTRY_TOKEN   (ferryctl sends it; callers are named "token")
+      $BIN/ferryctl watch          (changes as they happen)
       $BIN/ferryctl stage --name iris --version $version --stage Archived
       Move an alias in the MLflow UI (Models → iris → version → Aliases) or with
       MlflowClient().set_registered_model_alias("iris", "champion", "$version"):

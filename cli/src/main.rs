@@ -7,9 +7,10 @@ use clap::{Parser, Subcommand};
 use ferry_proto::{
     inference::v1::{DataType, PredictRequest, Tensor, inference_client::InferenceClient},
     registry::v1::{
-        GetTrafficPolicyRequest, ModelFile, RegisterModelMetadata, RegisterModelRequest, SetAliasRequest,
-        SetTrafficPolicyRequest, Stage, TrafficPolicy, TransitionStageRequest, WatchModelsRequest,
-        model_registry_client::ModelRegistryClient, register_model_request::Payload,
+        GetTrafficPolicyRequest, ListMovesRequest, ModelFile, RegisterModelMetadata, RegisterModelRequest,
+        RollbackRequest, SetAliasRequest, SetTrafficPolicyRequest, Stage, TrafficPolicy, TransitionStageRequest,
+        WatchModelsRequest, model_registry_client::ModelRegistryClient, register_model_request::Payload,
+        rollback_request,
     },
 };
 use futures::StreamExt;
@@ -83,6 +84,9 @@ enum Cmd {
         /// Archive the versions currently in that stage.
         #[arg(long)]
         archive_existing: bool,
+        /// Why: recorded with the move in MLflow.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     /// Point an alias at a version.
     Alias {
@@ -92,7 +96,23 @@ enum Cmd {
         alias: String,
         #[arg(long)]
         version: String,
+        /// Why: recorded with the move in MLflow.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
+    /// Move an alias or a stage back to the version it designated before the last move made through Ferry.
+    Rollback {
+        name: String,
+        #[arg(long, conflicts_with = "stage", required_unless_present = "stage")]
+        alias: Option<String>,
+        #[arg(long)]
+        stage: Option<String>,
+        /// Why: recorded with the move in MLflow.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// The alias and stage moves made through Ferry: who, when, why (JSON lines, oldest first).
+    History { name: String },
     /// Print model changes as they happen (JSON lines).
     Watch {
         /// Only these models (repeatable).
@@ -128,6 +148,16 @@ enum PolicyCmd {
 }
 
 const CHUNK: usize = 1 << 20;
+
+fn parse_stage(stage: &str) -> anyhow::Result<Stage> {
+    Ok(match stage.to_ascii_lowercase().as_str() {
+        "none" => Stage::None,
+        "staging" => Stage::Staging,
+        "production" => Stage::Production,
+        "archived" => Stage::Archived,
+        other => bail!("unknown stage {other:?} (None, Staging, Production or Archived)"),
+    })
+}
 
 fn print_policy(p: &TrafficPolicy) {
     let variants: Vec<_> = p
@@ -226,20 +256,15 @@ async fn main() -> anyhow::Result<()> {
                 serde_json::json!({"name": v.name, "version": v.version, "sha256": v.sha256, "created": resp.created})
             );
         }
-        Cmd::Stage { name, version, stage, archive_existing } => {
-            let stage = match stage.to_ascii_lowercase().as_str() {
-                "none" => Stage::None,
-                "staging" => Stage::Staging,
-                "production" => Stage::Production,
-                "archived" => Stage::Archived,
-                other => bail!("unknown stage {other:?}"),
-            };
+        Cmd::Stage { name, version, stage, archive_existing, reason } => {
+            let stage = parse_stage(&stage)?;
             let mut client = ModelRegistryClient::connect(cli.registry).await?;
             let req = TransitionStageRequest {
                 name,
                 version,
                 stage: stage.into(),
                 archive_existing_versions: archive_existing,
+                reason,
             };
             let v = client
                 .transition_stage(authed(cli.token.as_deref(), req)?)
@@ -249,10 +274,38 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_default();
             println!("{}", serde_json::json!({"name": v.name, "version": v.version, "stage": v.stage().as_str_name()}));
         }
-        Cmd::Alias { name, alias, version } => {
+        Cmd::Rollback { name, alias, stage, reason } => {
+            let target = match (alias, stage) {
+                (Some(a), _) => rollback_request::Target::Alias(a),
+                (None, Some(s)) => rollback_request::Target::Stage(parse_stage(&s)?.into()),
+                (None, None) => bail!("name --alias or --stage"),
+            };
+            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let req = RollbackRequest { name, target: Some(target), reason };
+            let r = client.rollback(authed(cli.token.as_deref(), req)?).await?.into_inner();
+            let v = r.version.unwrap_or_default();
+            println!(
+                "{}",
+                serde_json::json!({"name": v.name, "version": v.version, "rolledBack": r.rolled_back_version,
+                    "aliases": v.aliases, "stage": v.stage().as_str_name()})
+            );
+        }
+        Cmd::History { name } => {
+            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let moves = client.list_moves(authed(cli.token.as_deref(), ListMovesRequest { name })?).await?.into_inner();
+            for m in moves.moves {
+                let at = m.at.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000).unwrap_or_default();
+                println!(
+                    "{}",
+                    serde_json::json!({"target": m.target, "from": m.from_version, "to": m.to_version, "by": m.by,
+                        "atMs": at, "reason": m.reason, "rollback": m.rollback})
+                );
+            }
+        }
+        Cmd::Alias { name, alias, version, reason } => {
             let mut client = ModelRegistryClient::connect(cli.registry).await?;
             let v = client
-                .set_alias(authed(cli.token.as_deref(), SetAliasRequest { name, alias, version })?)
+                .set_alias(authed(cli.token.as_deref(), SetAliasRequest { name, alias, version, reason })?)
                 .await?
                 .into_inner()
                 .version

@@ -494,6 +494,8 @@ pub async fn start_registry(dir: &Path, mlflow_url: &str, extra: &[(&str, String
             ("FERRY_REGISTRY_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
             ("MLFLOW_TRACKING_URI", mlflow_url.to_owned()),
             ("FERRY_POLL_INTERVAL_MS", "300".to_owned()),
+            // Tests that check auth pass a token in `extra`; the rest run open, on purpose.
+            ("FERRY_ALLOW_UNAUTHENTICATED", "true".to_owned()),
         ];
         env.extend(extra.iter().cloned());
         let mut proc = ferry("ferry-registry", dir, &[], &env)?;
@@ -638,13 +640,27 @@ pub async fn register_file(
     name: &str,
     file: &Path,
 ) -> anyhow::Result<RegisterModelResponse> {
+    register_file_as(client, name, file, None).await
+}
+
+/// [`register_file`], sending `token` as the bearer token.
+pub async fn register_file_as(
+    client: &mut ModelRegistryClient<Channel>,
+    name: &str,
+    file: &Path,
+    token: Option<&str>,
+) -> anyhow::Result<RegisterModelResponse> {
     let bytes = std::fs::read(file)?;
     let first = RegisterModelRequest {
         payload: Some(Payload::Metadata(RegisterModelMetadata { name: name.into(), ..Default::default() })),
     };
     let chunks: Vec<RegisterModelRequest> =
         bytes.chunks(64 << 10).map(|c| RegisterModelRequest { payload: Some(Payload::Chunk(c.to_vec())) }).collect();
-    Ok(client.register_model(tokio_stream::iter(std::iter::once(first).chain(chunks))).await?.into_inner())
+    let mut req = tonic::Request::new(tokio_stream::iter(std::iter::once(first).chain(chunks)));
+    if let Some(t) = token {
+        req.metadata_mut().insert("authorization", format!("Bearer {t}").parse()?);
+    }
+    Ok(client.register_model(req).await?.into_inner())
 }
 
 pub async fn promote(client: &mut ModelRegistryClient<Channel>, name: &str, version: &str) -> anyhow::Result<()> {
@@ -653,6 +669,7 @@ pub async fn promote(client: &mut ModelRegistryClient<Channel>, name: &str, vers
         version: version.into(),
         stage: Stage::Production.into(),
         archive_existing_versions: true,
+        ..Default::default()
     };
     client.transition_stage(req).await?;
     Ok(())

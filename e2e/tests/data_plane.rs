@@ -59,7 +59,12 @@ async fn hot_swaps_under_load_and_bad_versions() -> anyhow::Result<()> {
     register_file(&mut registry.client, "iris-b", &files[1]).await?;
     registry
         .client
-        .set_alias(SetAliasRequest { name: "iris-b".into(), alias: "champion".into(), version: "1".into() })
+        .set_alias(SetAliasRequest {
+            name: "iris-b".into(),
+            alias: "champion".into(),
+            version: "1".into(),
+            ..Default::default()
+        })
         .await?;
     promote(&mut registry.client, "iris", "1").await?;
 

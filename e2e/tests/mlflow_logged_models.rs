@@ -55,8 +55,13 @@ async fn models_logged_by_the_python_client_serve() -> anyhow::Result<()> {
     for kind in ["external", "inline", "many-files", "runs-uri"] {
         let v = by_kind(kind)?;
         let version = v["version"].as_str().context("version")?.to_owned();
-        reg.set_alias(SetAliasRequest { name: MODEL.into(), alias: "champion".into(), version: version.clone() })
-            .await?;
+        reg.set_alias(SetAliasRequest {
+            name: MODEL.into(),
+            alias: "champion".into(),
+            version: version.clone(),
+            ..Default::default()
+        })
+        .await?;
         let answer = wait_serving(&inf, MODEL, &version, &logged_row(), Duration::from_secs(30))
             .await
             .with_context(|| format!("{kind}: {}", inference.proc.log_tail()))?;
@@ -79,8 +84,13 @@ async fn models_logged_by_the_python_client_serve() -> anyhow::Result<()> {
     // An sklearn model: refused, naming its flavors; the last ONNX version keeps serving.
     let sk = by_kind("sklearn")?;
     let sk_version = sk["version"].as_str().context("version")?.to_owned();
-    reg.set_alias(SetAliasRequest { name: MODEL.into(), alias: "champion".into(), version: sk_version.clone() })
-        .await?;
+    reg.set_alias(SetAliasRequest {
+        name: MODEL.into(),
+        alias: "champion".into(),
+        version: sk_version.clone(),
+        ..Default::default()
+    })
+    .await?;
     let refusal = format!("version {sk_version} ");
     let status = wait_for("the sklearn version to be refused", Duration::from_secs(30), || {
         let (mut c, refusal) = (inf.clone(), refusal.clone());

@@ -350,6 +350,7 @@ async fn control_plane_over_real_mlflow() -> anyhow::Result<()> {
             ("MLFLOW_TRACKING_URI", mlflow.url.clone()),
             ("FERRY_WEBHOOK_SECRET", SECRET.into()),
             ("FERRY_PUBLIC_URL", moved.clone()),
+            ("FERRY_REGISTRY_TOKEN", TOKEN.into()),
         ],
     )?;
     let moved_hook = format!("{moved}/webhooks/mlflow");

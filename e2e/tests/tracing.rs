@@ -105,6 +105,7 @@ async fn one_trace_spans_both_services() -> anyhow::Result<()> {
         version: "1".into(),
         stage: Stage::Production.into(),
         archive_existing_versions: true,
+        ..Default::default()
     };
     reg.transition_stage(traced(promote, &traceparent)).await?;
     let row = [5.1f32, 3.5, 1.4, 0.2];

@@ -95,7 +95,8 @@ async fn a_policy_set_with_mlflows_client_splits_routes_and_sticks() -> anyhow::
     }
     promote(&mut registry.client, "iris", "1").await?;
     for (alias, version) in [("champion", "1"), ("challenger", "2")] {
-        let req = SetAliasRequest { name: "iris".into(), alias: alias.into(), version: version.into() };
+        let req =
+            SetAliasRequest { name: "iris".into(), alias: alias.into(), version: version.into(), ..Default::default() };
         registry.client.set_alias(req).await?;
     }
     let a = start_inference(d, &mlflow.url, Some(&registry.url), "iris@champion", &[]).await?;
@@ -248,7 +249,8 @@ async fn shadow_traffic_is_compared_and_never_reaches_the_caller() -> anyhow::Re
     train_iris(&iris, 1.0)?;
     register_file(&mut registry.client, "mlp", &iris).await?;
     for (alias, version) in [("champion", "1"), ("twin", "1"), ("other", "2"), ("broken", "3")] {
-        let req = SetAliasRequest { name: "mlp".into(), alias: alias.into(), version: version.into() };
+        let req =
+            SetAliasRequest { name: "mlp".into(), alias: alias.into(), version: version.into(), ..Default::default() };
         registry.client.set_alias(req).await?;
     }
     let inf = start_inference(d, &mlflow.url, Some(&registry.url), "mlp@champion", &[]).await?;

@@ -70,6 +70,7 @@ async fn transition(client: &mut ModelRegistryClient<Channel>, name: &str, versi
             version: version.into(),
             stage: Stage::Production.into(),
             archive_existing_versions: true,
+            ..Default::default()
         })
         .await?;
     Ok(())

@@ -184,7 +184,12 @@ async fn an_unknown_model_is_not_found_naming_it() {
 async fn a_missing_or_wrong_token_is_unauthenticated() {
     let f = fixture(Mlflow::Empty).await;
     let mut client = grpc(&f).await;
-    let alias = || pb::SetAliasRequest { name: "m".into(), alias: "champion".into(), version: "1".into() };
+    let alias = || pb::SetAliasRequest {
+        name: "m".into(),
+        alias: "champion".into(),
+        version: "1".into(),
+        ..Default::default()
+    };
     let status = client.set_alias(alias()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{}", status.message());
     let mut wrong = tonic::Request::new(alias());

@@ -15,9 +15,16 @@ pub struct Config {
     pub http_addr: SocketAddr,
     #[command(flatten)]
     pub mlflow: MlflowArgs,
-    /// Bearer token required by mutating calls (gRPC and HTTP); unset means open.
+    /// Bearer token required by mutating calls (gRPC and HTTP); its callers are named `token` in the moves recorded.
     #[arg(long, env = "FERRY_REGISTRY_TOKEN", hide_env_values = true)]
     pub auth_token: Option<Secret>,
+    /// Named tokens, `name=token,name=token`: each caller's name is recorded with the moves it makes.
+    #[arg(long, env = "FERRY_REGISTRY_TOKENS", hide_env_values = true)]
+    pub named_tokens: Option<Secret>,
+    /// Run with no token at all, every mutating call open to anyone who reaches the ports
+    /// (local development only); without a token and without this flag the registry does not start.
+    #[arg(long, env = "FERRY_ALLOW_UNAUTHENTICATED", default_value_t = false)]
+    pub allow_unauthenticated: bool,
     /// Prometheus /metrics listen address (a separate port from the webhook receiver).
     #[arg(long, env = "FERRY_REGISTRY_METRICS_ADDR", default_value = "127.0.0.1:9090")]
     pub metrics_addr: SocketAddr,

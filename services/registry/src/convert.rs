@@ -58,3 +58,15 @@ pub(crate) fn registered_model(m: &RegisteredModel) -> pb::RegisteredModel {
         latest_versions: m.latest_versions.iter().map(|v| version(v, None)).collect(),
     }
 }
+
+pub(crate) fn move_to_pb(m: crate::history::Move) -> pb::Move {
+    pb::Move {
+        target: m.target,
+        from_version: m.from,
+        to_version: m.to,
+        by: m.by,
+        at: ts(m.at_ms),
+        reason: m.reason,
+        rollback: m.rollback,
+    }
+}

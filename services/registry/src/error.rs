@@ -20,6 +20,9 @@ pub enum RegistryError {
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The registry's state does not allow the call (a rollback with nothing recorded to return to).
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("{0}")]
     Internal(String),
 }

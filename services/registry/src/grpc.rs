@@ -4,11 +4,12 @@ use std::{pin::Pin, time::Duration};
 
 use ferry_proto::registry::v1::{
     self as pb, DeleteAliasRequest, DeleteAliasResponse, GetModelRequest, GetModelResponse, GetTrafficPolicyRequest,
-    GetTrafficPolicyResponse, ListModelsRequest, ListModelsResponse, ListVersionsRequest, ListVersionsResponse,
-    ModelChanged, RegisterModelRequest, RegisterModelResponse, ResolveVersionRequest, ResolveVersionResponse,
-    SetAliasRequest, SetAliasResponse, SetTrafficPolicyRequest, SetTrafficPolicyResponse, TrafficPolicy,
-    TrafficVariant, TransitionStageRequest, TransitionStageResponse, WatchModelsRequest,
-    model_registry_server::ModelRegistry, register_model_request::Payload, resolve_version_request::Selector,
+    GetTrafficPolicyResponse, ListModelsRequest, ListModelsResponse, ListMovesRequest, ListMovesResponse,
+    ListVersionsRequest, ListVersionsResponse, ModelChanged, RegisterModelRequest, RegisterModelResponse,
+    ResolveVersionRequest, ResolveVersionResponse, RollbackRequest, RollbackResponse, SetAliasRequest,
+    SetAliasResponse, SetTrafficPolicyRequest, SetTrafficPolicyResponse, TrafficPolicy, TrafficVariant,
+    TransitionStageRequest, TransitionStageResponse, WatchModelsRequest, model_registry_server::ModelRegistry,
+    register_model_request::Payload, resolve_version_request::Selector, rollback_request,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
@@ -20,7 +21,7 @@ use crate::{
     convert,
     error::RegistryError,
     register::{self, Registration},
-    service::{Registry, Spool, Spooled},
+    service::{Registry, Spool, Spooled, Who},
 };
 
 #[derive(Debug, Clone)]
@@ -30,7 +31,8 @@ pub(crate) struct RegistryService {
 }
 
 impl RegistryService {
-    fn allow<T>(&self, req: &Request<T>, access: Access) -> Result<(), Status> {
+    /// Checks the caller's token; returns its identity.
+    fn allow<T>(&self, req: &Request<T>, access: Access) -> Result<String, Status> {
         let header = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
         self.auth.check(header, access).map_err(status)
     }
@@ -46,6 +48,7 @@ pub(crate) fn status(e: RegistryError) -> Status {
         RegistryError::PermissionDenied(_) => Code::PermissionDenied,
         RegistryError::Unavailable(_) => Code::Unavailable,
         RegistryError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        RegistryError::FailedPrecondition(_) => Code::FailedPrecondition,
         RegistryError::Internal(_) => Code::Internal,
     };
     Status::new(code, e.to_string())
@@ -121,19 +124,24 @@ impl ModelRegistry for RegistryService {
         &self,
         request: Request<TransitionStageRequest>,
     ) -> Result<Response<TransitionStageResponse>, Status> {
-        self.allow(&request, Access::Write)?;
+        let by = self.allow(&request, Access::Write)?;
         let r = request.into_inner();
         let stage = convert::stage_to_mlflow(r.stage()).map_err(status)?;
-        let v =
-            self.registry.transition(&r.name, &r.version, stage, r.archive_existing_versions).await.map_err(status)?;
+        let who = Who { by, reason: r.reason, rollback: false };
+        let v = self
+            .registry
+            .transition(&r.name, &r.version, stage, r.archive_existing_versions, &who)
+            .await
+            .map_err(status)?;
         Ok(Response::new(TransitionStageResponse { version: Some(convert::version(&v, None)) }))
     }
 
     #[instrument(name = "grpc.set_alias", skip_all, fields(model = %request.get_ref().name, alias = %request.get_ref().alias))]
     async fn set_alias(&self, request: Request<SetAliasRequest>) -> Result<Response<SetAliasResponse>, Status> {
-        self.allow(&request, Access::Write)?;
+        let by = self.allow(&request, Access::Write)?;
         let r = request.into_inner();
-        let v = self.registry.set_alias(&r.name, &r.alias, &r.version).await.map_err(status)?;
+        let who = Who { by, reason: r.reason, rollback: false };
+        let v = self.registry.set_alias(&r.name, &r.alias, &r.version, &who).await.map_err(status)?;
         Ok(Response::new(SetAliasResponse { version: Some(convert::version(&v, None)) }))
     }
 
@@ -199,6 +207,32 @@ impl ModelRegistry for RegistryService {
     }
 
     type WatchModelsStream = ChangeStream;
+
+    #[instrument(name = "grpc.rollback", skip_all, fields(model = %request.get_ref().name))]
+    async fn rollback(&self, request: Request<RollbackRequest>) -> Result<Response<RollbackResponse>, Status> {
+        let by = self.allow(&request, Access::Write)?;
+        let r = request.into_inner();
+        let target = match r.target {
+            Some(rollback_request::Target::Alias(a)) => ferry_mlflow::Selector::Alias(a),
+            Some(rollback_request::Target::Stage(s)) => {
+                let stage = pb::Stage::try_from(s).unwrap_or(pb::Stage::Unspecified);
+                ferry_mlflow::Selector::Stage(convert::stage_to_mlflow(stage).map_err(status)?.to_owned())
+            }
+            None => return Err(Status::invalid_argument("name the alias or the stage to roll back")),
+        };
+        let who = Who { by, reason: r.reason, rollback: true };
+        let (v, rolled_back) = self.registry.rollback(&r.name, &target, &who).await.map_err(status)?;
+        Ok(Response::new(RollbackResponse {
+            version: Some(convert::version(&v, None)),
+            rolled_back_version: rolled_back,
+        }))
+    }
+
+    async fn list_moves(&self, request: Request<ListMovesRequest>) -> Result<Response<ListMovesResponse>, Status> {
+        self.allow(&request, Access::Read)?;
+        let moves = self.registry.moves(&request.into_inner().name).await.map_err(status)?;
+        Ok(Response::new(ListMovesResponse { moves: moves.into_iter().map(convert::move_to_pb).collect() }))
+    }
 
     #[instrument(name = "grpc.get_traffic_policy", skip_all, fields(model = %request.get_ref().name))]
     async fn get_traffic_policy(

@@ -19,7 +19,7 @@ use crate::{
     auth::{Access, Auth},
     error::RegistryError,
     register::Registration,
-    service::{Registry, Spooled},
+    service::{Registry, Spooled, Who},
     webhook::{Verdict, Verifier},
 };
 
@@ -60,6 +60,7 @@ impl IntoResponse for ApiError {
             RegistryError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             RegistryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             RegistryError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            RegistryError::FailedPrecondition(_) => StatusCode::CONFLICT,
             RegistryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, Json(json!({ "error": self.0.to_string() }))).into_response()
@@ -205,6 +206,9 @@ struct StageParams {
     stage: String,
     #[serde(default)]
     archive_existing: bool,
+    /// Why, recorded with the move.
+    #[serde(default)]
+    reason: String,
 }
 
 /// `PUT /set-model-stage?modelName=&version=&stage=[&archiveExisting=true]`
@@ -213,11 +217,12 @@ async fn set_model_stage(
     headers: HeaderMap,
     q: Result<Query<StageParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    st.auth.check(authorization(&headers), Access::Write)?;
+    let by = st.auth.check(authorization(&headers), Access::Write)?;
     let Query(q) = q.map_err(|e| {
         ApiError(RegistryError::InvalidArgument(format!("modelName, version and stage are required: {e}")))
     })?;
-    let v = st.registry.transition(&q.model_name, &q.version, &q.stage, q.archive_existing).await?;
+    let who = Who { by, reason: q.reason, rollback: false };
+    let v = st.registry.transition(&q.model_name, &q.version, &q.stage, q.archive_existing, &who).await?;
     Ok(Json(json!({ "modelName": v.name, "version": v.version, "stage": v.current_stage })))
 }
 

@@ -8,6 +8,7 @@ pub mod config;
 mod convert;
 pub mod error;
 mod grpc;
+pub mod history;
 mod http;
 pub mod hub;
 mod metrics;
@@ -54,7 +55,28 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         upload_dir: cfg.upload_dir.clone(),
         path_root: cfg.register_path_root.clone(),
     };
-    let auth = auth::Auth::new(cfg.auth_token.as_ref().map(ferry_telemetry::Secret::expose), cfg.protect_reads);
+    let named = match &cfg.named_tokens {
+        Some(t) => auth::Auth::parse_named(t.expose()).map_err(anyhow::Error::msg)?,
+        None => Vec::new(),
+    };
+    let tokens = cfg.auth_token.as_ref().map(|t| ("token", t.expose()));
+    let auth = auth::Auth::named(
+        tokens.into_iter().chain(named.iter().map(|(n, t)| (n.as_str(), t.as_str()))),
+        cfg.protect_reads,
+    );
+    if auth.is_open() {
+        if !cfg.allow_unauthenticated {
+            anyhow::bail!(
+                "no FERRY_REGISTRY_TOKEN or FERRY_REGISTRY_TOKENS: every registration, promotion and policy change \
+                 would be open to anyone who reaches this registry. Set a token, or FERRY_ALLOW_UNAUTHENTICATED=true \
+                 to run open on purpose (local development)"
+            );
+        }
+        tracing::warn!(
+            "RUNNING WITHOUT AUTHENTICATION (FERRY_ALLOW_UNAUTHENTICATED): anyone who reaches this registry's ports \
+             can register models, move aliases and stages, and change traffic policies"
+        );
+    }
     let verifier = cfg
         .webhook_secret
         .as_ref()

@@ -7,7 +7,9 @@ use ferry_mlflow::{Client, ModelVersion, RegisteredModel, Selector, canonical_st
 use ferry_traffic::{Policy, Variant};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tracing::info;
+use tracing::{info, warn};
+
+use crate::history;
 
 use crate::{
     error::{RegistryError, Result},
@@ -130,12 +132,14 @@ impl Registry {
         Ok(done)
     }
 
+    /// Moves a version to a stage and records the move (who, when, why).
     pub async fn transition(
         &self,
         name: &str,
         version: &str,
         stage: &str,
         archive_existing: bool,
+        who: &Who,
     ) -> Result<ModelVersion> {
         required("name", name)?;
         required("version", version)?;
@@ -144,25 +148,136 @@ impl Registry {
                 "unknown stage {stage:?}; use None, Staging, Production or Archived"
             ))
         })?;
+        let ctx = format!("moving {name} version {version} to {stage}");
+        let before = self.mlflow.get_model_version(name, version).await.map_err(|e| RegistryError::mlflow(&ctx, e))?;
+        let serving =
+            self.mlflow.latest_version_in_stage(name, stage).await.map_err(|e| RegistryError::mlflow(&ctx, e))?;
         let v = self
             .mlflow
             .transition_stage(name, version, stage, archive_existing)
             .await
-            .map_err(|e| RegistryError::mlflow(format!("moving {name} version {version} to {stage}"), e))?;
-        info!(model = %name, version, stage, archive_existing, "stage changed");
+            .map_err(|e| RegistryError::mlflow(&ctx, e))?;
+        info!(model = %name, version, stage, archive_existing, by = %who.by, "stage changed");
+        let mv = history::Move {
+            target: format!("stage:{stage}"),
+            from: serving.map(|s| s.version).unwrap_or_default(),
+            to: version.to_owned(),
+            by: who.by.clone(),
+            at_ms: now_ms(),
+            reason: who.reason.clone(),
+            to_previous_stage: before.current_stage,
+            rollback: who.rollback,
+        };
+        self.record(name, mv).await;
         self.hub.poke();
         Ok(v)
     }
 
-    pub async fn set_alias(&self, name: &str, alias: &str, version: &str) -> Result<ModelVersion> {
+    /// Points an alias at a version and records the move (who, when, why).
+    pub async fn set_alias(&self, name: &str, alias: &str, version: &str, who: &Who) -> Result<ModelVersion> {
         required("name", name)?;
         required("alias", alias)?;
         required("version", version)?;
         let ctx = format!("pointing alias {alias:?} of {name} at version {version}");
+        let before = self
+            .mlflow
+            .resolve(name, &Selector::Alias(alias.to_owned()))
+            .await
+            .map_err(|e| RegistryError::mlflow(&ctx, e))?;
         self.mlflow.set_alias(name, alias, version).await.map_err(|e| RegistryError::mlflow(&ctx, e))?;
-        info!(model = %name, alias, version, "alias set");
+        info!(model = %name, alias, version, by = %who.by, "alias set");
+        let mv = history::Move {
+            target: format!("alias:{alias}"),
+            from: before.map(|v| v.version).unwrap_or_default(),
+            to: version.to_owned(),
+            by: who.by.clone(),
+            at_ms: now_ms(),
+            reason: who.reason.clone(),
+            to_previous_stage: String::new(),
+            rollback: who.rollback,
+        };
+        self.record(name, mv).await;
         self.hub.poke();
         self.mlflow.get_model_version(name, version).await.map_err(|e| RegistryError::mlflow(&ctx, e))
+    }
+
+    /// Moves an alias or stage back to the version it designated before the
+    /// last move Ferry recorded, in one call; returns the version now
+    /// designated and the one it replaced.
+    pub async fn rollback(&self, name: &str, target: &Selector, who: &Who) -> Result<(ModelVersion, String)> {
+        required("name", name)?;
+        let key = match target {
+            Selector::Alias(a) => format!("alias:{a}"),
+            Selector::Stage(s) => format!(
+                "stage:{}",
+                canonical_stage(s).ok_or_else(|| RegistryError::InvalidArgument(format!("unknown stage {s:?}")))?
+            ),
+            Selector::Version(_) => {
+                return Err(RegistryError::InvalidArgument("roll back an alias or a stage, not a version".into()));
+            }
+        };
+        let target = match target {
+            Selector::Stage(_) => Selector::Stage(key["stage:".len()..].to_owned()),
+            other @ (Selector::Alias(_) | Selector::Version(_)) => other.clone(),
+        };
+        let model = self.get_model(name).await?;
+        let moves = history::parse(model.tag_map().get(history::HISTORY_TAG).map(String::as_str));
+        let current = self
+            .mlflow
+            .resolve(name, &target)
+            .await
+            .map_err(|e| RegistryError::mlflow(format!("{key} of model {name:?}"), e))?
+            .map(|v| v.version);
+        let last = history::rollback_of(&moves, &key, current.as_deref()).map_err(RegistryError::FailedPrecondition)?;
+        if last.from.is_empty() {
+            return Err(RegistryError::FailedPrecondition(format!(
+                "{key} designated no version before version {}; nothing to roll back to",
+                last.to
+            )));
+        }
+        let who = Who { rollback: true, ..who.clone() };
+        let (from, to) = (last.to.clone(), last.from.clone());
+        let v = match &target {
+            Selector::Alias(a) => self.set_alias(name, a, &to, &who).await?,
+            Selector::Stage(stage) => {
+                // Back in the stage, and the rolled-back version where it came from.
+                let v = self.transition(name, &to, stage, false, &who).await?;
+                let back = if last.to_previous_stage.is_empty() { "Archived" } else { &last.to_previous_stage };
+                let ctx = format!("returning {name} version {from} to {back}");
+                self.mlflow
+                    .transition_stage(name, &from, back, false)
+                    .await
+                    .map_err(|e| RegistryError::mlflow(&ctx, e))?;
+                v
+            }
+            Selector::Version(_) => unreachable!("refused above"),
+        };
+        info!(model = %name, target = %key, from = %from, to = %to, by = %who.by, "rolled back");
+        Ok((v, from))
+    }
+
+    /// The moves Ferry recorded for a model, oldest first.
+    pub async fn moves(&self, name: &str) -> Result<Vec<history::Move>> {
+        let model = self.get_model(name).await?;
+        Ok(history::parse(model.tag_map().get(history::HISTORY_TAG).map(String::as_str)))
+    }
+
+    /// Records a move in MLflow: the model's history tag (what Rollback
+    /// reads) and the moved-to version's last-move tag. The move itself has
+    /// happened; a failure to record it is logged, not returned.
+    async fn record(&self, name: &str, mv: history::Move) {
+        let tag = match self.mlflow.get_registered_model(name).await {
+            Ok(m) => m.tag_map().remove(history::HISTORY_TAG),
+            Err(e) => return warn!(model = %name, error = %e, "move not recorded: cannot read the model's history"),
+        };
+        let json = serde_json::to_string(&mv).unwrap_or_default();
+        let text = history::append(history::parse(tag.as_deref()), mv.clone());
+        if let Err(e) = self.mlflow.set_registered_model_tag(name, history::HISTORY_TAG, &text).await {
+            warn!(model = %name, error = %e, "move not recorded in the model's history");
+        }
+        if let Err(e) = self.mlflow.set_model_version_tag(name, &mv.to, history::LAST_MOVE_TAG, &json).await {
+            warn!(model = %name, version = %mv.to, error = %e, "move not recorded on the version");
+        }
     }
 
     pub async fn delete_alias(&self, name: &str, alias: &str) -> Result<()> {
@@ -315,6 +430,19 @@ impl Registry {
         };
         Ok((v, format!("{dir}/{file}")))
     }
+}
+
+/// Who asks for a move, and why: recorded with it.
+#[derive(Debug, Clone, Default)]
+pub struct Who {
+    /// The caller's identity (its token's name).
+    pub by: String,
+    pub reason: String,
+    pub rollback: bool,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 pub(crate) fn required(field: &str, v: &str) -> Result<()> {
