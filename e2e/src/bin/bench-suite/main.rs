@@ -20,6 +20,7 @@
 
 mod instructions;
 mod peers;
+mod routing;
 
 use std::{
     collections::BTreeMap,
@@ -50,7 +51,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "inproc,headline,instructions,throughput,peers,threads,swap,delivery"
+        default_value = "inproc,headline,instructions,throughput,peers,threads,swap,delivery,routing"
     )]
     sections: Vec<String>,
     /// Interleaved rounds of the headline comparisons (the median is reported).
@@ -180,6 +181,7 @@ async fn main() -> anyhow::Result<()> {
     let d = tmp.path().to_owned();
     let mut suite = Suite { ort: ort_library()?, dir: d.clone(), md: String::new(), args };
     let want = |s: &str| suite.args.sections.iter().any(|x| x == s);
+    let routing = want("routing");
     let (inproc, headline, counted, throughput, peers, threads, swap, delivery) = (
         want("inproc"),
         want("headline"),
@@ -356,6 +358,10 @@ async fn main() -> anyhow::Result<()> {
 
     if counted {
         instructions::section(&mut suite, &tiny, &mlflow.url, &registry.url).await?;
+    }
+
+    if routing {
+        routing::section(&mut suite, &tiny, &mlflow.url, &registry.url, registry.client.clone()).await?;
     }
 
     if throughput {
