@@ -14,6 +14,7 @@ use ferry_proto::{
     },
 };
 use futures::StreamExt;
+use tonic::Code;
 
 #[derive(Debug, Parser)]
 #[command(name = "ferryctl", version, about = "Register, promote and query models through Ferry")]
@@ -192,9 +193,81 @@ fn model_files(path: &std::path::Path) -> anyhow::Result<Vec<(String, PathBuf)>>
     Ok(std::iter::once(graph).chain(refs).map(|rel| (rel.clone(), dir.join(rel))).collect())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Exit codes by error class (sysexits): scripts can tell "retry later"
+/// from "fix the request" from "fix the credentials".
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<tonic::Status>().map(tonic::Status::code) {
+        Some(Code::InvalidArgument | Code::OutOfRange | Code::AlreadyExists) => 65,
+        Some(Code::NotFound) => 66,
+        Some(Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted) => 69,
+        Some(Code::Unauthenticated | Code::PermissionDenied) => 77,
+        Some(Code::FailedPrecondition) => 75,
+        Some(Code::Ok | Code::Cancelled | Code::Unknown | Code::Unimplemented | Code::Internal | Code::DataLoss) => 70,
+        // No status: the service could not be reached, or a local file or argument is wrong.
+        None if e.downcast_ref::<tonic::transport::Error>().is_some() => 69,
+        None => 64,
+    }
+}
+
+/// One line that says what failed and what to do; never a backtrace.
+fn describe(e: &anyhow::Error, service: &str, url: &str) -> String {
+    if let Some(s) = e.downcast_ref::<tonic::Status>() {
+        let hint = match s.code() {
+            Code::Unavailable => format!("; is the {service} up, and can it reach MLflow?"),
+            Code::Unauthenticated => "; set FERRY_REGISTRY_TOKEN or pass --token".to_owned(),
+            Code::DeadlineExceeded => "; the service or MLflow is slow, retry".to_owned(),
+            Code::Ok
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::ResourceExhausted
+            | Code::FailedPrecondition
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::DataLoss => String::new(),
+        };
+        return format!("{service} at {url}: {} ({:?}){hint}", s.message(), s.code());
+    }
+    if e.downcast_ref::<tonic::transport::Error>().is_some() {
+        return format!("cannot reach the {service} at {url} ({e:#}); is it running?");
+    }
+    format!("{e:#}")
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let (service, url) = match cli.cmd {
+        Cmd::Predict { .. } => ("inference service", cli.inference.clone()),
+        Cmd::Register { .. }
+        | Cmd::Stage { .. }
+        | Cmd::Alias { .. }
+        | Cmd::Rollback { .. }
+        | Cmd::History { .. }
+        | Cmd::Watch { .. }
+        | Cmd::Policy { .. } => ("registry", cli.registry.clone()),
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferryctl: cannot start: {e}");
+            return std::process::ExitCode::from(71);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferryctl: {}", describe(&e, service, &url));
+            std::process::ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Register { name, file, description, tags, metrics, params } => {
             // The graph and its external data files, hashed as the registry will.

@@ -120,6 +120,15 @@ async fn rollback_in_one_call_with_the_history_in_mlflow() -> anyhow::Result<()>
     ensure!(out.status.success(), "ferryctl rollback: {}", String::from_utf8_lossy(&out.stderr));
     wait_serving(&inf.client, "iris", "2", &ROW, Duration::from_secs(30)).await?;
 
+    // A wrong token: one line that says what to do, and the exit code for credentials.
+    let out = std::process::Command::new(ferry_e2e::bin_dir().join("ferryctl"))
+        .args(["--registry", &registry.url, "--token", "guess", "rollback", "iris", "--alias", "champion"])
+        .env("RUST_BACKTRACE", "1")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(77), "{out:?}");
+    ensure!(stderr.lines().count() == 1 && stderr.contains("FERRY_REGISTRY_TOKEN"), "{stderr}");
+
     // Moved elsewhere (MLflow's Python client) since: refused, saying so.
     python(
         "from mlflow import MlflowClient; MlflowClient().set_registered_model_alias('iris', 'champion', '1')",
