@@ -116,6 +116,28 @@ async fn a_policy_set_with_mlflows_client_splits_routes_and_sticks() -> anyhow::
         wait_variants(inf, &[("champion", 90, "1"), ("challenger", 10, "2")]).await?;
     }
 
+    // The operator's pins: one variant held at version 1, or the whole model at 2, policy or not.
+    let pinned_variant = start_inference(
+        d,
+        &mlflow.url,
+        Some(&registry.url),
+        "iris@champion",
+        &[("FERRY_PIN", "iris#challenger=1".into())],
+    )
+    .await?;
+    let s = wait_variants(&pinned_variant, &[("champion", 90, "1"), ("challenger", 10, "1")]).await?;
+    ensure!(s.variants[1].pinned && !s.variants[0].pinned, "{s:?}");
+    let pinned_model =
+        start_inference(d, &mlflow.url, Some(&registry.url), "iris@champion", &[("FERRY_PIN", "iris=2".into())])
+            .await?;
+    wait_serving(&pinned_model.client, "iris", "2", &ROW, Duration::from_secs(60)).await?;
+    let s = status(&pinned_model).await?;
+    ensure!(s.pinned.contains("FERRY_PIN") && s.pinned.contains("alias:champion") && s.variants.is_empty(), "{s:?}");
+    ensure!(
+        predict(&http, &pinned_model, &[("x-ferry-variant", "champion")]).await? == (String::new(), "2".to_owned())
+    );
+    drop((pinned_variant, pinned_model));
+
     // 2,000 requests at 90/10: the challenger's count is binomial (mean 200,
     // sd 13.4); ±5 sd fails by chance about once in 3.5 million runs.
     let mut counts = BTreeMap::new();

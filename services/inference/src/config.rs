@@ -16,6 +16,10 @@ pub struct Config {
     /// in the registered model's `ferry.remote_endpoint` tag (same syntax as --model).
     #[arg(long = "remote-model", env = "FERRY_REMOTE_MODELS", value_delimiter = ',')]
     pub remote_models: Vec<ModelSpec>,
+    /// For emergencies: hold a model (`iris=7`) or one variant of its traffic policy
+    /// (`iris#challenger=7`) at a version, overriding the registry; status says so.
+    #[arg(long = "pin", env = "FERRY_PIN", value_delimiter = ',')]
+    pub pins: Vec<crate::spec::PinArg>,
     /// A TOML file of models with per-model settings (see README); merged with --model.
     #[arg(long, env = "FERRY_MODELS_FILE")]
     pub models_file: Option<PathBuf>,

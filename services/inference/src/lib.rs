@@ -67,6 +67,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     if let Some(path) = &cfg.models_file {
         specs.extend(models_file::load(path, defaults).map_err(anyhow::Error::msg)?);
     }
+    {
+        let mut only: Vec<spec::ModelSpec> = specs.iter().map(|(s, _)| s.clone()).collect();
+        spec::apply_pins(&mut only, &cfg.pins).map_err(anyhow::Error::msg)?;
+        for ((s, _), pinned) in specs.iter_mut().zip(only) {
+            if pinned.pin != s.pin {
+                tracing::warn!(model = %s.name, pin = ?pinned.pin, "pinned by FERRY_PIN: the registry does not move what is pinned");
+            }
+            *s = pinned;
+        }
+    }
     let models = Arc::new(Models::new(specs).map_err(anyhow::Error::msg)?);
     let mlflow = ferry_mlflow::Client::new(cfg.mlflow.config()).context("MLflow client")?;
     let grpc_listener = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;

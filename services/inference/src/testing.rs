@@ -99,8 +99,12 @@ pub(crate) fn models_and_slow_calls() -> (Arc<Models>, Arc<AtomicUsize>) {
         spinning: false,
     };
     let settings = ModelSettings { session, warmup_runs: 0, max_in_flight: MAX_IN_FLIGHT };
-    let spec =
-        |name: &str| ModelSpec { name: name.into(), selector: Selector::Alias("champion".into()), remote: false };
+    let spec = |name: &str| ModelSpec {
+        name: name.into(),
+        selector: Selector::Alias("champion".into()),
+        remote: false,
+        pin: Default::default(),
+    };
     let models = Models::new(["double", "slow", "pending"].into_iter().map(|n| (spec(n), settings)).collect()).unwrap();
     let slow_calls = Arc::new(AtomicUsize::new(0));
     let exec = |name: &str| Arc::clone(&models.slot(name).unwrap().stats.exec);
@@ -121,7 +125,10 @@ pub(crate) fn variant(
 ) -> Arc<ModelSlot> {
     let primary = models.slot(model).unwrap();
     let selector = format!("{model}{selector}").parse::<ferry_mlflow::ModelRef>().unwrap().selector;
-    let slot = Arc::new(ModelSlot::new(ModelSpec { name: model.into(), selector, remote: false }, primary.settings));
+    let slot = Arc::new(ModelSlot::new(
+        ModelSpec { name: model.into(), selector, remote: false, pin: Default::default() },
+        primary.settings,
+    ));
     let stats = Arc::clone(&slot.stats.exec);
     models.install_in(&slot, loaded(stats, version, delay, factor, Arc::default()), None);
     slot

@@ -29,6 +29,7 @@ pub(crate) fn model_status(s: SlotStatus) -> pb::ModelStatus {
             state: state(v.state).into(),
             serving_version: v.serving_version.unwrap_or_default(),
             last_error: v.last_error.unwrap_or_default(),
+            pinned: v.pinned,
             shadow_percent: v.shadow_percent,
             shadow_compared: v.shadow_compared,
             shadow_dropped: v.shadow_dropped,
@@ -50,6 +51,7 @@ pub(crate) fn model_status(s: SlotStatus) -> pb::ModelStatus {
         outputs: sig.outputs.iter().map(spec_to_pb).collect(),
         variants,
         policy_error: s.policy_error.unwrap_or_default(),
+        pinned: s.pinned.unwrap_or_default(),
     }
 }
 

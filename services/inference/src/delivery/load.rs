@@ -15,7 +15,7 @@ use crate::{
     engine::Runtime,
     remote::{self, RemoteModel},
     serving::{Backend, LoadTiming, LoadedModel, ModelSlot, Models, Routing},
-    spec::ModelSpec,
+    spec::{ModelSpec, Selector},
 };
 
 pub(super) struct Loader {
@@ -60,6 +60,13 @@ impl Loader {
     /// is served as configured.
     async fn apply_policy(&self) {
         let name = &self.slot.spec.name;
+        // A model pinned by the operator serves its pin alone.
+        if self.slot.spec.pin.overrides.is_some() {
+            if self.slot.routing().is_some() {
+                self.slot.set_routing(None);
+            }
+            return;
+        }
         let text = match self.mlflow.get_registered_model(name).await {
             Ok(m) => m.tag_map().remove(ferry_traffic::POLICY_TAG),
             Err(e) if e.is_not_found() => None,
@@ -91,13 +98,18 @@ impl Loader {
             .variants()
             .iter()
             .map(|v| {
-                if v.selector == self.slot.spec.selector {
+                // An operator's pin for this variant wins over its selector.
+                let selector = match self.slot.spec.pin.variants.get(&v.name) {
+                    Some(version) => Selector::Version(version.clone()),
+                    None => v.selector.clone(),
+                };
+                if selector == self.slot.spec.selector {
                     return Arc::clone(&self.slot);
                 }
-                let kept = current.iter().flat_map(|r| r.slots.iter()).find(|s| s.spec.selector == v.selector);
+                let kept = current.iter().flat_map(|r| r.slots.iter()).find(|s| s.spec.selector == selector);
                 kept.map_or_else(
                     || {
-                        let spec = ModelSpec { name: name.clone(), selector: v.selector.clone(), remote: false };
+                        let spec = ModelSpec { name: name.clone(), selector, remote: false, pin: Default::default() };
                         Arc::new(ModelSlot::new(spec, self.slot.settings))
                     },
                     Arc::clone,

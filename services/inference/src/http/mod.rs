@@ -80,7 +80,7 @@ async fn list_models(State(st): State<AppState>) -> Json<Value> {
                     json!({
                         "name": v.name, "selector": v.selector, "weight": v.weight, "state": state_name(v.state),
                         "servingVersion": v.serving_version, "lastError": v.last_error,
-                        "shadowPercent": v.shadow_percent, "shadowCompared": v.shadow_compared,
+                        "pinned": v.pinned, "shadowPercent": v.shadow_percent, "shadowCompared": v.shadow_compared,
                         "shadowDropped": v.shadow_dropped, "shadowFailed": v.shadow_failed,
                         "agreement": v.agreement, "meanAbsDiff": v.mean_abs_diff,
                     })
@@ -92,6 +92,7 @@ async fn list_models(State(st): State<AppState>) -> Json<Value> {
                 "state": state_name(s.state),
                 "variants": variants,
                 "policyError": s.policy_error,
+                "pinned": s.pinned,
                 "servingVersion": s.serving_version,
                 "sha256": s.sha256,
                 "verified": s.verified,

@@ -333,7 +333,12 @@ mod tests {
             inline_below: Duration::ZERO,
             spinning: false,
         };
-        let spec = ModelSpec { name: "m".into(), selector: Selector::Alias("champion".into()), remote: true };
+        let spec = ModelSpec {
+            name: "m".into(),
+            selector: Selector::Alias("champion".into()),
+            remote: true,
+            pin: Default::default(),
+        };
         Models::new(vec![(spec, ModelSettings { session, warmup_runs: 0, max_in_flight })]).unwrap()
     }
 
@@ -417,7 +422,12 @@ mod tests {
         let policy = r#"{"format":1,"variants":[{"name":"champion","selector":"@champion","weight":50},
             {"name":"challenger","selector":"@challenger","weight":50}]}"#;
         let router = ferry_traffic::Policy::parse("m", policy).unwrap();
-        let spec = ModelSpec { name: "m".into(), selector: Selector::Alias("challenger".into()), remote: true };
+        let spec = ModelSpec {
+            name: "m".into(),
+            selector: Selector::Alias("challenger".into()),
+            remote: true,
+            pin: Default::default(),
+        };
         let challenger = Arc::new(ModelSlot::new(spec, primary.settings));
         let slots = vec![Arc::clone(&primary), Arc::clone(&challenger)];
         primary.set_routing(Some(Routing::new(router, slots, policy.into(), &primary)));
@@ -525,7 +535,12 @@ mod tests {
         assert_eq!(sh.agreement(), Some(0.0));
         assert!((sh.mean_abs_diff().unwrap() - 7.5).abs() < 1e-6, "{:?}", sh.mean_abs_diff());
         // A shadow with nothing loaded: each copy is dropped, and counted; the caller is served.
-        let spec = ModelSpec { name: "double".into(), selector: Selector::Alias("shadow".into()), remote: false };
+        let spec = ModelSpec {
+            name: "double".into(),
+            selector: Selector::Alias("shadow".into()),
+            remote: false,
+            pin: Default::default(),
+        };
         let empty = Arc::new(ModelSlot::new(spec, m.slot("double").unwrap().settings));
         shadowed(&m, &empty);
         assert_eq!(m.predict(input("double"), &()).await.unwrap().version, "3");

@@ -52,6 +52,8 @@ pub struct VariantStatus {
     pub state: SlotState,
     pub serving_version: Option<String>,
     pub last_error: Option<String>,
+    /// Held at a version by the operator (`FERRY_PIN=model#variant=version`).
+    pub pinned: bool,
     /// Percent of the other variants' requests mirrored here (0: not the shadow).
     pub shadow_percent: u32,
     /// Mirrored requests compared, dropped (busy) and failed.

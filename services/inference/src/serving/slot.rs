@@ -191,6 +191,8 @@ pub struct SlotStatus {
     pub variants: Vec<VariantStatus>,
     /// Why the policy in MLflow was refused; the last valid one stays in force.
     pub policy_error: Option<String>,
+    /// Set when the operator pinned the model (`FERRY_PIN`): what is overridden.
+    pub pinned: Option<String>,
 }
 
 impl ModelSlot {
@@ -309,7 +311,8 @@ impl ModelSlot {
                         let sh = &slot.stats.shadow;
                         VariantStatus {
                             name: v.name.clone(),
-                            selector: v.selector.to_string(),
+                            selector: slot.spec.selector.to_string(),
+                            pinned: self.spec.pin.variants.contains_key(&v.name),
                             weight: v.weight,
                             state,
                             serving_version,
@@ -325,6 +328,12 @@ impl ModelSlot {
                     .collect()
             }),
             policy_error: self.route.refused.lock().ok().and_then(|r| r.clone()),
+            pinned: self.spec.pin.overrides.as_ref().map(|was| {
+                format!(
+                    "held at {} by FERRY_PIN; the registry's {was} and any traffic policy are not followed",
+                    self.spec.selector
+                )
+            }),
         }
     }
 }
