@@ -27,7 +27,17 @@ struct Record {
     onnx: String,
     /// Every file of the model, relative to its folder (re-hashed before reuse).
     files: Vec<String>,
+    /// The version and the digest over its files, for a start without MLflow.
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    digest: String,
+    #[serde(default)]
+    verified: bool,
 }
+
+/// Beside the versions: which folder each selector served last.
+const SERVED: &str = ".ferry-served.json";
 
 pub(super) const RECORD: &str = ".ferry-files.json";
 
@@ -69,12 +79,49 @@ impl ModelCache {
         .ok()??;
         let (onnx, files) = files;
         let onnx = ferry_artifact::validate_relative_path(&onnx).ok()?;
+        // Matched the digest asked for (a version's ferry.sha256 tag, when fetching).
         (ModelDigest::of(&files) == sha).then(|| Fetched {
             onnx: dir.join(onnx),
             dir,
             digest: sha.to_owned(),
             verified: true,
         })
+    }
+
+    /// Remembers that `selector` serves the version kept in `dir`.
+    pub(super) async fn mark_served(&self, selector: &str, dir: &Path) {
+        let path = self.root.join(SERVED);
+        let mut served: std::collections::BTreeMap<String, String> =
+            tokio::fs::read(&path).await.ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()) else { return };
+        served.insert(selector.to_owned(), name.to_owned());
+        if let Ok(json) = serde_json::to_vec(&served) {
+            let tmp = self.root.join(format!("{SERVED}.tmp"));
+            if tokio::fs::write(&tmp, json).await.is_ok() {
+                let _ = tokio::fs::rename(&tmp, &path).await;
+            }
+        }
+    }
+
+    /// The version `selector` served last, if its files are still intact:
+    /// what a restart serves while MLflow cannot be reached.
+    pub(super) async fn last_served(&self, selector: &str) -> Option<(String, Fetched)> {
+        let served: std::collections::BTreeMap<String, String> =
+            serde_json::from_slice(&tokio::fs::read(self.root.join(SERVED)).await.ok()?).ok()?;
+        let name = served.get(selector)?;
+        // Only a folder name this cache made: never a path out of it.
+        if name.contains(['/', '\\']) || name.starts_with('.') {
+            return None;
+        }
+        let record: Record =
+            serde_json::from_slice(&tokio::fs::read(self.root.join(name).join(RECORD)).await.ok()?).ok()?;
+        if record.digest.len() != 64 {
+            return None;
+        }
+        let mut fetched = self.cached(&record.version, &record.digest).await?;
+        // Intact as recorded; checked against a tag only if it was when downloaded.
+        fetched.verified = record.verified;
+        Some((record.version, fetched))
     }
 
     /// A fresh folder to download a version into, removed unless kept.
@@ -97,7 +144,13 @@ impl ModelCache {
         digest: String,
         verified: bool,
     ) -> Result<Fetched, String> {
-        let record = Record { onnx: onnx.to_owned(), files: files.iter().map(|f| f.path.clone()).collect() };
+        let record = Record {
+            onnx: onnx.to_owned(),
+            files: files.iter().map(|f| f.path.clone()).collect(),
+            version: version.to_owned(),
+            digest: digest.clone(),
+            verified,
+        };
         let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
         tokio::fs::write(staging.path().join(RECORD), json)
             .await

@@ -10,7 +10,12 @@ use std::{
 use ferry_mlflow::{ModelVersion, tags};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{DeliveryConfig, cache::ModelCache, fetch::Fetcher, store::Stores};
+use super::{
+    DeliveryConfig,
+    cache::{Fetched, ModelCache},
+    fetch::Fetcher,
+    store::Stores,
+};
 use crate::{
     engine::Runtime,
     remote::{self, RemoteModel},
@@ -131,6 +136,9 @@ impl Loader {
                 return;
             }
             Err(e) => {
+                if slot.current().is_none() {
+                    return self.serve_last(slot, &e).await;
+                }
                 warn!(error = %e, "cannot resolve the serving version; keeping the current one");
                 return;
             }
@@ -163,9 +171,33 @@ impl Loader {
                 if old.is_some_and(|o| Arc::strong_count(&o) == 1) {
                     tokio::task::spawn_blocking(crate::memory::trim);
                 }
+                if let Some(Backend::Local { dir, .. }) = slot.current().as_ref().map(|m| &m.backend) {
+                    self.cache.mark_served(&slot.spec.selector.to_string(), dir).await;
+                }
                 self.cache.clean(&self.serving_dirs()).await;
             }
             Err(error) => Self::fail(slot, &target.version, &sha, error),
+        }
+    }
+
+    /// MLflow cannot be reached and nothing serves yet (a restart during an
+    /// outage): serve the version this selector served last, from the local
+    /// cache, re-hashed first; MLflow decides again as soon as it answers.
+    async fn serve_last(&self, slot: &Arc<ModelSlot>, error: &ferry_mlflow::Error) {
+        let selector = slot.spec.selector.to_string();
+        let Some((version, fetched)) = self.cache.last_served(&selector).await else {
+            return warn!(%error, "MLflow cannot be reached and no version is kept on disk for {selector}; waiting");
+        };
+        let dir = fetched.dir.clone();
+        match self.engine(slot, &version, fetched).await {
+            Ok(model) => {
+                warn!(%error, version, "MLflow cannot be reached: serving the version last served, from the local cache");
+                self.models.install_in(slot, model, None);
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                Self::fail(slot, &version, "", e);
+            }
         }
     }
 
@@ -240,6 +272,11 @@ impl Loader {
             max_bytes: self.cfg.max_model_bytes,
         };
         let fetched = fetcher.fetch(target).await?;
+        self.engine(slot, &target.version, fetched).await
+    }
+
+    /// Loads and warms a version's files off the async threads.
+    async fn engine(&self, slot: &ModelSlot, version: &str, fetched: Fetched) -> Result<LoadedModel, String> {
         let runtime = self.runtime.clone();
         let (opts, warmups) = (slot.settings.session, slot.settings.warmup_runs);
         let onnx = fetched.onnx.clone();
@@ -262,7 +299,7 @@ impl Loader {
             }
         };
         Ok(LoadedModel {
-            version: target.version.clone(),
+            version: version.to_owned(),
             sha256: fetched.digest,
             verified: fetched.verified,
             signature: engine.signature.clone(),
