@@ -86,9 +86,9 @@ pub(crate) fn models() -> Arc<Models> {
     models_and_slow_calls().0
 }
 
-/// The models, and how many calls the slow model's worker has begun.
-pub(crate) fn models_and_slow_calls() -> (Arc<Models>, Arc<AtomicUsize>) {
-    let session = SessionOptions {
+/// One session, one thread, no batching: what every test model runs with.
+pub(crate) fn session() -> SessionOptions {
+    SessionOptions {
         sessions: 1,
         intra_threads: 1,
         throughput_sessions: None,
@@ -97,7 +97,12 @@ pub(crate) fn models_and_slow_calls() -> (Arc<Models>, Arc<AtomicUsize>) {
         batch: BatchPolicy::OFF,
         inline_below: Duration::ZERO,
         spinning: false,
-    };
+    }
+}
+
+/// The models, and how many calls the slow model's worker has begun.
+pub(crate) fn models_and_slow_calls() -> (Arc<Models>, Arc<AtomicUsize>) {
+    let session = session();
     let settings = ModelSettings { session, warmup_runs: 0, max_in_flight: MAX_IN_FLIGHT };
     let spec = |name: &str| ModelSpec {
         name: name.into(),

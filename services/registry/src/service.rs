@@ -158,16 +158,8 @@ impl Registry {
             .await
             .map_err(|e| RegistryError::mlflow(&ctx, e))?;
         info!(model = %name, version, stage, archive_existing, by = %who.by, "stage changed");
-        let mv = history::Move {
-            target: format!("stage:{stage}"),
-            from: serving.map(|s| s.version).unwrap_or_default(),
-            to: version.to_owned(),
-            by: who.by.clone(),
-            at_ms: now_ms(),
-            reason: who.reason.clone(),
-            to_previous_stage: before.current_stage,
-            rollback: who.rollback,
-        };
+        let mut mv = who.moved(format!("stage:{stage}"), serving.map(|s| s.version), version);
+        mv.to_previous_stage = before.current_stage;
         self.record(name, mv).await;
         self.hub.poke();
         Ok(v)
@@ -186,16 +178,7 @@ impl Registry {
             .map_err(|e| RegistryError::mlflow(&ctx, e))?;
         self.mlflow.set_alias(name, alias, version).await.map_err(|e| RegistryError::mlflow(&ctx, e))?;
         info!(model = %name, alias, version, by = %who.by, "alias set");
-        let mv = history::Move {
-            target: format!("alias:{alias}"),
-            from: before.map(|v| v.version).unwrap_or_default(),
-            to: version.to_owned(),
-            by: who.by.clone(),
-            at_ms: now_ms(),
-            reason: who.reason.clone(),
-            to_previous_stage: String::new(),
-            rollback: who.rollback,
-        };
+        let mv = who.moved(format!("alias:{alias}"), before.map(|v| v.version), version);
         self.record(name, mv).await;
         self.hub.poke();
         self.mlflow.get_model_version(name, version).await.map_err(|e| RegistryError::mlflow(&ctx, e))
@@ -441,8 +424,22 @@ pub struct Who {
     pub rollback: bool,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+impl Who {
+    /// The record of a move this caller makes now.
+    fn moved(&self, target: String, from: Option<String>, to: &str) -> history::Move {
+        let at_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        history::Move {
+            target,
+            from: from.unwrap_or_default(),
+            to: to.to_owned(),
+            by: self.by.clone(),
+            at_ms,
+            reason: self.reason.clone(),
+            to_previous_stage: String::new(),
+            rollback: self.rollback,
+        }
+    }
 }
 
 pub(crate) fn required(field: &str, v: &str) -> Result<()> {

@@ -317,22 +317,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        engine::{SessionOptions, batcher::BatchPolicy},
         spec::Selector,
         tensor::{DType, TensorData, TensorSpec},
     };
 
     fn models(max_in_flight: usize) -> Models {
-        let session = SessionOptions {
-            sessions: 1,
-            intra_threads: 1,
-            throughput_sessions: None,
-            inter_threads: 1,
-            optimization_level: 0,
-            batch: BatchPolicy::OFF,
-            inline_below: Duration::ZERO,
-            spinning: false,
-        };
+        let session = crate::testing::session();
         let spec = ModelSpec {
             name: "m".into(),
             selector: Selector::Alias("champion".into()),
