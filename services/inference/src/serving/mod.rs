@@ -181,15 +181,18 @@ impl Models {
                 let draw = self.draws.fetch_add(1, Ordering::Relaxed);
                 let (i, reason) =
                     router.choose(named, sticky, draw).map_err(|e| fail(configured, ServeError::InvalidArgument(e)))?;
-                let chosen = &routing.slots[i];
-                let i = match routing.fallback {
-                    // A variant with nothing loaded yet gets no traffic, unless asked for by name.
-                    Some(f) if chosen.current().is_none() && reason != ferry_traffic::Reason::Header => f,
-                    _ => i,
-                };
                 let shadow =
                     router.shadow().filter(|_| router.mirrors(i, draw)).map(|(s, _)| Arc::clone(&routing.slots[s]));
-                (Arc::clone(&routing.slots[i]), Some(Arc::clone(&routing.names[i])), shadow)
+                // A variant with nothing loaded yet gets no traffic, unless asked for by name:
+                // its share goes to the configured slot (as that variant, when one shares it).
+                if routing.slots[i].current().is_none() && reason != ferry_traffic::Reason::Header {
+                    match routing.fallback {
+                        Some(f) => (Arc::clone(&routing.slots[f]), Some(Arc::clone(&routing.names[f])), shadow),
+                        None => (Arc::clone(configured), None, shadow),
+                    }
+                } else {
+                    (Arc::clone(&routing.slots[i]), Some(Arc::clone(&routing.names[i])), shadow)
+                }
             }
         };
         // Backpressure at the door: a bounded number in flight, never an unbounded queue.
@@ -445,6 +448,23 @@ mod tests {
         let variants: Vec<_> =
             primary.status().variants.into_iter().map(|v| (v.name, v.weight, v.serving_version)).collect();
         assert_eq!(variants, [("champion".into(), 50, Some("1".into())), ("challenger".into(), 50, Some("2".into()))]);
+        // A policy none of whose variants is the configured selector: until they load,
+        // the configured slot keeps answering (as no variant), never UNAVAILABLE.
+        let other = r#"{"format":1,"variants":[{"name":"a","selector":"@a","weight":50},{"name":"b","selector":"@b","weight":50}]}"#;
+        let router = ferry_traffic::Policy::parse("m", other).unwrap();
+        let new_slot = |alias: &str| {
+            let spec = ModelSpec {
+                name: "m".into(),
+                selector: Selector::Alias(alias.into()),
+                remote: true,
+                pin: Default::default(),
+            };
+            Arc::new(ModelSlot::new(spec, primary.settings))
+        };
+        primary.set_routing(Some(Routing::new(router, vec![new_slot("a"), new_slot("b")], other.into(), &primary)));
+        for _ in 0..20 {
+            assert_eq!(pick(&()), ("1".to_owned(), None));
+        }
         // The policy removed: as configured, no variant named.
         primary.set_routing(None);
         assert_eq!(pick(&named("challenger")), ("1".to_owned(), None));
