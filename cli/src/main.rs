@@ -5,15 +5,20 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use ferry_proto::{
-    inference::v1::{DataType, PredictRequest, Tensor, inference_client::InferenceClient},
+    inference::v1::{
+        DataType, ListModelsRequest as ListServedRequest, PredictRequest, Tensor, inference_client::InferenceClient,
+    },
     registry::v1::{
-        GetTrafficPolicyRequest, ListMovesRequest, ModelFile, RegisterModelMetadata, RegisterModelRequest,
-        RollbackRequest, SetAliasRequest, SetTrafficPolicyRequest, Stage, TrafficPolicy, TransitionStageRequest,
-        WatchModelsRequest, model_registry_client::ModelRegistryClient, register_model_request::Payload,
+        GetTrafficPolicyRequest, ListModelsRequest, ListMovesRequest, ListVersionsRequest, ModelFile,
+        RegisterModelMetadata, RegisterModelRequest, ResolveVersionRequest, RollbackRequest, SetAliasRequest,
+        SetTrafficPolicyRequest, Stage, TrafficPolicy, TransitionStageRequest, WatchModelsRequest,
+        model_registry_client::ModelRegistryClient, register_model_request::Payload, resolve_version_request,
         rollback_request,
     },
 };
 use futures::StreamExt;
+
+mod output;
 use tonic::Code;
 
 #[derive(Debug, Parser)]
@@ -28,6 +33,9 @@ struct Cli {
     /// Bearer token for the registry's mutating calls.
     #[arg(long, env = "FERRY_REGISTRY_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// How `models`, `versions`, `show`, `health` and `serving` print: a table, or JSON lines.
+    #[arg(long, value_enum, default_value = "table", global = true)]
+    output: output::Output,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -114,6 +122,16 @@ enum Cmd {
     },
     /// The alias and stage moves made through Ferry: who, when, why (JSON lines, oldest first).
     History { name: String },
+    /// Registered models: aliases and the newest version per stage.
+    Models,
+    /// A model's versions: stage, aliases, digest.
+    Versions { name: String },
+    /// One version: NAME (newest), NAME/VERSION, NAME@ALIAS or NAME:Stage.
+    Show { model: String },
+    /// Both services: reachable and serving, and each served model's state and last error.
+    Health,
+    /// What the inference service serves: each model, its version and state, and its variants.
+    Serving,
     /// Print model changes as they happen (JSON lines).
     Watch {
         /// Only these models (repeatable).
@@ -149,6 +167,42 @@ enum PolicyCmd {
 }
 
 const CHUNK: usize = 1 << 20;
+
+const VERSION_HEADERS: &[&str] = &["NAME", "VERSION", "STAGE", "ALIASES", "SHA256", "SOURCE"];
+
+fn version_row(v: &ferry_proto::registry::v1::ModelVersion) -> Vec<String> {
+    vec![
+        v.name.clone(),
+        v.version.clone(),
+        stage_name(v.stage()).to_owned(),
+        v.aliases.join(" "),
+        v.sha256.clone(),
+        v.source.clone(),
+    ]
+}
+
+fn stage_name(s: Stage) -> &'static str {
+    match s {
+        Stage::None | Stage::Unspecified => "None",
+        Stage::Staging => "Staging",
+        Stage::Production => "Production",
+        Stage::Archived => "Archived",
+    }
+}
+
+/// A service's gRPC health, or why it cannot be read.
+async fn health(url: &str) -> anyhow::Result<String> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await?;
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await?
+        .into_inner()
+        .status();
+    Ok(status.as_str_name().to_owned())
+}
 
 fn parse_stage(stage: &str) -> anyhow::Result<Stage> {
     Ok(match stage.to_ascii_lowercase().as_str() {
@@ -243,7 +297,12 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let (service, url) = match cli.cmd {
         Cmd::Predict { .. } => ("inference service", cli.inference.clone()),
+        Cmd::Serving => ("inference service", cli.inference.clone()),
         Cmd::Register { .. }
+        | Cmd::Models
+        | Cmd::Versions { .. }
+        | Cmd::Show { .. }
+        | Cmd::Health
         | Cmd::Stage { .. }
         | Cmd::Alias { .. }
         | Cmd::Rollback { .. }
@@ -362,6 +421,104 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 serde_json::json!({"name": v.name, "version": v.version, "rolledBack": r.rolled_back_version,
                     "aliases": v.aliases, "stage": v.stage().as_str_name()})
             );
+        }
+        Cmd::Models => {
+            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let req = ListModelsRequest { page_size: 1000, ..Default::default() };
+            let models = client.list_models(authed(cli.token.as_deref(), req)?).await?.into_inner().models;
+            let rows: Vec<Vec<String>> = models
+                .iter()
+                .map(|m| {
+                    let aliases: Vec<String> = m.aliases.iter().map(|(a, v)| format!("{a}→{v}")).collect();
+                    let stages: Vec<String> =
+                        m.latest_versions.iter().map(|v| format!("{}:{}", stage_name(v.stage()), v.version)).collect();
+                    vec![m.name.clone(), aliases.join(" "), stages.join(" ")]
+                })
+                .collect();
+            println!("{}", output::rows(cli.output, &["NAME", "ALIASES", "LATEST BY STAGE"], &rows));
+        }
+        Cmd::Versions { name } => {
+            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let req = ListVersionsRequest { name, page_size: 1000, ..Default::default() };
+            let versions = client.list_versions(authed(cli.token.as_deref(), req)?).await?.into_inner().versions;
+            let rows: Vec<Vec<String>> = versions.iter().map(version_row).collect();
+            println!("{}", output::rows(cli.output, VERSION_HEADERS, &rows));
+        }
+        Cmd::Show { model } => {
+            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let v = match model.parse::<ferry_mlflow::ModelRef>() {
+                Ok(r) => {
+                    let selector = match r.selector {
+                        ferry_mlflow::Selector::Alias(a) => resolve_version_request::Selector::Alias(a),
+                        ferry_mlflow::Selector::Version(v) => resolve_version_request::Selector::Version(v),
+                        ferry_mlflow::Selector::Stage(s) => {
+                            resolve_version_request::Selector::Stage(parse_stage(&s)?.into())
+                        }
+                    };
+                    let req = ResolveVersionRequest { name: r.name, selector: Some(selector) };
+                    client.resolve_version(authed(cli.token.as_deref(), req)?).await?.into_inner().version
+                }
+                // A bare name: its newest version.
+                Err(_) => {
+                    let req = ListVersionsRequest { name: model.clone(), page_size: 1000, ..Default::default() };
+                    let versions =
+                        client.list_versions(authed(cli.token.as_deref(), req)?).await?.into_inner().versions;
+                    versions.into_iter().max_by_key(|v| v.version.parse::<u64>().unwrap_or(0))
+                }
+            }
+            .with_context(|| format!("{model} designates no version"))?;
+            println!("{}", output::rows(cli.output, VERSION_HEADERS, &[version_row(&v)]));
+        }
+        Cmd::Health => {
+            let mut rows = Vec::new();
+            for (service, url) in [("registry", cli.registry.clone()), ("inference", cli.inference.clone())] {
+                let state = health(&url).await.unwrap_or_else(|e| format!("UNREACHABLE ({e:#})"));
+                rows.push(vec![service.to_owned(), url, state, String::new()]);
+            }
+            if let Ok(mut client) = InferenceClient::connect(cli.inference.clone()).await
+                && let Ok(list) = client.list_models(ListServedRequest {}).await
+            {
+                for m in list.into_inner().models {
+                    let state = m.state().as_str_name().trim_start_matches("MODEL_STATE_").to_owned();
+                    rows.push(vec![format!("model {}", m.name), m.selector.clone(), state, m.last_error.clone()]);
+                }
+            }
+            println!("{}", output::rows(cli.output, &["WHAT", "WHERE", "STATE", "LAST ERROR"], &rows));
+        }
+        Cmd::Serving => {
+            let mut client = InferenceClient::connect(cli.inference).await?;
+            let models = client.list_models(ListServedRequest {}).await?.into_inner().models;
+            let mut rows = Vec::new();
+            for m in models {
+                let state = m.state().as_str_name().trim_start_matches("MODEL_STATE_").to_owned();
+                let verified = if m.verified { "verified" } else { "unverified" };
+                rows.push(vec![
+                    m.name.clone(),
+                    String::new(),
+                    m.selector.clone(),
+                    m.serving_version.clone(),
+                    state,
+                    verified.into(),
+                ]);
+                for v in &m.variants {
+                    let state = v.state().as_str_name().trim_start_matches("MODEL_STATE_").to_owned();
+                    let share = if v.shadow_percent > 0 {
+                        format!("shadow {}%", v.shadow_percent)
+                    } else {
+                        format!("{}%", v.weight)
+                    };
+                    rows.push(vec![
+                        String::new(),
+                        format!("{} ({share})", v.name),
+                        v.selector.clone(),
+                        v.serving_version.clone(),
+                        state,
+                        String::new(),
+                    ]);
+                }
+            }
+            let headers = ["MODEL", "VARIANT", "SELECTOR", "VERSION", "STATE", "DIGEST"];
+            println!("{}", output::rows(cli.output, &headers, &rows));
         }
         Cmd::History { name } => {
             let mut client = ModelRegistryClient::connect(cli.registry).await?;

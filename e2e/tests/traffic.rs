@@ -205,6 +205,25 @@ async fn a_policy_set_with_mlflows_client_splits_routes_and_sticks() -> anyhow::
     ensure!(out.status.success(), "ferryctl policy get: {}", String::from_utf8_lossy(&out.stderr));
     let got: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     ensure!(got["variants"][1]["version"] == "2" && got["policy"]["sticky_header"] == "x-user-id", "{got}");
+    // What operators read: tables for people, JSON lines for scripts.
+    let ctl = |args: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new(ferry_e2e::bin_dir().join("ferryctl"))
+            .args(["--registry", &registry.url, "--inference", &a.grpc])
+            .args(args)
+            .output()?;
+        ensure!(out.status.success(), "ferryctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let serving = ctl(&["serving"])?;
+    ensure!(serving.lines().next().is_some_and(|h| h.starts_with("MODEL") && h.contains("VARIANT")), "{serving}");
+    ensure!(serving.contains("challenger (25%)") && serving.contains("alias:challenger"), "{serving}");
+    let show: serde_json::Value = serde_json::from_str(ctl(&["--output", "json", "show", "iris@challenger"])?.trim())?;
+    ensure!(show["version"] == "2" && show["aliases"] == "challenger", "{show}");
+    let versions = ctl(&["--output", "json", "versions", "iris"])?;
+    ensure!(versions.lines().count() == 2, "{versions}");
+    ensure!(ctl(&["models"])?.contains("champion→1"), "models lists aliases");
+    let health = ctl(&["health"])?;
+    ensure!(health.lines().filter(|l| l.contains("SERVING")).count() >= 3, "both services and the model: {health}");
     let mut moved = 0;
     for (key, first) in &before {
         let now = predict(&http, &b, &[("x-user-id", key)]).await?.0;
