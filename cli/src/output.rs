@@ -56,7 +56,7 @@ mod tests {
         let data = vec![vec!["iris".to_owned(), "12".to_owned()], vec!["fraud-detector".to_owned(), "3".to_owned()]];
         let table = rows(Output::Table, &["NAME", "VERSIONS"], &data);
         assert_eq!(table, "NAME            VERSIONS\niris            12\nfraud-detector  3");
-        let json = rows(Output::Json, &["NAME", "LATEST VERSION"], &data[..1]);
-        assert_eq!(json, r#"{"latest_version":"12","name":"iris"}"#);
+        let json: Value = serde_json::from_str(&rows(Output::Json, &["NAME", "LATEST VERSION"], &data[..1])).unwrap();
+        assert_eq!(json, serde_json::json!({"name": "iris", "latest_version": "12"}));
     }
 }

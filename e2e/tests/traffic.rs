@@ -14,7 +14,7 @@ use ferry_e2e::{
 };
 use ferry_proto::{
     inference::v1::{GetModelMetadataRequest, ModelStatus},
-    registry::v1::{SetAliasRequest, SetTrafficPolicyRequest},
+    registry::v1::{GetTrafficPolicyRequest, SetAliasRequest, SetTrafficPolicyRequest},
 };
 
 const ROW: [f32; 4] = [5.1, 3.5, 1.4, 0.2];
@@ -383,4 +383,118 @@ async fn caller_errors(inf: &Inference) -> anyhow::Result<u64> {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum())
+}
+
+/// A rollout plan: the registry moves the challenger's weight step by step
+/// on the fleet's reported figures, completes on a healthy challenger, and
+/// rolls back a failing one — no request fails but the challenger's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_advances_a_healthy_challenger_and_rolls_back_a_failing_one() -> anyhow::Result<()> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let mut registry = start_registry(d, &mlflow.url, &[]).await?;
+    for (i, c) in [1.0, 0.05].into_iter().enumerate() {
+        let file = d.join(format!("iris-{i}.onnx"));
+        train_iris(&file, c)?;
+        register_file(&mut registry.client, "iris", &file).await?;
+    }
+    // Version 3 cannot take iris rows: every request it gets fails.
+    let broken = d.join("broken.onnx");
+    ferry_e2e::make_mlp(&broken, 1)?;
+    register_file(&mut registry.client, "iris", &broken).await?;
+    for (alias, version) in [("champion", "1"), ("challenger", "2")] {
+        let req =
+            SetAliasRequest { name: "iris".into(), alias: alias.into(), version: version.into(), ..Default::default() };
+        registry.client.set_alias(req).await?;
+    }
+    let inf = start_inference(d, &mlflow.url, Some(&registry.url), "iris@champion", &[]).await?;
+    wait_serving(&inf.client, "iris", "1", &ROW, Duration::from_secs(60)).await.with_context(|| inf.proc.log_tail())?;
+
+    // Callers, all along: a failure must be the challenger's own.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (answered, foreign_failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, answered, foreign) = (Arc::clone(&stop), Arc::clone(&answered), Arc::clone(&foreign_failures));
+        let url = format!("{}/predict", inf.http);
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(resp) = http.post(&url).json(&serde_json::json!({"data": ROW})).send().await else {
+                    foreign.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let variant =
+                    resp.headers().get("x-ferry-variant").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                if resp.status().is_success() {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                } else if variant != "challenger" {
+                    foreign.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    let plan = |steps: &[u32]| {
+        serde_json::json!({
+            "format": 1,
+            "variants": [{"name": "champion", "selector": "@champion", "weight": 100},
+                         {"name": "challenger", "selector": "@challenger", "weight": 0}],
+            "rollout": {"variant": "challenger", "steps": steps, "min_seconds": 1, "min_requests": 20, "max_error_rate": 0.05},
+        })
+        .to_string()
+    };
+    let watcher = registry.client.clone();
+    let rollout_state = |want: &'static str| {
+        let client = watcher.clone();
+        async move {
+            wait_for(&format!("the rollout to be {want}"), Duration::from_secs(90), || {
+                let mut c = client.clone();
+                async move {
+                    let p = c.get_traffic_policy(GetTrafficPolicyRequest { name: "iris".into() }).await?.into_inner();
+                    let p = p.policy.context("no policy")?;
+                    let status: serde_json::Value = serde_json::from_str(&p.rollout_status).unwrap_or_default();
+                    Ok((status["state"] == want).then_some((p, status)))
+                }
+            })
+            .await
+        }
+    };
+
+    registry
+        .client
+        .set_traffic_policy(SetTrafficPolicyRequest { name: "iris".into(), policy_json: plan(&[10, 50, 100]) })
+        .await?;
+    let (done, status) = rollout_state("completed").await.with_context(|| registry.proc.log_tail())?;
+    let weights: Vec<_> = done.variants.iter().map(|v| (v.name.as_str(), v.weight)).collect();
+    ensure!(weights == [("champion", 0), ("challenger", 100)], "{done:?}");
+    ensure!(!done.policy_json.contains("rollout"), "the plan is done: {}", done.policy_json);
+    eprintln!("healthy challenger: {status}");
+    let log = std::fs::read_to_string(&registry.proc.log)?;
+    ensure!(log.matches("rollout advances").count() >= 2, "stepped through 10 → 50 → 100");
+
+    // The challenger now points at a model that fails every request it gets.
+    let req =
+        SetAliasRequest { name: "iris".into(), alias: "challenger".into(), version: "3".into(), ..Default::default() };
+    registry.client.set_alias(req).await?;
+    wait_variants(&inf, &[("champion", 0, "1"), ("challenger", 100, "3")]).await?;
+    registry
+        .client
+        .set_traffic_policy(SetTrafficPolicyRequest { name: "iris".into(), policy_json: plan(&[10, 50, 100]) })
+        .await?;
+    let (back, status) = rollout_state("rolled_back").await.with_context(|| registry.proc.log_tail())?;
+    let weights: Vec<_> = back.variants.iter().map(|v| (v.name.as_str(), v.weight)).collect();
+    ensure!(weights == [("champion", 100), ("challenger", 0)], "{back:?}");
+    ensure!(status["reason"].as_str().is_some_and(|r| r.contains("error rate")), "{status}");
+    eprintln!("failing challenger: {status}");
+    stop.store(true, Ordering::Relaxed);
+    load.await?;
+    let (answered, foreign) = (answered.load(Ordering::Relaxed), foreign_failures.load(Ordering::Relaxed));
+    eprintln!("callers: {answered} answered, {foreign} failures not the challenger's");
+    ensure!(answered > 100 && foreign == 0, "{answered} answered, {foreign} failures not the challenger's");
+    Ok(())
 }

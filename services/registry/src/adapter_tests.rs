@@ -88,7 +88,8 @@ async fn fixture(kind: Mlflow) -> Fixture {
 async fn grpc(f: &Fixture) -> ModelRegistryClient<Channel> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let service = RegistryService { registry: f.registry.clone(), auth: Auth::new(Some(TOKEN), false) };
+    let service =
+        RegistryService { registry: f.registry.clone(), auth: Auth::new(Some(TOKEN), false), traffic: Arc::default() };
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(pb::model_registry_server::ModelRegistryServer::new(service))

@@ -6,10 +6,11 @@ use ferry_proto::registry::v1::{
     self as pb, DeleteAliasRequest, DeleteAliasResponse, GetModelRequest, GetModelResponse, GetTrafficPolicyRequest,
     GetTrafficPolicyResponse, ListModelsRequest, ListModelsResponse, ListMovesRequest, ListMovesResponse,
     ListVersionsRequest, ListVersionsResponse, ModelChanged, RegisterModelRequest, RegisterModelResponse,
-    ResolveVersionRequest, ResolveVersionResponse, RollbackRequest, RollbackResponse, SetAliasRequest,
-    SetAliasResponse, SetTrafficPolicyRequest, SetTrafficPolicyResponse, TrafficPolicy, TrafficVariant,
-    TransitionStageRequest, TransitionStageResponse, WatchModelsRequest, model_registry_server::ModelRegistry,
-    register_model_request::Payload, resolve_version_request::Selector, rollback_request,
+    ReportTrafficRequest, ReportTrafficResponse, ResolveVersionRequest, ResolveVersionResponse, RollbackRequest,
+    RollbackResponse, SetAliasRequest, SetAliasResponse, SetTrafficPolicyRequest, SetTrafficPolicyResponse,
+    TrafficPolicy, TrafficVariant, TransitionStageRequest, TransitionStageResponse, WatchModelsRequest,
+    model_registry_server::ModelRegistry, register_model_request::Payload, resolve_version_request::Selector,
+    rollback_request,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
@@ -28,6 +29,7 @@ use crate::{
 pub(crate) struct RegistryService {
     pub(crate) registry: Registry,
     pub(crate) auth: Auth,
+    pub(crate) traffic: std::sync::Arc<crate::rollout::Traffic>,
 }
 
 impl RegistryService {
@@ -228,6 +230,17 @@ impl ModelRegistry for RegistryService {
         }))
     }
 
+    async fn report_traffic(
+        &self,
+        request: Request<ReportTrafficRequest>,
+    ) -> Result<Response<ReportTrafficResponse>, Status> {
+        // As readable as the changes the replicas follow (WatchModels).
+        self.allow(&request, Access::Read)?;
+        let r = request.into_inner();
+        self.traffic.record(r.replica, r.variants);
+        Ok(Response::new(ReportTrafficResponse {}))
+    }
+
     async fn list_moves(&self, request: Request<ListMovesRequest>) -> Result<Response<ListMovesResponse>, Status> {
         self.allow(&request, Access::Read)?;
         let moves = self.registry.moves(&request.into_inner().name).await.map_err(status)?;
@@ -241,8 +254,10 @@ impl ModelRegistry for RegistryService {
     ) -> Result<Response<GetTrafficPolicyResponse>, Status> {
         self.allow(&request, Access::Read)?;
         let name = request.into_inner().name;
-        let policy = self.registry.traffic_policy(&name).await.map_err(status)?;
-        Ok(Response::new(GetTrafficPolicyResponse { policy: Some(traffic_policy(name, policy)) }))
+        let (policy, rollout) = self.registry.traffic_policy(&name).await.map_err(status)?;
+        let mut policy = traffic_policy(name, policy);
+        policy.rollout_status = rollout.unwrap_or_default();
+        Ok(Response::new(GetTrafficPolicyResponse { policy: Some(policy) }))
     }
 
     #[instrument(name = "grpc.set_traffic_policy", skip_all, fields(model = %request.get_ref().name))]
@@ -304,5 +319,5 @@ fn traffic_policy(name: String, policy: Option<(String, Vec<(ferry_traffic::Vari
             version,
         })
         .collect();
-    TrafficPolicy { name, policy_json, variants }
+    TrafficPolicy { name, policy_json, variants, rollout_status: String::new() }
 }

@@ -125,6 +125,14 @@ impl Hub {
     }
 
     /// Ask for a reconciliation now (after a change made through Ferry).
+    /// Each model's traffic policy tag, as last read from MLflow.
+    pub fn policies(&self) -> Vec<(String, String)> {
+        self.state
+            .lock()
+            .map(|st| st.view.policies.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
     pub fn poke(&self) {
         self.poke.notify_one();
     }

@@ -14,6 +14,7 @@ pub mod hub;
 mod metrics;
 mod onnx;
 pub mod register;
+pub mod rollout;
 pub mod service;
 pub mod webhook;
 
@@ -91,6 +92,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         _ => info!("no webhook secret and public URL: changes are picked up by polling MLflow only"),
     }
 
+    // Rollouts are decided here, once for the fleet, from the replicas' reports.
+    let traffic = Arc::new(rollout::Traffic::default());
+    tokio::spawn(rollout::run(registry.clone(), Arc::clone(&traffic)));
     let (trigger, stop) = ferry_server::stop_signal();
     tokio::spawn(async move {
         shutdown.await;
@@ -99,8 +103,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     info!(grpc = %listener.local_addr()?, http = %http_listener.local_addr()?, mlflow = %cfg.mlflow.url, "ferry-registry listening");
     let grpc = ferry_server::with_common_services(ferry_server::grpc_server(Plane::Control), health)?
         .add_service(
-            ModelRegistryServer::new(grpc::RegistryService { registry: registry.clone(), auth: auth.clone() })
-                .max_decoding_message_size(8 << 20),
+            ModelRegistryServer::new(grpc::RegistryService {
+                registry: registry.clone(),
+                auth: auth.clone(),
+                traffic: Arc::clone(&traffic),
+            })
+            .max_decoding_message_size(8 << 20),
         )
         .serve_with_incoming_shutdown(ferry_telemetry::net::nodelay_incoming(listener), stop.fired());
     let http = ferry_server::serve_http(http_listener, Plane::Control, http::router(registry, auth, verifier), &stop);

@@ -277,15 +277,20 @@ impl Registry {
 
     /// The model's traffic policy (its `ferry.traffic` tag), if any, with the
     /// version each variant designates now.
-    pub async fn traffic_policy(&self, name: &str) -> Result<Option<(String, Vec<(Variant, String)>)>> {
-        let model = self.get_model(name).await?;
-        let Some(text) = model.tag_map().remove(ferry_traffic::POLICY_TAG) else { return Ok(None) };
+    pub async fn traffic_policy(
+        &self,
+        name: &str,
+    ) -> Result<(Option<(String, Vec<(Variant, String)>)>, Option<String>)> {
+        // One read of the model: the policy and the rollout's last decision agree.
+        let mut tags = self.get_model(name).await?.tag_map();
+        let rollout = tags.remove(crate::rollout::STATUS_TAG);
+        let Some(text) = tags.remove(ferry_traffic::POLICY_TAG) else { return Ok((None, rollout)) };
         // What is in MLflow may have been edited by hand: report it as it is.
         let resolved = match Policy::parse(name, &text) {
             Ok(router) => self.resolve_variants(name, router.variants()).await.unwrap_or_default(),
             Err(_) => Vec::new(),
         };
-        Ok(Some((text, resolved)))
+        Ok((Some((text, resolved)), rollout))
     }
 
     /// Validates a policy, checks that every variant's selector designates a

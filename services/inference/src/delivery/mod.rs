@@ -24,6 +24,7 @@ mod cache;
 mod fetch;
 mod follow;
 mod load;
+mod report;
 mod store;
 
 use self::{cache::ModelCache, load::Loader, store::Stores};
@@ -69,6 +70,7 @@ pub(crate) fn spawn(
         tasks.spawn(slot_task(loader, notify, connected.clone(), shutdown.clone()).instrument(span));
     }
     if let Some(url) = cfg.registry_url.clone() {
+        tasks.spawn(report::report_traffic(url.clone(), Arc::clone(&models), shutdown.clone()));
         tasks.spawn(
             follow::follow_registry(url, triggers, connected_tx, shutdown.clone())
                 .instrument(info_span!("registry_watch")),

@@ -46,7 +46,11 @@ pub(super) async fn invocations(
     // One lookup: the version whose signature shapes the input runs it.
     let lease = st.models.acquire(&model, None, "rest.invocations", &headers)?;
     let (inputs, shape) = mlflow_scoring::decode(format, &body, &lease.signature().inputs)?;
-    let p = lease.run(inputs, Vec::new(), None).await?;
+    let variant = lease.variant().map(|v| v.to_string());
+    let p = match lease.run(inputs, Vec::new(), None).await {
+        Ok(p) => p,
+        Err(e) => return Ok(super::with_variant(ScoringApiError::from(e).into_response(), variant.as_deref())),
+    };
     let resp = Json(mlflow_scoring::encode(p.outputs, shape)).into_response();
     Ok(super::with_variant(resp, p.variant.as_deref()))
 }

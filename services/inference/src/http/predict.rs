@@ -77,7 +77,12 @@ pub(super) async fn predict(
         .or_else(|| sig.outputs.iter().find(|s| s.dtype == DType::F32).map(|s| s.name.clone()))
         .unwrap_or_else(|| sig.outputs[0].name.clone());
     let input_name = input.name.clone();
-    let p = lease.run(vec![NamedTensor { name: input_name, shape, data }], vec![output], None).await?;
+    let variant = lease.variant().map(|v| v.to_string());
+    let p = match lease.run(vec![NamedTensor { name: input_name, shape, data }], vec![output], None).await {
+        Ok(p) => p,
+        // A failure names its variant too: a challenger's errors are told from the champion's.
+        Err(e) => return Ok(super::with_variant(ApiError(e).into_response(), variant.as_deref())),
+    };
     let prediction = p.outputs.into_iter().next().map_or(TensorData::F32(Vec::new()), |t| t.data);
     let variant = p.variant.as_deref().map(str::to_owned);
     let resp = Json(PredictReply { model_version: p.version, variant: variant.clone(), prediction }).into_response();
