@@ -82,10 +82,8 @@ async fn predict(
     Ok((variant, body["modelVersion"].as_str().unwrap_or_default().to_owned()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_policy_set_with_mlflows_client_splits_routes_and_sticks() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let d = dir.path();
+/// MLflow and the registry, with iris versions 1 (C=1) and 2 (C=0.05) registered.
+async fn two_iris_versions(d: &std::path::Path) -> anyhow::Result<(Mlflow, ferry_e2e::Registry)> {
     let mlflow = Mlflow::start(d).await?;
     let mut registry = start_registry(d, &mlflow.url, &[]).await?;
     for (i, c) in [1.0, 0.05].into_iter().enumerate() {
@@ -93,6 +91,14 @@ async fn a_policy_set_with_mlflows_client_splits_routes_and_sticks() -> anyhow::
         train_iris(&file, c)?;
         register_file(&mut registry.client, "iris", &file).await?;
     }
+    Ok((mlflow, registry))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_set_with_mlflows_client_splits_routes_and_sticks() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let (mlflow, mut registry) = two_iris_versions(d).await?;
     promote(&mut registry.client, "iris", "1").await?;
     for (alias, version) in [("champion", "1"), ("challenger", "2")] {
         let req =
@@ -396,13 +402,7 @@ async fn a_rollout_advances_a_healthy_challenger_and_rolls_back_a_failing_one() 
     };
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let mlflow = Mlflow::start(d).await?;
-    let mut registry = start_registry(d, &mlflow.url, &[]).await?;
-    for (i, c) in [1.0, 0.05].into_iter().enumerate() {
-        let file = d.join(format!("iris-{i}.onnx"));
-        train_iris(&file, c)?;
-        register_file(&mut registry.client, "iris", &file).await?;
-    }
+    let (mlflow, mut registry) = two_iris_versions(d).await?;
     // Version 3 cannot take iris rows: every request it gets fails.
     let broken = d.join("broken.onnx");
     ferry_e2e::make_mlp(&broken, 1)?;
