@@ -221,7 +221,9 @@ fn print_policy(p: &TrafficPolicy) {
         .map(|v| serde_json::json!({"name": v.name, "selector": v.selector, "weight": v.weight, "version": v.version}))
         .collect();
     let policy: serde_json::Value = serde_json::from_str(&p.policy_json).unwrap_or(serde_json::Value::Null);
-    println!("{}", serde_json::json!({"name": p.name, "policy": policy, "variants": variants}));
+    // The last rollout decision (started, advanced, completed, rolled_back and why).
+    let rollout: serde_json::Value = serde_json::from_str(&p.rollout_status).unwrap_or(serde_json::Value::Null);
+    println!("{}", serde_json::json!({"name": p.name, "policy": policy, "variants": variants, "rollout": rollout}));
 }
 
 /// The files of the model at `path` (an ONNX file, or a folder with one):

@@ -490,6 +490,11 @@ async fn a_rollout_advances_a_healthy_challenger_and_rolls_back_a_failing_one() 
     let weights: Vec<_> = back.variants.iter().map(|v| (v.name.as_str(), v.weight)).collect();
     ensure!(weights == [("champion", 100), ("challenger", 0)], "{back:?}");
     ensure!(status["reason"].as_str().is_some_and(|r| r.contains("error rate")), "{status}");
+    let out = std::process::Command::new(ferry_e2e::bin_dir().join("ferryctl"))
+        .args(["--registry", &registry.url, "policy", "get", "iris"])
+        .output()?;
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(got["rollout"]["state"] == "rolled_back", "ferryctl shows the rollout's outcome: {got}");
     eprintln!("failing challenger: {status}");
     stop.store(true, Ordering::Relaxed);
     load.await?;
