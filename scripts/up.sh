@@ -99,7 +99,7 @@ echo "    $(ferryctl alias --name iris --alias champion --version "$version")"
 echo "    $(ferryctl stage --name iris --version "$version" --stage Production --archive-existing)"
 
 echo "up: starting ferry-inference (gRPC :$INFERENCE_GRPC_PORT, HTTP :$INFERENCE_HTTP_PORT) serving iris@champion..."
-FERRY_MODELS="iris@champion" ORT_DYLIB_PATH="$ORT" FERRY_MODEL_DIR="$STATE/models" \
+FERRY_MODELS="iris@champion" ORT_DYLIB_PATH="$ORT" FERRY_MODEL_DIR="$STATE/models" FERRY_REGISTRY_TOKEN="$FERRY_REGISTRY_TOKEN" \
 FERRY_INFERENCE_GRPC_ADDR="127.0.0.1:$INFERENCE_GRPC_PORT" FERRY_INFERENCE_HTTP_ADDR="127.0.0.1:$INFERENCE_HTTP_PORT" FERRY_INFERENCE_METRICS_ADDR="127.0.0.1:$INFERENCE_METRICS_PORT" \
   start inference "$BIN/ferry-inference"
 wait_until "ferry-inference to load the model" 60 curl -sf "http://127.0.0.1:$INFERENCE_HTTP_PORT/readyz"

@@ -12,7 +12,10 @@ use std::{
 
 use anyhow::{Context, bail};
 use ferry_proto::{
-    inference::v1::{DataType, PredictRequest, PredictResponse, Tensor, inference_client::InferenceClient},
+    inference::v1::{
+        DataType, GetModelMetadataRequest, ModelStatus, PredictRequest, PredictResponse, Tensor,
+        inference_client::InferenceClient,
+    },
     registry::v1::{
         RegisterModelMetadata, RegisterModelRequest, RegisterModelResponse, Stage, TransitionStageRequest,
         model_registry_client::ModelRegistryClient, register_model_request::Payload,
@@ -735,6 +738,39 @@ pub fn make_mlp(path: &std::path::Path, seed: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes a copy of the model at `src` (an [`make_mlp`] model) that answers
+/// exactly the same but spins `iterations` times through an ONNX `Loop` on
+/// every call first (about 0.7 µs each on this machine): a slower challenger
+/// whose answers agree with the champion's.
+pub fn make_slow_twin(src: &Path, dst: &Path, iterations: u64) -> anyhow::Result<()> {
+    python(
+        &format!(
+            "import numpy as np, onnx\n\
+             from onnx import helper, numpy_helper, TensorProto as T\n\
+             m = onnx.load('{src}')\n\
+             g = m.graph\n\
+             for n in g.node:\n    n.output[:] = ['raw' if o == 'output' else o for o in n.output]\n\
+             c = lambda name, v, dt=np.float32: numpy_helper.from_array(np.array(v, dt), name)\n\
+             g.initializer.extend([c('zero', 0.0), c('trips', {iterations}, np.int64), c('go', True, np.bool_)])\n\
+             body = helper.make_graph([helper.make_node('Identity', ['cond'], ['cond_out']),\n\
+                 helper.make_node('Constant', [], ['one'], value=c('one_v', 1.0)), helper.make_node('Add', ['v', 'one'], ['v_out'])],\n\
+                 'spin', [helper.make_tensor_value_info('i', T.INT64, []), helper.make_tensor_value_info('cond', T.BOOL, []),\n\
+                 helper.make_tensor_value_info('v', T.FLOAT, [])],\n\
+                 [helper.make_tensor_value_info('cond_out', T.BOOL, []), helper.make_tensor_value_info('v_out', T.FLOAT, [])])\n\
+             # The spin starts from the input, so that it cannot be folded away at load time.\n\
+             g.node.extend([helper.make_node('ReduceSum', ['input'], ['s'], keepdims=0), helper.make_node('Mul', ['s', 'zero'], ['v0']),\n\
+                 helper.make_node('Loop', ['trips', 'go', 'v0'], ['vk'], body=body), helper.make_node('Mul', ['vk', 'zero'], ['z']),\n\
+                 helper.make_node('Add', ['raw', 'z'], ['output'])])\n\
+             onnx.checker.check_model(m)\n\
+             onnx.save(m, '{dst}')",
+            src = src.display(),
+            dst = dst.display(),
+        ),
+        &[],
+    )?;
+    Ok(())
+}
+
 /// Checks float32 outputs against Python onnxruntime's, to 1e-5.
 pub fn assert_close(got: &[f32], want: &serde_json::Value) -> anyhow::Result<()> {
     let want: Vec<f64> = serde_json::from_value(want.clone())?;
@@ -760,4 +796,33 @@ pub async fn next_change(
     })
     .await
     .with_context(|| format!("no matching change within {within:?}"))?
+}
+
+/// What `inf` says of `model` (GetModelMetadata).
+pub async fn model_status(inf: &Inference, model: &str) -> anyhow::Result<ModelStatus> {
+    let mut c = inf.client.clone();
+    c.get_model_metadata(GetModelMetadataRequest { model: model.into() }).await?.into_inner().model.context("no status")
+}
+
+/// Waits until `inf` reports `want` (variant, weight, serving version) for every variant of `model`.
+pub async fn wait_variants(inf: &Inference, model: &str, want: &[(&str, u32, &str)]) -> anyhow::Result<ModelStatus> {
+    wait_for("the policy to be in force", Duration::from_secs(30), || async {
+        let s = model_status(inf, model).await?;
+        let got: Vec<_> = s.variants.iter().map(|v| (v.name.as_str(), v.weight, v.serving_version.as_str())).collect();
+        Ok((got == want).then_some(s.clone()))
+    })
+    .await
+    .with_context(|| inf.proc.log_tail())
+}
+
+/// MLflow and the registry, with iris versions 1 (C=1) and 2 (C=0.05) registered.
+pub async fn two_iris_versions(d: &Path) -> anyhow::Result<(Mlflow, Registry)> {
+    let mlflow = Mlflow::start(d).await?;
+    let mut registry = start_registry(d, &mlflow.url, &[]).await?;
+    for (i, c) in [1.0, 0.05].into_iter().enumerate() {
+        let file = d.join(format!("iris-{i}.onnx"));
+        train_iris(&file, c)?;
+        register_file(&mut registry.client, "iris", &file).await?;
+    }
+    Ok((mlflow, registry))
 }

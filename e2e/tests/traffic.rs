@@ -9,12 +9,12 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, ensure};
 use ferry_e2e::{
-    Inference, Mlflow, promote, python, register_file, start_inference, start_registry, train_iris, wait_for,
-    wait_serving,
+    Inference, Mlflow, model_status, promote, python, register_file, start_inference, start_registry, train_iris,
+    two_iris_versions, wait_for, wait_serving, wait_variants,
 };
 use ferry_proto::{
-    inference::v1::{GetModelMetadataRequest, ModelStatus},
-    registry::v1::{GetTrafficPolicyRequest, SetAliasRequest, SetTrafficPolicyRequest},
+    inference::v1::GetModelMetadataRequest,
+    registry::v1::{SetAliasRequest, SetTrafficPolicyRequest},
 };
 
 const ROW: [f32; 4] = [5.1, 3.5, 1.4, 0.2];
@@ -44,26 +44,6 @@ fn set_policy(mlflow: &Mlflow, text: Option<&str>) -> anyhow::Result<()> {
     python(&code, &[("MLFLOW_TRACKING_URI", &mlflow.url)]).map(drop)
 }
 
-async fn status(inf: &Inference) -> anyhow::Result<ModelStatus> {
-    let mut c = inf.client.clone();
-    c.get_model_metadata(GetModelMetadataRequest { model: "iris".into() })
-        .await?
-        .into_inner()
-        .model
-        .context("no status")
-}
-
-/// Waits until `inf` reports `want` (variant, weight, serving version) for every variant.
-async fn wait_variants(inf: &Inference, want: &[(&str, u32, &str)]) -> anyhow::Result<ModelStatus> {
-    wait_for("the policy to be in force", Duration::from_secs(30), || async {
-        let s = status(inf).await?;
-        let got: Vec<_> = s.variants.iter().map(|v| (v.name.as_str(), v.weight, v.serving_version.as_str())).collect();
-        Ok((got == want).then_some(s.clone()))
-    })
-    .await
-    .with_context(|| inf.proc.log_tail())
-}
-
 /// One REST `/predict` call: (variant header, model version).
 async fn predict(
     http: &reqwest::Client,
@@ -80,18 +60,6 @@ async fn predict(
     let body: serde_json::Value = resp.json().await?;
     ensure!(body["variant"].as_str().unwrap_or_default() == variant, "body and header disagree: {body}");
     Ok((variant, body["modelVersion"].as_str().unwrap_or_default().to_owned()))
-}
-
-/// MLflow and the registry, with iris versions 1 (C=1) and 2 (C=0.05) registered.
-async fn two_iris_versions(d: &std::path::Path) -> anyhow::Result<(Mlflow, ferry_e2e::Registry)> {
-    let mlflow = Mlflow::start(d).await?;
-    let mut registry = start_registry(d, &mlflow.url, &[]).await?;
-    for (i, c) in [1.0, 0.05].into_iter().enumerate() {
-        let file = d.join(format!("iris-{i}.onnx"));
-        train_iris(&file, c)?;
-        register_file(&mut registry.client, "iris", &file).await?;
-    }
-    Ok((mlflow, registry))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +87,7 @@ async fn a_policy_set_with_mlflows_client_splits_routes_and_sticks() -> anyhow::
     // Written with MLflow's client: delivered through the registry's change stream.
     set_policy(&mlflow, Some(&policy(90)))?;
     for inf in [&a, &b] {
-        wait_variants(inf, &[("champion", 90, "1"), ("challenger", 10, "2")]).await?;
+        wait_variants(inf, "iris", &[("champion", 90, "1"), ("challenger", 10, "2")]).await?;
     }
 
     // The operator's pins: one variant held at version 1, or the whole model at 2, policy or not.
@@ -131,13 +99,13 @@ async fn a_policy_set_with_mlflows_client_splits_routes_and_sticks() -> anyhow::
         &[("FERRY_PIN", "iris#challenger=1".into())],
     )
     .await?;
-    let s = wait_variants(&pinned_variant, &[("champion", 90, "1"), ("challenger", 10, "1")]).await?;
+    let s = wait_variants(&pinned_variant, "iris", &[("champion", 90, "1"), ("challenger", 10, "1")]).await?;
     ensure!(s.variants[1].pinned && !s.variants[0].pinned, "{s:?}");
     let pinned_model =
         start_inference(d, &mlflow.url, Some(&registry.url), "iris@champion", &[("FERRY_PIN", "iris=2".into())])
             .await?;
     wait_serving(&pinned_model.client, "iris", "2", &ROW, Duration::from_secs(60)).await?;
-    let s = status(&pinned_model).await?;
+    let s = model_status(&pinned_model, "iris").await?;
     ensure!(s.pinned.contains("FERRY_PIN") && s.pinned.contains("alias:champion") && s.variants.is_empty(), "{s:?}");
     ensure!(
         predict(&http, &pinned_model, &[("x-ferry-variant", "champion")]).await? == (String::new(), "2".to_owned())
@@ -202,7 +170,7 @@ async fn a_policy_set_with_mlflows_client_splits_routes_and_sticks() -> anyhow::
     let designated: Vec<_> = set.variants.iter().map(|v| (v.name.as_str(), v.weight, v.version.as_str())).collect();
     ensure!(designated == [("champion", 75, "1"), ("challenger", 25, "2")], "{set:?}");
     for inf in [&a, &b] {
-        wait_variants(inf, &[("champion", 75, "1"), ("challenger", 25, "2")]).await?;
+        wait_variants(inf, "iris", &[("champion", 75, "1"), ("challenger", 25, "2")]).await?;
     }
     // ferryctl reads it back with the version each variant designates.
     let out = std::process::Command::new(ferry_e2e::bin_dir().join("ferryctl"))
@@ -244,7 +212,7 @@ async fn a_policy_set_with_mlflows_client_splits_routes_and_sticks() -> anyhow::
     // An invalid policy written by hand: reported, and the last valid one stays.
     set_policy(&mlflow, Some(r#"{"format":1,"variants":[{"name":"champion","selector":"@champion","weight":80}]}"#))?;
     let s = wait_for("the invalid policy to be reported", Duration::from_secs(30), || async {
-        let s = status(&a).await?;
+        let s = model_status(&a, "iris").await?;
         Ok((!s.policy_error.is_empty()).then_some(s))
     })
     .await?;
@@ -258,7 +226,7 @@ async fn a_policy_set_with_mlflows_client_splits_routes_and_sticks() -> anyhow::
 
     // Removed: the configured alias serves alone again.
     set_policy(&mlflow, None)?;
-    wait_variants(&a, &[]).await?;
+    wait_variants(&a, "iris", &[]).await?;
     let (variant, version) = predict(&http, &a, &[("x-ferry-variant", "challenger")]).await?;
     ensure!(variant.is_empty() && version == "1", "({variant:?}, {version})");
     Ok(())
@@ -389,117 +357,4 @@ async fn caller_errors(inf: &Inference) -> anyhow::Result<u64> {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum())
-}
-
-/// A rollout plan: the registry moves the challenger's weight step by step
-/// on the fleet's reported figures, completes on a healthy challenger, and
-/// rolls back a failing one — no request fails but the challenger's own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollout_advances_a_healthy_challenger_and_rolls_back_a_failing_one() -> anyhow::Result<()> {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    };
-    let dir = tempfile::tempdir()?;
-    let d = dir.path();
-    let (mlflow, mut registry) = two_iris_versions(d).await?;
-    // Version 3 cannot take iris rows: every request it gets fails.
-    let broken = d.join("broken.onnx");
-    ferry_e2e::make_mlp(&broken, 1)?;
-    register_file(&mut registry.client, "iris", &broken).await?;
-    for (alias, version) in [("champion", "1"), ("challenger", "2")] {
-        let req =
-            SetAliasRequest { name: "iris".into(), alias: alias.into(), version: version.into(), ..Default::default() };
-        registry.client.set_alias(req).await?;
-    }
-    let inf = start_inference(d, &mlflow.url, Some(&registry.url), "iris@champion", &[]).await?;
-    wait_serving(&inf.client, "iris", "1", &ROW, Duration::from_secs(60)).await.with_context(|| inf.proc.log_tail())?;
-
-    // Callers, all along: a failure must be the challenger's own.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (answered, foreign_failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load = {
-        let (stop, answered, foreign) = (Arc::clone(&stop), Arc::clone(&answered), Arc::clone(&foreign_failures));
-        let url = format!("{}/predict", inf.http);
-        tokio::spawn(async move {
-            let http = reqwest::Client::new();
-            while !stop.load(Ordering::Relaxed) {
-                let Ok(resp) = http.post(&url).json(&serde_json::json!({"data": ROW})).send().await else {
-                    foreign.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                let variant =
-                    resp.headers().get("x-ferry-variant").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-                if resp.status().is_success() {
-                    answered.fetch_add(1, Ordering::Relaxed);
-                } else if variant != "challenger" {
-                    foreign.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
-
-    let plan = |steps: &[u32]| {
-        serde_json::json!({
-            "format": 1,
-            "variants": [{"name": "champion", "selector": "@champion", "weight": 100},
-                         {"name": "challenger", "selector": "@challenger", "weight": 0}],
-            "rollout": {"variant": "challenger", "steps": steps, "min_seconds": 1, "min_requests": 20, "max_error_rate": 0.05},
-        })
-        .to_string()
-    };
-    let watcher = registry.client.clone();
-    let rollout_state = |want: &'static str| {
-        let client = watcher.clone();
-        async move {
-            wait_for(&format!("the rollout to be {want}"), Duration::from_secs(90), || {
-                let mut c = client.clone();
-                async move {
-                    let p = c.get_traffic_policy(GetTrafficPolicyRequest { name: "iris".into() }).await?.into_inner();
-                    let p = p.policy.context("no policy")?;
-                    let status: serde_json::Value = serde_json::from_str(&p.rollout_status).unwrap_or_default();
-                    Ok((status["state"] == want).then_some((p, status)))
-                }
-            })
-            .await
-        }
-    };
-
-    registry
-        .client
-        .set_traffic_policy(SetTrafficPolicyRequest { name: "iris".into(), policy_json: plan(&[10, 50, 100]) })
-        .await?;
-    let (done, status) = rollout_state("completed").await.with_context(|| registry.proc.log_tail())?;
-    let weights: Vec<_> = done.variants.iter().map(|v| (v.name.as_str(), v.weight)).collect();
-    ensure!(weights == [("champion", 0), ("challenger", 100)], "{done:?}");
-    ensure!(!done.policy_json.contains("rollout"), "the plan is done: {}", done.policy_json);
-    eprintln!("healthy challenger: {status}");
-    let log = std::fs::read_to_string(&registry.proc.log)?;
-    ensure!(log.matches("rollout advances").count() >= 2, "stepped through 10 → 50 → 100");
-
-    // The challenger now points at a model that fails every request it gets.
-    let req =
-        SetAliasRequest { name: "iris".into(), alias: "challenger".into(), version: "3".into(), ..Default::default() };
-    registry.client.set_alias(req).await?;
-    wait_variants(&inf, &[("champion", 0, "1"), ("challenger", 100, "3")]).await?;
-    registry
-        .client
-        .set_traffic_policy(SetTrafficPolicyRequest { name: "iris".into(), policy_json: plan(&[10, 50, 100]) })
-        .await?;
-    let (back, status) = rollout_state("rolled_back").await.with_context(|| registry.proc.log_tail())?;
-    let weights: Vec<_> = back.variants.iter().map(|v| (v.name.as_str(), v.weight)).collect();
-    ensure!(weights == [("champion", 100), ("challenger", 0)], "{back:?}");
-    ensure!(status["reason"].as_str().is_some_and(|r| r.contains("error rate")), "{status}");
-    let out = std::process::Command::new(ferry_e2e::bin_dir().join("ferryctl"))
-        .args(["--registry", &registry.url, "policy", "get", "iris"])
-        .output()?;
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    ensure!(got["rollout"]["state"] == "rolled_back", "ferryctl shows the rollout's outcome: {got}");
-    eprintln!("failing challenger: {status}");
-    stop.store(true, Ordering::Relaxed);
-    load.await?;
-    let (answered, foreign) = (answered.load(Ordering::Relaxed), foreign_failures.load(Ordering::Relaxed));
-    eprintln!("callers: {answered} answered, {foreign} failures not the challenger's");
-    ensure!(answered > 100 && foreign == 0, "{answered} answered, {foreign} failures not the challenger's");
-    Ok(())
 }

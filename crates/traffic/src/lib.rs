@@ -19,6 +19,11 @@
 
 use std::fmt;
 
+pub mod latency;
+mod rollout;
+
+pub use rollout::{Decision, Figures, Measured, RolloutSpec};
+
 use ferry_mlflow::{ModelRef, Selector};
 use serde::{Deserialize, Serialize};
 
@@ -51,76 +56,6 @@ pub struct Policy {
     /// Steps the registry moves one variant through while it stays healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
-}
-
-/// A rollout plan: the variant's weight goes up step by step while its error
-/// rate holds, and back to 0 on a breach. Runs in the registry, for the fleet.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RolloutSpec {
-    /// The variant rolled out (of a two-variant policy; the other takes the rest).
-    pub variant: String,
-    /// Its weight at each step, increasing, 1 to 100.
-    pub steps: Vec<u32>,
-    /// At least this long at each step...
-    #[serde(default = "default_min_seconds")]
-    pub min_seconds: u64,
-    /// ...and at least this many of its requests, across the fleet.
-    #[serde(default = "default_min_requests")]
-    pub min_requests: u64,
-    /// The highest share of its requests that may fail (0.01 = 1%).
-    pub max_error_rate: f64,
-}
-
-fn default_min_seconds() -> u64 {
-    60
-}
-
-fn default_min_requests() -> u64 {
-    100
-}
-
-// f64 thresholds: equality is exact comparison of what was written.
-impl Eq for RolloutSpec {}
-
-/// What a rollout step's figures call for.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
-    /// Not enough time or requests yet.
-    Wait,
-    /// Healthy: the variant's next weight.
-    Advance(u32),
-    /// Healthy at the last step.
-    Complete,
-    /// A threshold broken: why.
-    RollBack(String),
-}
-
-impl RolloutSpec {
-    /// Decides on one step's figures: the variant's requests and failures
-    /// since the step began, and how long ago that was. A breach is acted on
-    /// as soon as `min_requests` have been seen, before the step's time is up.
-    pub fn decide(&self, step: usize, seconds: u64, requests: u64, errors: u64) -> Decision {
-        if requests < self.min_requests {
-            return Decision::Wait;
-        }
-        let rate = errors as f64 / requests as f64;
-        if rate > self.max_error_rate {
-            return Decision::RollBack(format!(
-                "error rate {:.1}% over {:.1}% at {}% ({errors} of {requests} requests)",
-                rate * 100.0,
-                self.max_error_rate * 100.0,
-                self.steps.get(step).copied().unwrap_or(0)
-            ));
-        }
-        if seconds < self.min_seconds {
-            return Decision::Wait;
-        }
-        match self.steps.get(step + 1) {
-            Some(&next) => Decision::Advance(next),
-            None => Decision::Complete,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,19 +172,9 @@ impl Policy {
             }
         };
         if let Some(plan) = &self.rollout {
-            if variants.len() != 2 {
-                return bad("a rollout moves one variant of a two-variant policy".into());
-            }
-            if !variants.iter().any(|v| v.name == plan.variant) {
-                return bad(format!("rollout variant {:?} is not one of the variants", plan.variant));
-            }
-            let increasing = plan.steps.windows(2).all(|w| w[0] < w[1]);
-            if plan.steps.is_empty() || !increasing || plan.steps.iter().any(|w| !(1..=100).contains(w)) {
-                return bad("rollout steps are weights from 1 to 100, increasing".into());
-            }
-            if !(0.0..=1.0).contains(&plan.max_error_rate) {
-                return bad("rollout max_error_rate is a share between 0 and 1".into());
-            }
+            let names: Vec<&str> = variants.iter().map(|v| v.name.as_str()).collect();
+            let shadow_name = shadow.map(|(i, _)| names[i]);
+            plan.validate(model, &names, shadow_name).map_err(PolicyError)?;
         }
         let route_header = header(&self.route_header, Some(DEFAULT_ROUTE_HEADER))?;
         let sticky_header = header(&self.sticky_header, None)?;
@@ -506,31 +431,5 @@ mod tests {
         assert!((mirrored - 2000.0).abs() < 200.0, "{mirrored} of {n}");
         assert!((0..n).all(|d| !r.mirrors(1, d)), "the shadow's own requests are not mirrored to it");
         assert!(!split(90, false).mirrors(0, 1), "no shadow, no mirroring");
-    }
-
-    #[test]
-    fn a_rollout_advances_while_healthy_and_rolls_back_on_a_breach() {
-        let plan = RolloutSpec {
-            variant: "challenger".into(),
-            steps: vec![5, 25, 100],
-            min_seconds: 10,
-            min_requests: 100,
-            max_error_rate: 0.02,
-        };
-        assert_eq!(plan.decide(0, 60, 50, 0), Decision::Wait, "too few requests");
-        assert_eq!(plan.decide(0, 5, 500, 1), Decision::Wait, "too soon");
-        assert_eq!(plan.decide(0, 10, 500, 1), Decision::Advance(25));
-        assert_eq!(plan.decide(2, 10, 500, 1), Decision::Complete);
-        let breach = plan.decide(1, 1, 200, 10);
-        assert!(matches!(&breach, Decision::RollBack(why) if why.contains("5.0% over 2.0% at 25%")), "{breach:?}");
-        let bad = |rollout: &str| {
-            let text = format!(
-                r#"{{"format":1,"variants":[{{"name":"a","selector":"@a","weight":100}},{{"name":"b","selector":"@b","weight":0}}],"rollout":{rollout}}}"#
-            );
-            Policy::parse("iris", &text).map(|_| ()).unwrap_err().to_string()
-        };
-        assert!(bad(r#"{"variant":"c","steps":[5],"max_error_rate":0.1}"#).contains("not one of the variants"));
-        assert!(bad(r#"{"variant":"b","steps":[50,5],"max_error_rate":0.1}"#).contains("increasing"));
-        assert!(bad(r#"{"variant":"b","steps":[5],"max_error_rate":2}"#).contains("between 0 and 1"));
     }
 }

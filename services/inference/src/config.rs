@@ -32,6 +32,10 @@ pub struct Config {
     /// The registry's gRPC URL to follow WatchModels from; without it, MLflow is polled.
     #[arg(long, env = "FERRY_REGISTRY_URL")]
     pub registry_url: Option<String>,
+    /// Bearer token presented to the registry: reporting traffic figures (which
+    /// drive rollouts) is a write, and reads need it when the registry protects them.
+    #[arg(long, env = "FERRY_REGISTRY_TOKEN", hide_env_values = true)]
+    pub registry_token: Option<ferry_telemetry::Secret>,
     /// Prometheus /metrics listen address (a separate port).
     #[arg(long, env = "FERRY_INFERENCE_METRICS_ADDR", default_value = "127.0.0.1:9091")]
     pub metrics_addr: SocketAddr,

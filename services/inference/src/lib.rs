@@ -103,6 +103,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         runtime,
         DeliveryConfig {
             registry_url: cfg.registry_url.clone(),
+            registry_token: cfg.registry_token.clone(),
             work_dir: cfg.model_dir.clone(),
             max_model_bytes: cfg.max_model_bytes,
             poll_interval: Duration::from_millis(cfg.poll_interval_ms),

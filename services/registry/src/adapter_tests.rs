@@ -196,6 +196,14 @@ async fn a_missing_or_wrong_token_is_unauthenticated() {
     let mut wrong = tonic::Request::new(alias());
     wrong.metadata_mut().insert("authorization", "Bearer guess".parse().unwrap());
     assert_eq!(client.set_alias(wrong).await.unwrap_err().code(), Code::Unauthenticated);
+    // Traffic figures drive rollouts: reporting them is a write too.
+    let report = || pb::ReportTrafficRequest { replica: "r".into(), variants: vec![] };
+    assert_eq!(client.report_traffic(report()).await.unwrap_err().code(), Code::Unauthenticated);
+    client.report_traffic(authorized(report())).await.expect("a replica with the token reports");
+    let mut oversized = authorized(report());
+    oversized.get_mut().variants =
+        vec![pb::VariantTraffic { latency: vec![1; ferry_traffic::latency::BUCKETS + 1], ..Default::default() }];
+    assert_eq!(client.report_traffic(oversized).await.unwrap_err().code(), Code::InvalidArgument);
     for token in [None, Some("guess")] {
         let (s, error) = http(&f, put_stage("m", "Staging", token)).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{token:?}: {error}");

@@ -234,10 +234,10 @@ impl ModelRegistry for RegistryService {
         &self,
         request: Request<ReportTrafficRequest>,
     ) -> Result<Response<ReportTrafficResponse>, Status> {
-        // As readable as the changes the replicas follow (WatchModels).
-        self.allow(&request, Access::Read)?;
+        // The figures move weights and aliases: reporting them is a write.
+        self.allow(&request, Access::Write)?;
         let r = request.into_inner();
-        self.traffic.record(r.replica, r.variants);
+        self.traffic.record(r.replica, r.variants).map_err(status)?;
         Ok(Response::new(ReportTrafficResponse {}))
     }
 

@@ -47,7 +47,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let services = vec![<ModelRegistryServer<grpc::RegistryService> as tonic::server::NamedService>::NAME];
     ferry_server::follow_health(reporter, services, healthy).await;
 
-    let metrics_sources = metrics::Sources { hub: Arc::clone(&hub), mlflow: mlflow.clone() };
+    // Rollouts are decided here, once for the fleet, from the replicas' reports.
+    let traffic = Arc::new(rollout::Traffic::default());
+    let metrics_sources =
+        metrics::Sources { hub: Arc::clone(&hub), mlflow: mlflow.clone(), traffic: Arc::clone(&traffic) };
     let registry = service::Registry {
         mlflow: mlflow.clone(),
         hub,
@@ -92,8 +95,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         _ => info!("no webhook secret and public URL: changes are picked up by polling MLflow only"),
     }
 
-    // Rollouts are decided here, once for the fleet, from the replicas' reports.
-    let traffic = Arc::new(rollout::Traffic::default());
     tokio::spawn(rollout::run(registry.clone(), Arc::clone(&traffic)));
     let (trigger, stop) = ferry_server::stop_signal();
     tokio::spawn(async move {

@@ -17,6 +17,7 @@ use crate::hub::Hub;
 pub(crate) struct Sources {
     pub(crate) hub: Arc<Hub>,
     pub(crate) mlflow: ferry_mlflow::Client,
+    pub(crate) traffic: Arc<crate::rollout::Traffic>,
 }
 
 pub(crate) fn router(sources: Sources) -> Router {
@@ -75,6 +76,31 @@ async fn render(State(st): State<Sources>) -> Response {
             ("{result=\"existing\"}", s.registrations_existing.load(Relaxed).to_string()),
         ],
     );
+    let decisions: Vec<_> = crate::rollout::DECISIONS
+        .iter()
+        .zip(&st.traffic.decisions)
+        .map(|(d, n)| (format!("{{decision=\"{d}\"}}"), n.load(Relaxed).to_string()))
+        .collect();
+    let decisions: Vec<_> = decisions.iter().map(|(l, v)| (l.as_str(), v.clone())).collect();
+    family("ferry_registry_rollout_decisions_total", "counter", "Rollout decisions taken, by kind.", &decisions);
+    let weights: Vec<_> = st
+        .traffic
+        .weights()
+        .into_iter()
+        .map(|(m, v, w)| (format!("{{model=\"{}\",variant=\"{}\"}}", escape(&m), escape(&v)), w.to_string()))
+        .collect();
+    let weights: Vec<_> = weights.iter().map(|(l, v)| (l.as_str(), v.clone())).collect();
+    family(
+        "ferry_registry_rollout_weight_percent",
+        "gauge",
+        "The weight of each rollout in progress: the variant moved step by step.",
+        &weights,
+    );
     st.mlflow.render_metrics(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }

@@ -1,64 +1,124 @@
 //! Rollouts, decided once for the fleet: inference replicas report their
-//! cumulative counts per variant (`ReportTraffic`); every second this loop
+//! cumulative figures per variant (`ReportTraffic`); every second this loop
 //! sums the fresh reports, and for each model whose traffic policy carries a
-//! rollout plan, moves the variant's weight to the next step while its error
-//! rate holds, or back to 0 on a breach — by writing the policy to MLflow,
-//! which every replica follows. The outcome is recorded in the model's
-//! `ferry.rollout` tag.
+//! rollout plan, moves the variant's weight to the next step while it holds
+//! the plan's thresholds, or back to 0 on a breach — by writing the policy to
+//! MLflow, which every replica follows. On completion the plan's `promote`
+//! alias moves to the variant's version; on a breach its `rollback_alias`
+//! moves back. The outcome is recorded in the model's `ferry.rollout` tag.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
+use ferry_mlflow::Selector;
 use ferry_proto::registry::v1::VariantTraffic;
-use ferry_traffic::{Decision, Policy};
+use ferry_traffic::{Decision, Figures, Measured, Policy, RolloutSpec, latency};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::service::Registry;
+use crate::{
+    error::{RegistryError, Result},
+    service::{Registry, Who},
+};
 
 /// The registered-model tag holding the last rollout decision.
 pub const STATUS_TAG: &str = "ferry.rollout";
+/// The identity rollouts' alias moves are recorded under.
+pub const ROLLOUT_IDENTITY: &str = "ferry-rollout";
 /// A replica not heard from for this long no longer counts.
 const FRESH: Duration = Duration::from_secs(30);
+/// Bounds on what one report may carry, and on the replicas remembered.
+const MAX_VARIANTS: usize = 4096;
+const MAX_REPLICAS: usize = 10_000;
 
-/// The latest report of each replica.
+/// The latest report of each replica, and what the rollouts decided.
 #[derive(Debug, Default)]
 pub struct Traffic {
     reports: Mutex<HashMap<String, (Instant, Vec<VariantTraffic>)>>,
+    /// Decisions taken, by kind: started, advanced, completed, rolled back.
+    pub decisions: [AtomicU64; 4],
+    /// The rolled-out variant's weight, per model with a plan in force.
+    weights: Mutex<HashMap<String, (String, u32)>>,
 }
+
+pub const DECISIONS: [&str; 4] = ["started", "advanced", "completed", "rolled_back"];
 
 impl Traffic {
-    pub fn record(&self, replica: String, variants: Vec<VariantTraffic>) {
-        if let Ok(mut r) = self.reports.lock() {
-            r.insert(replica, (Instant::now(), variants));
-            r.retain(|_, (at, _)| at.elapsed() < FRESH * 4);
+    /// Keeps a replica's report, after checking that it is one a replica could send.
+    pub fn record(&self, replica: String, variants: Vec<VariantTraffic>) -> Result<()> {
+        let bad = |m: &str| Err(RegistryError::InvalidArgument(m.into()));
+        if replica.is_empty() || replica.len() > 128 {
+            return bad("replica is 1 to 128 characters");
         }
+        if variants.len() > MAX_VARIANTS {
+            return bad("too many variants in one report");
+        }
+        if variants.iter().any(|v| v.latency.len() > latency::BUCKETS) {
+            return bad("latency has more buckets than the layout");
+        }
+        let Ok(mut r) = self.reports.lock() else { return Ok(()) };
+        r.retain(|_, (at, _)| at.elapsed() < FRESH * 4);
+        if r.len() >= MAX_REPLICAS && !r.contains_key(&replica) {
+            return Err(RegistryError::FailedPrecondition(format!("more than {MAX_REPLICAS} replicas reporting")));
+        }
+        r.insert(replica, (Instant::now(), variants));
+        Ok(())
     }
 
-    /// Requests and failures of `model`'s `variant`, summed over the replicas heard from lately.
-    fn totals(&self, model: &str, variant: &str) -> (u64, u64) {
-        let Ok(r) = self.reports.lock() else { return (0, 0) };
-        r.values()
+    /// `model`'s `variant`'s figures, summed over the replicas heard from lately.
+    fn figures(&self, model: &str, variant: &str) -> Figures {
+        let mut sum = Figures::default();
+        let Ok(r) = self.reports.lock() else { return sum };
+        for v in r
+            .values()
             .filter(|(at, _)| at.elapsed() < FRESH)
             .flat_map(|(_, vs)| vs.iter().filter(|v| v.model == model && v.variant == variant))
-            .fold((0, 0), |(q, e), v| (q + v.requests, e + v.errors))
+        {
+            sum.add(&Figures {
+                requests: v.requests,
+                errors: v.errors,
+                latency: v.latency.clone(),
+                classified: v.shadow_classified,
+                agreed: v.shadow_agreed,
+                diffed: v.shadow_diffed,
+                abs_diff_nano: v.shadow_abs_diff_nano,
+            });
+        }
+        sum
+    }
+
+    /// The rolled-out variant's weight for each model with a plan in force.
+    pub fn weights(&self) -> Vec<(String, String, u32)> {
+        let Ok(w) = self.weights.lock() else { return Vec::new() };
+        let mut out: Vec<_> = w.iter().map(|(m, (v, w))| (m.clone(), v.clone(), *w)).collect();
+        out.sort();
+        out
+    }
+
+    fn decided(&self, kind: usize) {
+        self.decisions[kind].fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Where one model's rollout step started.
+/// Where one model's rollout step started: both variants' figures then.
 struct Step {
     source: String,
     started: Instant,
-    baseline: (u64, u64),
+    variant: Figures,
+    other: Figures,
 }
 
 pub async fn run(registry: Registry, traffic: Arc<Traffic>) {
     let mut steps: HashMap<String, Step> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut in_force = HashMap::new();
         for (model, text) in registry.hub.policies() {
             let Ok(policy) = serde_json::from_str::<Policy>(&text) else { continue };
             let Some(plan) = policy.rollout.clone().filter(|_| policy.validate(&model).is_ok()) else {
@@ -66,51 +126,112 @@ pub async fn run(registry: Registry, traffic: Arc<Traffic>) {
                 continue;
             };
             let weight = policy.variants.iter().find(|v| v.name == plan.variant).map_or(0, |v| v.weight);
-            let Some(step) = plan.steps.iter().position(|w| *w == weight) else {
-                // Not on a step yet: start at the first.
-                apply(
-                    &registry,
-                    &model,
-                    &policy,
-                    plan.steps[0],
-                    true,
-                    json!({"state": "started", "weight": plan.steps[0]}),
-                )
-                .await;
+            in_force.insert(model.clone(), (plan.variant.clone(), weight));
+            let Some(other) = policy.variants.iter().find(|v| v.name != plan.variant).map(|v| v.name.clone()) else {
                 continue;
             };
-            let now_totals = traffic.totals(&model, &plan.variant);
+            let Some(step) = plan.steps.iter().position(|w| *w == weight) else {
+                // Not on a step yet: start at the first.
+                traffic.decided(0);
+                let status = json!({"state": "started", "weight": plan.steps[0]});
+                apply(&registry, &model, &policy, plan.steps[0], true, status).await;
+                continue;
+            };
+            let (now_variant, now_other) = (traffic.figures(&model, &plan.variant), traffic.figures(&model, &other));
             let s = steps.entry(model.clone()).or_insert_with(|| Step {
                 source: text.clone(),
                 started: Instant::now(),
-                baseline: now_totals,
+                variant: now_variant.clone(),
+                other: now_other.clone(),
             });
             if s.source != text {
-                *s = Step { source: text.clone(), started: Instant::now(), baseline: now_totals };
+                *s = Step {
+                    source: text.clone(),
+                    started: Instant::now(),
+                    variant: now_variant.clone(),
+                    other: now_other.clone(),
+                };
             }
-            let requests = now_totals.0.saturating_sub(s.baseline.0);
-            let errors = now_totals.1.saturating_sub(s.baseline.1);
-            match plan.decide(step, s.started.elapsed().as_secs(), requests, errors) {
+            let (variant_fig, other_fig) = (now_variant.since(&s.variant), now_other.since(&s.other));
+            let (decision, measured) = plan.decide(step, s.started.elapsed().as_secs(), &variant_fig, &other_fig);
+            let figures = serde_json::to_value(&measured).unwrap_or_default();
+            match decision {
                 Decision::Wait => {}
                 Decision::Advance(next) => {
-                    info!(%model, variant = %plan.variant, from = weight, to = next, requests, errors, "rollout advances");
-                    let status = json!({"state": "advanced", "weight": next, "requests": requests, "errors": errors});
+                    info!(%model, variant = %plan.variant, from = weight, to = next, figures = %figures, "rollout advances");
+                    traffic.decided(1);
+                    let status = json!({"state": "advanced", "weight": next, "figures": figures});
                     apply(&registry, &model, &policy, next, true, status).await;
                 }
                 Decision::Complete => {
-                    info!(%model, variant = %plan.variant, "rollout complete");
-                    let status =
-                        json!({"state": "completed", "weight": weight, "requests": requests, "errors": errors});
-                    apply(&registry, &model, &policy, weight, false, status).await;
+                    info!(%model, variant = %plan.variant, figures = %figures, "rollout complete");
+                    traffic.decided(2);
+                    complete(&registry, &model, &policy, &plan, weight, &measured).await;
                 }
                 Decision::RollBack(why) => {
-                    warn!(%model, variant = %plan.variant, reason = %why, "rollout rolled back");
-                    let status = json!({"state": "rolled_back", "weight": 0, "reason": why});
+                    warn!(%model, variant = %plan.variant, reason = %why, figures = %figures, "rollout rolled back");
+                    traffic.decided(3);
+                    let mut status = json!({"state": "rolled_back", "weight": 0, "reason": why, "figures": figures});
+                    if let Some(alias) = &plan.rollback_alias {
+                        let who = Who {
+                            by: ROLLOUT_IDENTITY.into(),
+                            reason: format!("rollout breach: {why}"),
+                            rollback: true,
+                        };
+                        status["alias"] = match registry.rollback(&model, &Selector::Alias(alias.clone()), &who).await {
+                            Ok((v, from)) => json!({"alias": alias, "from": from, "to": v.version}),
+                            Err(e) => json!({"alias": alias, "error": e.to_string()}),
+                        };
+                    }
                     apply(&registry, &model, &policy, 0, false, status).await;
                 }
             }
         }
+        if let Ok(mut w) = traffic.weights.lock() {
+            *w = in_force;
+        }
     }
+}
+
+/// Completes a rollout: with a `promote` alias, moves it to the variant's
+/// version first (so that a variant selecting that alias serves the same
+/// version before any weight moves), then hands the weights back to that
+/// variant; without, the variant keeps 100%.
+async fn complete(registry: &Registry, model: &str, policy: &Policy, plan: &RolloutSpec, weight: u32, m: &Measured) {
+    let mut status = json!({"state": "completed", "weight": weight, "figures": m});
+    let mut final_weight = weight;
+    if let Some(alias) = &plan.promote {
+        let selector = policy.variants.iter().find(|v| v.name == plan.variant).map(|v| v.selector.as_str());
+        let moved = async {
+            let selector: Selector = selector
+                .and_then(|s| format!("{model}{s}").parse::<ferry_mlflow::ModelRef>().ok())
+                .map(|r| r.selector)
+                .ok_or_else(|| RegistryError::Internal("the rolled-out variant's selector".into()))?;
+            let (version, _) = registry.resolve(model, &selector).await?;
+            let who = Who {
+                by: ROLLOUT_IDENTITY.into(),
+                reason: format!("rollout of variant {:?} completed", plan.variant),
+                rollback: false,
+            };
+            registry.set_alias(model, alias, &version.version, &who).await
+        };
+        match moved.await {
+            Ok(v) => {
+                status["alias"] = json!({"alias": alias, "to": v.version});
+                let other_selects_it =
+                    policy.variants.iter().any(|v| v.name != plan.variant && v.selector == format!("@{alias}"));
+                if other_selects_it {
+                    final_weight = 0;
+                }
+            }
+            Err(e) => {
+                warn!(%model, %alias, error = %e, "rollout complete, alias not promoted");
+                status["alias"] = json!({"alias": alias, "error": e.to_string()});
+            }
+        }
+    }
+    status["weight"] = json!(final_weight);
+    apply(registry, model, policy, final_weight, false, status).await;
 }
 
 /// Writes the policy with the rolled-out variant at `weight` (the other

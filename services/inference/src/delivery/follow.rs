@@ -7,7 +7,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use ferry_proto::registry::v1::{ChangeKind, WatchModelsRequest, model_registry_client::ModelRegistryClient};
+use ferry_proto::registry::v1::{ChangeKind, WatchModelsRequest};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -16,6 +16,7 @@ use super::Trigger;
 /// Follows `WatchModels`, resuming from the last revision after a reconnect.
 pub(super) async fn follow_registry(
     url: String,
+    token: super::BearerToken,
     triggers: HashMap<String, Arc<Trigger>>,
     connected: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
@@ -25,7 +26,8 @@ pub(super) async fn follow_registry(
     let mut backoff = Duration::from_millis(200);
     loop {
         let attempt = async {
-            let mut client = ModelRegistryClient::connect(url.clone()).await.map_err(|e| e.to_string())?;
+            let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| e.to_string())?;
+            let mut client = token.client(endpoint.connect().await.map_err(|e| e.to_string())?);
             let req = WatchModelsRequest { names: names.clone(), since_revision: since, epoch: epoch.clone() };
             let mut stream = client.watch_models(req).await.map_err(|e| e.message().to_owned())?.into_inner();
             info!(%url, since, "subscribed to registry changes");

@@ -33,6 +33,7 @@ use crate::{engine::Runtime, serving::Models};
 #[derive(Debug, Clone)]
 pub(crate) struct DeliveryConfig {
     pub(crate) registry_url: Option<String>,
+    pub(crate) registry_token: Option<ferry_telemetry::Secret>,
     pub(crate) work_dir: PathBuf,
     /// Limit on the sum of one version's file sizes.
     pub(crate) max_model_bytes: u64,
@@ -70,9 +71,10 @@ pub(crate) fn spawn(
         tasks.spawn(slot_task(loader, notify, connected.clone(), shutdown.clone()).instrument(span));
     }
     if let Some(url) = cfg.registry_url.clone() {
-        tasks.spawn(report::report_traffic(url.clone(), Arc::clone(&models), shutdown.clone()));
+        let token = BearerToken::new(cfg.registry_token.as_ref());
+        tasks.spawn(report::report_traffic(url.clone(), token.clone(), Arc::clone(&models), shutdown.clone()));
         tasks.spawn(
-            follow::follow_registry(url, triggers, connected_tx, shutdown.clone())
+            follow::follow_registry(url, token, triggers, connected_tx, shutdown.clone())
                 .instrument(info_span!("registry_watch")),
         );
     }
@@ -80,6 +82,39 @@ pub(crate) fn spawn(
         let _ = shutdown.wait_for(|s| *s).await;
         tasks.shutdown().await;
     })
+}
+
+/// The registry's client, presenting the configured token on every call.
+pub(super) type RegistryClient = ferry_proto::registry::v1::model_registry_client::ModelRegistryClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
+>;
+
+/// Adds `authorization: Bearer <token>` when a token is configured.
+#[derive(Clone)]
+pub(super) struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerToken {
+    fn new(token: Option<&ferry_telemetry::Secret>) -> Self {
+        let value = token.filter(|t| !t.expose().is_empty()).and_then(|t| {
+            let mut v: tonic::metadata::MetadataValue<_> = format!("Bearer {}", t.expose()).parse().ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        });
+        Self(value)
+    }
+
+    pub(super) fn client(&self, channel: tonic::transport::Channel) -> RegistryClient {
+        ferry_proto::registry::v1::model_registry_client::ModelRegistryClient::with_interceptor(channel, self.clone())
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
 }
 
 /// Wakes one slot's loader, remembering when the registry first observed the

@@ -99,6 +99,8 @@ pub struct Stats {
     pub success_ns: AtomicU64,
     pub fail_count: AtomicU64,
     pub fail_ns: AtomicU64,
+    /// Successful requests' latencies, for rollout decisions (reported to the registry).
+    pub latency: ferry_traffic::latency::LatencyCounts,
     /// Model calls, rows, queue and compute time, shared with every loaded version's workers.
     pub exec: Arc<ExecStats>,
     /// Milliseconds since the epoch.
@@ -128,6 +130,7 @@ impl Default for Stats {
             success_ns: AtomicU64::default(),
             fail_count: AtomicU64::default(),
             fail_ns: AtomicU64::default(),
+            latency: Default::default(),
             exec: Arc::default(),
             last_inference_ms: AtomicU64::default(),
             loads: AtomicU64::default(),
@@ -147,6 +150,9 @@ impl Stats {
         let (count, ns) = if ok { (&self.success_count, &self.success_ns) } else { (&self.fail_count, &self.fail_ns) };
         count.fetch_add(1, Ordering::Relaxed);
         ns.fetch_add(elapsed_ns, Ordering::Relaxed);
+        if ok {
+            self.latency.record(elapsed_ns);
+        }
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         self.last_inference_ms.store(now, Ordering::Relaxed);
     }
