@@ -738,37 +738,18 @@ pub fn make_mlp(path: &std::path::Path, seed: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes a copy of the model at `src` (an [`make_mlp`] model) that answers
-/// exactly the same but spins `iterations` times through an ONNX `Loop` on
-/// every call first (about 0.7 µs each on this machine): a slower challenger
-/// whose answers agree with the champion's.
-pub fn make_slow_twin(src: &Path, dst: &Path, iterations: u64) -> anyhow::Result<()> {
-    python(
-        &format!(
-            "import numpy as np, onnx\n\
-             from onnx import helper, numpy_helper, TensorProto as T\n\
-             m = onnx.load('{src}')\n\
-             g = m.graph\n\
-             for n in g.node:\n    n.output[:] = ['raw' if o == 'output' else o for o in n.output]\n\
-             c = lambda name, v, dt=np.float32: numpy_helper.from_array(np.array(v, dt), name)\n\
-             g.initializer.extend([c('zero', 0.0), c('trips', {iterations}, np.int64), c('go', True, np.bool_)])\n\
-             body = helper.make_graph([helper.make_node('Identity', ['cond'], ['cond_out']),\n\
-                 helper.make_node('Constant', [], ['one'], value=c('one_v', 1.0)), helper.make_node('Add', ['v', 'one'], ['v_out'])],\n\
-                 'spin', [helper.make_tensor_value_info('i', T.INT64, []), helper.make_tensor_value_info('cond', T.BOOL, []),\n\
-                 helper.make_tensor_value_info('v', T.FLOAT, [])],\n\
-                 [helper.make_tensor_value_info('cond_out', T.BOOL, []), helper.make_tensor_value_info('v_out', T.FLOAT, [])])\n\
-             # The spin starts from the input, so that it cannot be folded away at load time.\n\
-             g.node.extend([helper.make_node('ReduceSum', ['input'], ['s'], keepdims=0), helper.make_node('Mul', ['s', 'zero'], ['v0']),\n\
-                 helper.make_node('Loop', ['trips', 'go', 'v0'], ['vk'], body=body), helper.make_node('Mul', ['vk', 'zero'], ['z']),\n\
-                 helper.make_node('Add', ['raw', 'z'], ['output'])])\n\
-             onnx.checker.check_model(m)\n\
-             onnx.save(m, '{dst}')",
-            src = src.display(),
-            dst = dst.display(),
-        ),
-        &[],
-    )?;
-    Ok(())
+/// Writes a twin of the [`make_mlp`] model at `src` that gives the same
+/// answers some 70 ms later (`python/make_twin.py --spin 100000`).
+pub fn make_slow_twin(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    let (src, dst) = (src.display().to_string(), dst.display().to_string());
+    python_script("make_twin.py", &["--src", &src, "--dst", &dst, "--spin", "100000"], &[]).map(drop)
+}
+
+/// Writes a twin of the [`make_mlp`] model at `src` that gives the same
+/// answers but fails every request whose first value is over `line`.
+pub fn make_flaky_twin(src: &Path, dst: &Path, line: f32) -> anyhow::Result<()> {
+    let (src, dst, line) = (src.display().to_string(), dst.display().to_string(), line.to_string());
+    python_script("make_twin.py", &["--src", &src, "--dst", &dst, "--fail-above", &line], &[]).map(drop)
 }
 
 /// Checks float32 outputs against Python onnxruntime's, to 1e-5.

@@ -210,15 +210,17 @@ async fn a_rollout_holds_the_challenger_to_the_champions_latency_and_answers() -
     let d = dir.path();
     let mlflow = Mlflow::start(d).await?;
     let mut registry = start_registry(d, &mlflow.url, &[]).await?;
-    // 1: the champion; 2: other weights (other classes); 3: the champion's answers, some 70 ms later.
-    let files = [d.join("mlp-1.onnx"), d.join("mlp-2.onnx"), d.join("mlp-slow.onnx")];
+    // 1: the champion; 2: other weights (other classes); 3: the champion's answers, some 70 ms later;
+    // 4: the champion's answers, but it fails on inputs whose first value is over 0.6 (a fifth of the callers').
+    let files = [d.join("mlp-1.onnx"), d.join("mlp-2.onnx"), d.join("mlp-slow.onnx"), d.join("mlp-flaky.onnx")];
     ferry_e2e::make_mlp(&files[0], 1)?;
     ferry_e2e::make_mlp(&files[1], 2)?;
-    ferry_e2e::make_slow_twin(&files[0], &files[2], 100_000)?;
+    ferry_e2e::make_slow_twin(&files[0], &files[2])?;
+    ferry_e2e::make_flaky_twin(&files[0], &files[3], 0.6)?;
     for file in &files {
         register_file(&mut registry.client, "mlp", file).await?;
     }
-    set_aliases(&mut registry, "mlp", &[("champion", "1"), ("other", "2"), ("slow", "3")]).await?;
+    set_aliases(&mut registry, "mlp", &[("champion", "1"), ("other", "2"), ("slow", "3"), ("flaky", "4")]).await?;
     let inf = start_inference(d, &mlflow.url, Some(&registry.url), "mlp@champion", &[]).await?;
     let row =
         |i: usize| -> Vec<f32> { (0..512).map(|j| (((i * 7919 + j * 104_729) % 1000) as f32 / 500.0) - 1.0).collect() };
@@ -263,6 +265,17 @@ async fn a_rollout_holds_the_challenger_to_the_champions_latency_and_answers() -
     let f = &status["figures"];
     let (p99, other) = (f["p99_ms"].as_f64().unwrap_or(0.0), f["other_p99_ms"].as_f64().unwrap_or(f64::MAX));
     ensure!(p99 > 1.5 * other, "the slow variant's p99 {p99} ms against the champion's {other} ms");
+
+    // Failing on some inputs: rolled back on its error rate.
+    set_policy(&mut registry, "mlp", policy("flaky", serde_json::json!({}), false)).await?;
+    let (back, status) = rollout_state(&registry.client, "mlp", "rolled_back", at(&status))
+        .await
+        .with_context(|| registry.proc.log_tail())?;
+    eprintln!("flaky challenger: {status}");
+    ensure!(weights(&back) == [("champion", 100), ("challenger", 0)], "{back:?}");
+    let (q, e) =
+        (status["figures"]["requests"].as_f64().unwrap_or(0.0), status["figures"]["errors"].as_f64().unwrap_or(0.0));
+    ensure!(status["reason"].as_str().is_some_and(|r| r.contains("error rate")) && e > 0.0 && e < q * 0.5, "{status}");
 
     let (answered, foreign) = callers.finish().await?;
     eprintln!("callers: {answered} answered, {foreign} failures not the challenger's");

@@ -263,7 +263,11 @@ async fn shadow_traffic_is_compared_and_never_reaches_the_caller() -> anyhow::Re
     let iris = d.join("iris.onnx");
     train_iris(&iris, 1.0)?;
     register_file(&mut registry.client, "mlp", &iris).await?;
-    for (alias, version) in [("champion", "1"), ("twin", "1"), ("other", "2"), ("broken", "3")] {
+    // Version 4: version 1's answers, some 70 ms later.
+    let slow = d.join("mlp-slow.onnx");
+    ferry_e2e::make_slow_twin(&d.join("mlp-0.onnx"), &slow)?;
+    register_file(&mut registry.client, "mlp", &slow).await?;
+    for (alias, version) in [("champion", "1"), ("twin", "1"), ("other", "2"), ("broken", "3"), ("slow", "4")] {
         let req =
             SetAliasRequest { name: "mlp".into(), alias: alias.into(), version: version.into(), ..Default::default() };
         registry.client.set_alias(req).await?;
@@ -278,6 +282,22 @@ async fn shadow_traffic_is_compared_and_never_reaches_the_caller() -> anyhow::Re
     for i in 0..100 {
         baseline.push(inf.client.clone().predict(ferry_e2e::predict_row("mlp", &row(i))).await?.into_inner().outputs);
     }
+    // Callers' latencies, one request at a time: (p50, p99).
+    let timed = |n: usize| {
+        let client = inf.client.clone();
+        async move {
+            let mut took = Vec::with_capacity(n);
+            for i in 0..n {
+                let started = std::time::Instant::now();
+                let resp = client.clone().predict(ferry_e2e::predict_row("mlp", &row(i % 100))).await?.into_inner();
+                took.push(started.elapsed());
+                ensure!(resp.model_version == "1", "{resp:?}");
+            }
+            took.sort();
+            anyhow::Ok((took[n / 2], took[n * 99 / 100]))
+        }
+    };
+    let alone = timed(500).await?;
 
     // Requests refused while version 1 loaded (wait_serving's) are not the shadow's doing.
     let errors_before = caller_errors(&inf).await?;
@@ -340,6 +360,30 @@ async fn shadow_traffic_is_compared_and_never_reaches_the_caller() -> anyhow::Re
         metrics.contains("ferry_inference_shadow_requests_total{model=\"mlp\",variant=\"broken\",result=\"failed\"}"),
         "{metrics}"
     );
+
+    // A shadow slower than the traffic (each copy some 70 ms): the callers
+    // never wait for it — a caller that did would take 70 ms — and the copies
+    // it cannot take are dropped and counted, not queued.
+    let policy = serde_json::json!({
+        "format": 1,
+        "variants": [{"name": "champion", "selector": "@champion", "weight": 100},
+                     {"name": "slow", "selector": "@slow", "weight": 0}],
+        "shadow": {"variant": "slow", "percent": 100},
+    });
+    registry
+        .client
+        .set_traffic_policy(SetTrafficPolicyRequest { name: "mlp".into(), policy_json: policy.to_string() })
+        .await?;
+    wait_variants(&inf, "mlp", &[("champion", 100, "1"), ("slow", 0, "4")]).await?;
+    let shadowed = timed(500).await?;
+    let v = shadow_settled(&inf, "mlp", 500).await?;
+    eprintln!(
+        "callers alone: p50 {:?} p99 {:?}; with a 70 ms shadow: p50 {:?} p99 {:?} (compared {}, dropped {})",
+        alone.0, alone.1, shadowed.0, shadowed.1, v.shadow_compared, v.shadow_dropped
+    );
+    ensure!(shadowed.1 < Duration::from_millis(50), "a caller waited for the shadow: p99 {:?}", shadowed.1);
+    ensure!(v.shadow_dropped > 0 && v.shadow_compared > 0 && v.agreement == Some(1.0), "{v:?}");
+    mirrored += 500;
     let errors = caller_errors(&inf).await? - errors_before;
     ensure!(errors == 0, "callers saw {errors} errors over {mirrored} mirrored requests");
     Ok(())

@@ -1,8 +1,8 @@
 //! Shadow traffic: a share of a model's requests also runs on its shadow
 //! variant, after the caller's answer is computed and off its path. The
 //! shadow's answers are compared with the caller's and never returned; a
-//! busy shadow (its in-flight limit reached) drops the copy and counts it,
-//! so it can neither slow nor fail a caller.
+//! busy shadow (a few copies in flight already) drops the copy and counts
+//! it, so it can neither hold up nor fail a caller.
 
 use std::sync::{
     Arc,
@@ -64,8 +64,8 @@ pub(super) fn mirror(
     answered: Vec<NamedTensor>,
 ) {
     let stats = &shadow.stats.shadow;
-    // Bounded: the shadow's own in-flight limit; a copy that does not fit is dropped.
-    let (Ok(permit), Some(model)) = (Arc::clone(&shadow.in_flight).try_acquire_owned(), shadow.current()) else {
+    // Bounded: a few copies in flight per shadow; one that does not fit is dropped.
+    let (Ok(permit), Some(model)) = (Arc::clone(&shadow.shadow_in_flight).try_acquire_owned(), shadow.current()) else {
         stats.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };

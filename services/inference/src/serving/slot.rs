@@ -168,6 +168,9 @@ pub struct ModelSettings {
     pub max_in_flight: usize,
 }
 
+/// Mirrored copies a shadow variant runs at once; more are dropped (and counted).
+const SHADOW_IN_FLIGHT: usize = 8;
+
 /// A serving slot for one configured model.
 #[derive(Debug)]
 pub struct ModelSlot {
@@ -177,6 +180,10 @@ pub struct ModelSlot {
     failure: Mutex<Option<LoadFailure>>,
     pub(super) in_flight: Arc<Semaphore>,
     pub(super) max_in_flight: usize,
+    /// Mirrored copies in flight, as a shadow variant: few, so that a shadow
+    /// slower than its traffic drops copies instead of building a backlog
+    /// that would keep a core busy long after the callers' requests.
+    pub(super) shadow_in_flight: Arc<Semaphore>,
     pub stats: Stats,
     /// The model's traffic policy (on the configured slot only; variants' slots have none).
     pub(super) route: Route,
@@ -211,6 +218,7 @@ impl ModelSlot {
             failure: Mutex::new(None),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
+            shadow_in_flight: Arc::new(Semaphore::new(max_in_flight.min(SHADOW_IN_FLIGHT))),
             stats: Stats::default(),
             route: Route::default(),
         }
