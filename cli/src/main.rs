@@ -143,6 +143,11 @@ enum Cmd {
         #[command(subcommand)]
         action: PolicyCmd,
     },
+    /// Rollouts of traffic policies (README, "Rollout plans").
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutCmd,
+    },
     /// Predict on one float32 row.
     Predict {
         #[arg(long)]
@@ -164,6 +169,12 @@ enum PolicyCmd {
     Set { name: String, file: PathBuf },
     /// Remove the policy: the configured selector serves alone.
     Clear { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCmd {
+    /// The rolled-out variant's weight and plan, and the last decision with its figures.
+    Status { name: String },
 }
 
 const CHUNK: usize = 1 << 20;
@@ -224,6 +235,47 @@ fn print_policy(p: &TrafficPolicy) {
     // The last rollout decision (started, advanced, completed, rolled_back and why).
     let rollout: serde_json::Value = serde_json::from_str(&p.rollout_status).unwrap_or(serde_json::Value::Null);
     println!("{}", serde_json::json!({"name": p.name, "policy": policy, "variants": variants, "rollout": rollout}));
+}
+
+/// One model's rollout: the variant moved (by the plan in force, else the
+/// last decision), its version and weight now, the plan's steps, and the last
+/// decision with the step's figures and, after a breach, why.
+fn rollout_row(name: &str, p: &TrafficPolicy) -> Vec<String> {
+    let policy: serde_json::Value = serde_json::from_str(&p.policy_json).unwrap_or_default();
+    let status: serde_json::Value = serde_json::from_str(&p.rollout_status).unwrap_or_default();
+    let plan = &policy["rollout"];
+    let variant = plan["variant"].as_str().or(status["variant"].as_str()).unwrap_or_default();
+    let current = p.variants.iter().find(|v| v.name == variant);
+    let steps = plan["steps"].as_array().map_or_else(
+        || "none in force".to_owned(),
+        |s| s.iter().map(|w| format!("{w}%")).collect::<Vec<_>>().join(" → "),
+    );
+    let f = &status["figures"];
+    let mut figures = Vec::new();
+    if let (Some(q), Some(e)) = (f["requests"].as_u64(), f["errors"].as_u64()) {
+        figures.push(format!("{q} requests, {e} failed"));
+    }
+    if let (Some(p99), Some(other)) = (f["p99_ms"].as_f64(), f["other_p99_ms"].as_f64()) {
+        figures.push(format!("p99 {p99:.1} ms vs {other:.1} ms"));
+    }
+    if let Some(a) = f["agreement"].as_f64() {
+        figures.push(format!("agreement {:.1}%", a * 100.0));
+    }
+    let state = status["state"].as_str().unwrap_or("none");
+    let decision = match status["alias"]["to"].as_str() {
+        Some(to) => format!("{state} (@{} → {to})", status["alias"]["alias"].as_str().unwrap_or_default()),
+        None => state.to_owned(),
+    };
+    vec![
+        name.to_owned(),
+        if variant.is_empty() { "-".to_owned() } else { variant.to_owned() },
+        current.map_or_else(|| "-".to_owned(), |v| v.version.clone()),
+        current.map_or_else(|| "-".to_owned(), |v| format!("{}%", v.weight)),
+        steps,
+        decision,
+        figures.join(", "),
+        status["reason"].as_str().unwrap_or_default().to_owned(),
+    ]
 }
 
 /// The files of the model at `path` (an ONNX file, or a folder with one):
@@ -310,7 +362,8 @@ fn main() -> std::process::ExitCode {
         | Cmd::Rollback { .. }
         | Cmd::History { .. }
         | Cmd::Watch { .. }
-        | Cmd::Policy { .. } => ("registry", cli.registry.clone()),
+        | Cmd::Policy { .. }
+        | Cmd::Rollout { .. } => ("registry", cli.registry.clone()),
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -570,6 +623,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             print_policy(&policy.unwrap_or_default());
+        }
+        Cmd::Rollout { action: RolloutCmd::Status { name } } => {
+            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let req = authed(cli.token.as_deref(), GetTrafficPolicyRequest { name: name.clone() })?;
+            let policy = client.get_traffic_policy(req).await?.into_inner().policy.unwrap_or_default();
+            let headers = ["MODEL", "VARIANT", "VERSION", "WEIGHT", "PLAN", "LAST DECISION", "FIGURES", "REASON"];
+            println!("{}", output::rows(cli.output, &headers, &[rollout_row(&name, &policy)]));
         }
         Cmd::Watch { names } => {
             let mut client = ModelRegistryClient::connect(cli.registry).await?;

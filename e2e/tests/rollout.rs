@@ -192,6 +192,26 @@ async fn a_rollout_promotes_a_healthy_challenger_and_rolls_back_a_failing_one() 
         .output()?;
     let got: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     ensure!(got["rollout"]["state"] == "rolled_back", "ferryctl shows the rollout's outcome: {got}");
+    let ctl = |args: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new(ferry_e2e::bin_dir().join("ferryctl"))
+            .args(["--registry", &registry.url])
+            .args(args)
+            .output()?;
+        ensure!(out.status.success(), "ferryctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let table = ctl(&["rollout", "status", "iris"])?;
+    eprintln!("{table}");
+    ensure!(table.starts_with("MODEL") && table.contains("rolled_back (@challenger → 2)"), "{table}");
+    let row: serde_json::Value = serde_json::from_str(ctl(&["--output", "json", "rollout", "status", "iris"])?.trim())?;
+    ensure!(
+        row["variant"] == "challenger"
+            && row["weight"] == "0%"
+            && row["plan"] == "none in force"
+            && row["reason"].as_str().is_some_and(|r| r.contains("error rate"))
+            && row["figures"].as_str().is_some_and(|f| f.ends_with("failed")),
+        "{row}"
+    );
     ensure!(decisions(&registry, "rolled_back").await? == 1 && decisions(&registry, "completed").await? == 1);
 
     let (answered, foreign) = callers.finish().await?;
