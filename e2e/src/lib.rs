@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use ferry_proto::{
     inference::v1::{
         DataType, GetModelMetadataRequest, ModelStatus, PredictRequest, PredictResponse, Tensor,
@@ -83,7 +83,8 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command, log_dir: &Path) -> anyhow::Result<Self> {
         let log = log_dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log)?;
+        // Appended: a process restarted by a test keeps one log.
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -113,6 +114,12 @@ impl Proc {
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
         signal(self.child.id(), "TERM", false);
         self.wait_exit(timeout)
+    }
+
+    /// Kills the process and its group at once, as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        signal(self.child.id(), "KILL", true);
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM without waiting.
@@ -174,6 +181,9 @@ where
 pub struct Mlflow {
     pub url: String,
     pub proc: Proc,
+    dir: PathBuf,
+    opts: MlflowOptions,
+    port: u16,
 }
 
 /// How to run MLflow; the default is the embedded sqlite + local-artifacts setup.
@@ -211,51 +221,83 @@ impl Mlflow {
     pub async fn start_with(dir: &Path, opts: MlflowOptions) -> anyhow::Result<Self> {
         // The port is free when picked but MLflow binds it seconds later; another
         // process (often a client's ephemeral port) can take it meanwhile: retry then.
-        for attempt in 1..=3 {
+        for _ in 1..=3 {
             let port = free_port();
-            let mut cmd = Command::new(venv().join("bin/mlflow"));
-            cmd.args(["server", "--host", "127.0.0.1", "--port", &port.to_string(), "--workers", "1"])
-                .arg("--backend-store-uri")
-                .arg(
-                    opts.backend_store_uri
-                        .clone()
-                        .unwrap_or_else(|| format!("sqlite:///{}", dir.join("mlflow.db").display())),
-                )
-                .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false");
-            match &opts.default_artifact_root {
-                Some(root) => cmd.args(["--default-artifact-root", root, "--no-serve-artifacts"]),
-                None => cmd.arg("--artifacts-destination").arg(
-                    opts.artifacts_destination.clone().unwrap_or_else(|| dir.join("artifacts").display().to_string()),
-                ),
-            };
-            for (k, v) in &opts.env {
-                cmd.env(k, v);
-            }
-            let mut proc = Proc::spawn("mlflow", &mut cmd, dir)?;
+            let mut proc = Self::spawn(dir, &opts, port)?;
             let url = format!("http://127.0.0.1:{port}");
-            let health = format!("{url}/health");
-            let http = reqwest::Client::new();
-            let deadline = std::time::Instant::now() + Duration::from_secs(180);
-            loop {
-                if http.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
-                    return Ok(Self { url, proc });
-                }
-                let log = proc.log_tail();
-                let port_taken = log.contains("address already in use");
-                if port_taken && attempt < 3 {
-                    let _ = proc.terminate(Duration::from_secs(10));
-                    break;
-                }
-                if !proc.is_running() || port_taken {
-                    bail!("MLflow exited before answering /health\n--- mlflow log ---\n{log}");
-                }
-                if std::time::Instant::now() > deadline {
-                    bail!("timed out after 180s waiting for MLflow /health\n--- mlflow log ---\n{log}");
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            if Self::healthy(&mut proc, &url).await? {
+                return Ok(Self { url, proc, dir: dir.to_owned(), opts, port });
             }
+            let _ = proc.terminate(Duration::from_secs(10));
         }
         bail!("MLflow could not bind a port in 3 attempts")
+    }
+
+    fn spawn(dir: &Path, opts: &MlflowOptions, port: u16) -> anyhow::Result<Proc> {
+        let mut cmd = Command::new(venv().join("bin/mlflow"));
+        cmd.args(["server", "--host", "127.0.0.1", "--port", &port.to_string(), "--workers", "1"])
+            .arg("--backend-store-uri")
+            .arg(
+                opts.backend_store_uri
+                    .clone()
+                    .unwrap_or_else(|| format!("sqlite:///{}", dir.join("mlflow.db").display())),
+            )
+            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false");
+        match &opts.default_artifact_root {
+            Some(root) => cmd.args(["--default-artifact-root", root, "--no-serve-artifacts"]),
+            None => cmd
+                .arg("--artifacts-destination")
+                .arg(opts.artifacts_destination.clone().unwrap_or_else(|| dir.join("artifacts").display().to_string())),
+        };
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        Proc::spawn("mlflow", &mut cmd, dir)
+    }
+
+    /// Waits for `/health`; `false` when another process took the port first.
+    async fn healthy(proc: &mut Proc, url: &str) -> anyhow::Result<bool> {
+        let health = format!("{url}/health");
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            if http.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(true);
+            }
+            let log = proc.log_tail();
+            if log.contains("address already in use") {
+                return Ok(false);
+            }
+            if !proc.is_running() {
+                bail!("MLflow exited before answering /health\n--- mlflow log ---\n{log}");
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("timed out after 180s waiting for MLflow /health\n--- mlflow log ---\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Kills MLflow (the server and its workers) at once, as a crash would.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts MLflow again on the same port with the same stores, and waits
+    /// until it answers: what a supervisor (Kubernetes, systemd) would do.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.proc.kill();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.proc = Self::spawn(&self.dir, &self.opts, self.port)?;
+            if Self::healthy(&mut self.proc, &self.url).await? {
+                return Ok(());
+            }
+            // The old server's socket can linger a moment.
+            ensure!(Instant::now() < deadline, "MLflow could not bind port {} again", self.port);
+            self.proc.kill();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 
@@ -420,6 +462,14 @@ impl Postgres {
         Ok(())
     }
 
+    /// Restarts the server (fast shutdown: open connections are cut), as a
+    /// failover or a maintenance restart would.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        // With its log file: without one the server would hold pg_ctl's output pipe open.
+        let log = format!("{}/server.log", self.data_str());
+        self.run("pg_ctl", &["-D", &self.data_str(), "-l", &log, "-m", "fast", "-w", "restart"])
+    }
+
     /// The SQLAlchemy URI MLflow needs: psycopg2 explicitly (plain postgresql:// means psycopg 3).
     pub fn mlflow_uri(&self) -> String {
         format!("postgresql+psycopg2://postgres@127.0.0.1:{}/mlflow", self.port)
@@ -481,6 +531,9 @@ impl S3 {
 #[derive(Debug)]
 pub struct Registry {
     pub proc: Proc,
+    /// How it was started, for [`Registry::restart`].
+    dir: PathBuf,
+    env: Vec<(String, String)>,
     pub url: String,
     pub http: String,
     /// The Prometheus endpoint (`.../metrics`).
@@ -507,6 +560,8 @@ pub async fn start_registry(dir: &Path, mlflow_url: &str, extra: &[(&str, String
         if let Some(client) = connect_unless_port_taken(&mut proc, "the registry", connect).await? {
             return Ok(Registry {
                 proc,
+                dir: dir.to_owned(),
+                env: env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
                 url,
                 http: format!("http://127.0.0.1:{http_port}"),
                 metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
@@ -515,6 +570,27 @@ pub async fn start_registry(dir: &Path, mlflow_url: &str, extra: &[(&str, String
         }
     }
     bail!("the registry could not bind its ports in 3 attempts")
+}
+
+impl Registry {
+    /// Kills the registry at once, as a crash would.
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Starts it again on the same ports with the same settings, and reconnects.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.proc.kill();
+        let env: Vec<(&str, String)> = self.env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        self.proc = ferry("ferry-registry", &self.dir, &[], &env)?;
+        let url = self.url.clone();
+        let connect = || ModelRegistryClient::connect(url.clone());
+        match connect_unless_port_taken(&mut self.proc, "the restarted registry", connect).await? {
+            Some(client) => self.client = client,
+            None => bail!("the registry's port was taken while it was down"),
+        }
+        Ok(())
+    }
 }
 
 /// Connects to a service just started on ports picked free. Another process

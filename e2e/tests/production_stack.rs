@@ -60,6 +60,41 @@ async fn postgres_and_s3() -> anyhow::Result<()> {
             .json()
             .await?;
     ensure!(v1["model_version"]["current_stage"] == "Archived", "{v1}");
+
+    // PostgreSQL restarted under MLflow (its connections cut): predictions go
+    // on, and the next promotion goes through without anyone stepping in.
+    let (mut answered, mut failed) = (0u32, 0u32);
+    let predict = |client: &ferry_proto::inference::v1::inference_client::InferenceClient<_>| {
+        let mut c = client.clone();
+        async move { c.predict(ferry_e2e::predict_row("iris", &ROW)).await }
+    };
+    pg.restart()?;
+    for _ in 0..200 {
+        match predict(&inference.client).await {
+            Ok(_) => answered += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    let started = std::time::Instant::now();
+    let mut attempts = 0;
+    ferry_e2e::wait_for("a promotion through MLflow after the restart", Duration::from_secs(30), || {
+        attempts += 1;
+        let mut c = registry.client.clone();
+        let req = ferry_proto::registry::v1::SetAliasRequest {
+            name: "iris".into(),
+            alias: "champion".into(),
+            version: "1".into(),
+            ..Default::default()
+        };
+        async move { Ok(c.set_alias(req).await.ok()) }
+    })
+    .await?;
+    eprintln!(
+        "after the PostgreSQL restart: {answered} predictions answered, {failed} failed; promotion after {attempts} attempt(s), {:?}",
+        started.elapsed()
+    );
+    ensure!(failed == 0, "{failed} predictions failed");
+    ensure!(attempts == 1, "the first promotion after the restart failed: recovery needed a retry");
     drop(inference);
     drop(registry);
     drop(mlflow);

@@ -1,0 +1,203 @@
+//! Faults injected by killing and restarting real processes, with callers
+//! predicting all along: MLflow killed in the middle of a registration and
+//! down for a while, then back on the same port; the registry killed and
+//! restarted. No caller request fails; the registry answers UNAVAILABLE fast
+//! while MLflow is away; nothing half-registered becomes visible, and a
+//! retry registers once; changes made meanwhile are served; everything
+//! recovers by itself.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, ensure};
+use ferry_e2e::{Inference, Mlflow, python, register_file, start_inference, two_iris_versions, wait_for, wait_serving};
+use ferry_proto::registry::v1::{GetModelRequest, ListVersionsRequest, SetAliasRequest};
+use tonic::Code;
+
+const ROW: [f32; 4] = [5.1, 3.5, 1.4, 0.2];
+
+/// Two callers predicting over gRPC until stopped: (answered, failed, the first failure).
+struct Callers {
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Option<String>>>,
+}
+
+impl Callers {
+    fn start(inf: &Inference) -> Self {
+        let (stop, answered, failed) = (Arc::default(), Arc::default(), Arc::default());
+        let tasks = (0..2)
+            .map(|_| {
+                let (stop, answered, failed): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicU64>) =
+                    (Arc::clone(&stop), Arc::clone(&answered), Arc::clone(&failed));
+                let mut client = inf.client.clone();
+                tokio::spawn(async move {
+                    let mut first = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        match client.predict(ferry_e2e::predict_row("iris", &ROW)).await {
+                            Ok(_) => answered.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                first.get_or_insert_with(|| format!("{:?}: {}", e.code(), e.message()));
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                    }
+                    first
+                })
+            })
+            .collect();
+        Self { stop, answered, failed, tasks }
+    }
+
+    async fn finish(self) -> anyhow::Result<(u64, u64, Option<String>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut first = None;
+        for t in self.tasks {
+            first = first.or(t.await?);
+        }
+        Ok((self.answered.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed), first))
+    }
+}
+
+/// Moves an alias with MLflow's own Python client (as a data scientist would).
+fn mlflow_alias(mlflow: &Mlflow, alias: &str, version: &str) -> anyhow::Result<()> {
+    let code = format!(
+        "from mlflow import MlflowClient; MlflowClient().set_registered_model_alias('iris', '{alias}', '{version}')"
+    );
+    python(&code, &[("MLFLOW_TRACKING_URI", &mlflow.url)]).map(drop)
+}
+
+/// The `.onnx` files under MLflow's artifact store.
+fn stored_models(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "onnx") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mlflow_killed_mid_registration_and_down_under_load() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let (mut mlflow, mut registry) = two_iris_versions(d).await?;
+    let req =
+        SetAliasRequest { name: "iris".into(), alias: "champion".into(), version: "1".into(), ..Default::default() };
+    registry.client.set_alias(req).await?;
+    let inf = start_inference(d, &mlflow.url, Some(&registry.url), "iris@champion", &[]).await?;
+    wait_serving(&inf.client, "iris", "1", &ROW, Duration::from_secs(60)).await.with_context(|| inf.proc.log_tail())?;
+    let callers = Callers::start(&inf);
+
+    // A 21 MB model on its way into MLflow when MLflow dies.
+    let big = d.join("mlp.onnx");
+    ferry_e2e::make_mlp(&big, 1)?;
+    let before = stored_models(&d.join("artifacts"));
+    let registering = {
+        let (mut client, big) = (registry.client.clone(), big.clone());
+        tokio::spawn(async move { register_file(&mut client, "mlp", &big).await })
+    };
+    wait_for("the upload to reach MLflow's store", Duration::from_secs(30), || async {
+        Ok(stored_models(&d.join("artifacts")).len().gt(&before.len()).then_some(()))
+    })
+    .await?;
+    mlflow.kill();
+    let err = registering.await?.expect_err("a registration whose MLflow died cannot succeed");
+    let status = err.downcast_ref::<tonic::Status>().context("a gRPC status")?;
+    eprintln!("registration as MLflow died: {:?}: {}", status.code(), status.message());
+    ensure!(status.code() == Code::Unavailable, "{status:?}");
+    ensure!(status.message().contains("registering \"mlp\""), "the error names the step: {}", status.message());
+
+    // MLflow away: the registry answers UNAVAILABLE fast, naming what it could not do.
+    let outage = Instant::now();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = registry.client.get_model(GetModelRequest { name: "iris".into() }).await.unwrap_err();
+        let took = started.elapsed();
+        eprintln!("GetModel with MLflow down: {:?} in {took:?}: {}", err.code(), err.message());
+        ensure!(err.code() == Code::Unavailable && took < Duration::from_secs(2), "{err:?} after {took:?}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    // Back on the same port, as a supervisor would restart it; a promotion made
+    // at once with MLflow's own client is served without anyone's help.
+    mlflow.restart().await?;
+    eprintln!("MLflow was down for {:?}", outage.elapsed());
+    mlflow_alias(&mlflow, "champion", "2")?;
+    wait_serving(&inf.client, "iris", "2", &ROW, Duration::from_secs(30)).await.with_context(|| inf.proc.log_tail())?;
+    wait_for("the registry to reach MLflow again", Duration::from_secs(30), || {
+        let mut c = registry.client.clone();
+        async move { Ok(c.get_model(GetModelRequest { name: "iris".into() }).await.ok()) }
+    })
+    .await?;
+
+    // Nothing half-registered is visible; a retry registers once, and again is a no-op.
+    let versions = |c: &mut ferry_proto::registry::v1::model_registry_client::ModelRegistryClient<_>| {
+        let req = ListVersionsRequest { name: "mlp".into(), ..Default::default() };
+        let mut c = c.clone();
+        async move { c.list_versions(req).await }
+    };
+    match versions(&mut registry.client).await {
+        Err(e) => ensure!(e.code() == Code::NotFound, "{e:?}"),
+        Ok(r) => ensure!(r.into_inner().versions.is_empty(), "a half-registered version is visible"),
+    }
+    let first = register_file(&mut registry.client, "mlp", &big).await?;
+    let again = register_file(&mut registry.client, "mlp", &big).await?;
+    ensure!(first.created && !again.created && first.version == again.version, "{first:?} then {again:?}");
+    let listed = versions(&mut registry.client).await?.into_inner().versions;
+    ensure!(listed.len() == 1, "registered once: {listed:?}");
+
+    let (answered, failed, first_failure) = callers.finish().await?;
+    eprintln!("callers: {answered} answered, {failed} failed");
+    ensure!(failed == 0 && answered > 1000, "{failed} failed ({first_failure:?}), {answered} answered");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_killed_and_restarted_under_load() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let (mlflow, mut registry) = two_iris_versions(d).await?;
+    mlflow_alias(&mlflow, "champion", "1")?;
+    let inf = start_inference(d, &mlflow.url, Some(&registry.url), "iris@champion", &[]).await?;
+    wait_serving(&inf.client, "iris", "1", &ROW, Duration::from_secs(60)).await.with_context(|| inf.proc.log_tail())?;
+    let callers = Callers::start(&inf);
+
+    // The registry crashes; an alias moved meanwhile (with MLflow's client) is
+    // served all the same: inference polls MLflow while the stream is down.
+    registry.kill();
+    mlflow_alias(&mlflow, "champion", "2")?;
+    let started = Instant::now();
+    wait_serving(&inf.client, "iris", "2", &ROW, Duration::from_secs(30)).await.with_context(|| inf.proc.log_tail())?;
+    eprintln!("served the move made while the registry was down after {:?}", started.elapsed());
+
+    // Back on the same ports: inference subscribes again by itself and follows the stream.
+    registry.restart().await?;
+    wait_for("inference to subscribe again", Duration::from_secs(30), || async {
+        let log = std::fs::read_to_string(&inf.proc.log)?;
+        Ok((log.matches("subscribed to registry changes").count() >= 2).then_some(()))
+    })
+    .await?;
+    let req =
+        SetAliasRequest { name: "iris".into(), alias: "champion".into(), version: "1".into(), ..Default::default() };
+    registry.client.set_alias(req).await?;
+    wait_serving(&inf.client, "iris", "1", &ROW, Duration::from_secs(30)).await.with_context(|| inf.proc.log_tail())?;
+
+    let (answered, failed, first_failure) = callers.finish().await?;
+    eprintln!("callers: {answered} answered, {failed} failed");
+    ensure!(failed == 0 && answered > 1000, "{failed} failed ({first_failure:?}), {answered} answered");
+    Ok(())
+}
