@@ -61,10 +61,13 @@ from cryptography.fernet import Fernet
 print("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY=" + Fernet.generate_key().decode())
 print("FERRY_WEBHOOK_SECRET=" + secrets.token_hex(32))' > "$SECRETS")
 fi
-# The registry's token: mutating calls need it even on this machine.
-if ! grep -q '^FERRY_REGISTRY_TOKEN=' "$SECRETS"; then
-  (umask 077; "$FERRY_VENV/bin/python" -c 'import secrets; print("FERRY_REGISTRY_TOKEN=" + secrets.token_hex(24))' >> "$SECRETS")
-fi
+# The registry's tokens: mutating calls need one even on this machine. Yours
+# (admin), and the inference replica's (role replica: watch and report traffic).
+for var in FERRY_REGISTRY_TOKEN FERRY_REPLICA_TOKEN; do
+  if ! grep -q "^$var=" "$SECRETS"; then
+    (umask 077; "$FERRY_VENV/bin/python" -c "import secrets; print('$var=' + secrets.token_hex(24))" >> "$SECRETS")
+  fi
+done
 source "$SECRETS" # shell variables only: each is handed to the one process that needs it
 
 echo "up: starting MLflow on :$MLFLOW_PORT (sqlite $STATE/mlflow.db, artifacts $STATE/artifacts, webhooks on)..."
@@ -81,7 +84,8 @@ export FERRY_REGISTRY_URL="http://127.0.0.1:$REGISTRY_PORT"
 export FERRY_INFERENCE_URL="http://127.0.0.1:$INFERENCE_GRPC_PORT"
 
 echo "up: starting ferry-registry on :$REGISTRY_PORT (MLflow webhooks to http://127.0.0.1:$REGISTRY_HTTP_PORT/webhooks/mlflow)..."
-FERRY_REGISTRY_TOKEN="$FERRY_REGISTRY_TOKEN" FERRY_WEBHOOK_SECRET="$FERRY_WEBHOOK_SECRET" FERRY_PUBLIC_URL="http://127.0.0.1:$REGISTRY_HTTP_PORT" \
+FERRY_REGISTRY_TOKEN="$FERRY_REGISTRY_TOKEN" FERRY_REGISTRY_TOKENS="inference:replica=$FERRY_REPLICA_TOKEN" \
+FERRY_WEBHOOK_SECRET="$FERRY_WEBHOOK_SECRET" FERRY_PUBLIC_URL="http://127.0.0.1:$REGISTRY_HTTP_PORT" \
 FERRY_REGISTRY_GRPC_ADDR="127.0.0.1:$REGISTRY_PORT" FERRY_REGISTRY_HTTP_ADDR="127.0.0.1:$REGISTRY_HTTP_PORT" \
 FERRY_REGISTRY_METRICS_ADDR="127.0.0.1:$REGISTRY_METRICS_PORT" start registry "$BIN/ferry-registry"
 wait_until "ferry-registry" 30 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REGISTRY_PORT"
@@ -99,7 +103,7 @@ echo "    $(ferryctl alias --name iris --alias champion --version "$version")"
 echo "    $(ferryctl stage --name iris --version "$version" --stage Production --archive-existing)"
 
 echo "up: starting ferry-inference (gRPC :$INFERENCE_GRPC_PORT, HTTP :$INFERENCE_HTTP_PORT) serving iris@champion..."
-FERRY_MODELS="iris@champion" ORT_DYLIB_PATH="$ORT" FERRY_MODEL_DIR="$STATE/models" FERRY_REGISTRY_TOKEN="$FERRY_REGISTRY_TOKEN" \
+FERRY_MODELS="iris@champion" ORT_DYLIB_PATH="$ORT" FERRY_MODEL_DIR="$STATE/models" FERRY_REGISTRY_TOKEN="$FERRY_REPLICA_TOKEN" \
 FERRY_INFERENCE_GRPC_ADDR="127.0.0.1:$INFERENCE_GRPC_PORT" FERRY_INFERENCE_HTTP_ADDR="127.0.0.1:$INFERENCE_HTTP_PORT" FERRY_INFERENCE_METRICS_ADDR="127.0.0.1:$INFERENCE_METRICS_PORT" \
   start inference "$BIN/ferry-inference"
 wait_until "ferry-inference to load the model" 60 curl -sf "http://127.0.0.1:$INFERENCE_HTTP_PORT/readyz"

@@ -42,7 +42,7 @@ async fn rollback_in_one_call_with_the_history_in_mlflow() -> anyhow::Result<()>
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let mlflow = Mlflow::start(d).await?;
-    let tokens = ("FERRY_REGISTRY_TOKENS", "ci=tok-ci,alice=tok-alice".to_owned());
+    let tokens = ("FERRY_REGISTRY_TOKENS", "ci=tok-ci,alice=tok-alice,grafana:read=tok-ro".to_owned());
     let registry = start_registry(d, &mlflow.url, &[tokens, ("FERRY_ALLOW_UNAUTHENTICATED", "false".into())]).await?;
     let mut reg = registry.client.clone();
     for (i, c) in [1.0, 0.05].into_iter().enumerate() {
@@ -50,6 +50,9 @@ async fn rollback_in_one_call_with_the_history_in_mlflow() -> anyhow::Result<()>
         train_iris(&file, c)?;
         ferry_e2e::register_file_as(&mut reg, "iris", &file, Some("tok-ci")).await?;
     }
+    // A read token may look, not move: PERMISSION_DENIED, saying what it lacks.
+    let denied = reg.set_alias(as_("tok-ro", alias("1", "not mine to move"))?).await.unwrap_err();
+    ensure!(denied.code() == tonic::Code::PermissionDenied && denied.message().contains("role read"), "{denied:?}");
     reg.set_alias(as_("tok-ci", alias("1", "first model"))?).await?;
     reg.set_alias(as_("tok-alice", alias("2", "better f1 on the hold-out"))?).await?;
     let inf = start_inference(d, &mlflow.url, Some(&registry.url), "iris@champion", &[]).await?;

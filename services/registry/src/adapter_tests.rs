@@ -22,6 +22,15 @@ use tower::ServiceExt;
 use crate::{auth::Auth, grpc::RegistryService, hub::Hub, service::Registry};
 
 const TOKEN: &str = "s3cret-token";
+/// A `read` token: watches and reads, nothing more.
+const READ_TOKEN: &str = "dashboard-token";
+
+fn auth() -> Auth {
+    Auth::with_tokens(
+        Auth::parse_named(&format!("ci:admin={TOKEN},dashboard:read={READ_TOKEN}")).unwrap().into_iter(),
+        false,
+    )
+}
 
 /// What the MLflow behind the registry does.
 #[derive(Debug, Clone, Copy)]
@@ -88,8 +97,7 @@ async fn fixture(kind: Mlflow) -> Fixture {
 async fn grpc(f: &Fixture) -> ModelRegistryClient<Channel> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let service =
-        RegistryService { registry: f.registry.clone(), auth: Auth::new(Some(TOKEN), false), traffic: Arc::default() };
+    let service = RegistryService { registry: f.registry.clone(), auth: auth(), traffic: Arc::default() };
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(pb::model_registry_server::ModelRegistryServer::new(service))
@@ -106,7 +114,7 @@ fn authorized<T>(msg: T) -> tonic::Request<T> {
 }
 
 async fn http(f: &Fixture, req: http::Request<Body>) -> (StatusCode, String) {
-    let app = crate::http::router(f.registry.clone(), Auth::new(Some(TOKEN), false), None);
+    let app = crate::http::router(f.registry.clone(), auth(), None);
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status();
     let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
@@ -182,7 +190,7 @@ async fn an_unknown_model_is_not_found_naming_it() {
 }
 
 #[tokio::test]
-async fn a_missing_or_wrong_token_is_unauthenticated() {
+async fn a_missing_or_wrong_token_is_unauthenticated_and_a_read_token_on_a_write_is_denied() {
     let f = fixture(Mlflow::Empty).await;
     let mut client = grpc(&f).await;
     let alias = || pb::SetAliasRequest {
@@ -204,6 +212,17 @@ async fn a_missing_or_wrong_token_is_unauthenticated() {
     oversized.get_mut().variants =
         vec![pb::VariantTraffic { latency: vec![1; ferry_traffic::latency::BUCKETS + 1], ..Default::default() }];
     assert_eq!(client.report_traffic(oversized).await.unwrap_err().code(), Code::InvalidArgument);
+    // A known token whose role does not cover the call: PERMISSION_DENIED / 403, saying which role it needs.
+    let mut reader = tonic::Request::new(alias());
+    reader.metadata_mut().insert("authorization", format!("Bearer {READ_TOKEN}").parse().unwrap());
+    let denied = client.set_alias(reader).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{}", denied.message());
+    assert!(denied.message().contains("role read") && !denied.message().contains(READ_TOKEN), "{}", denied.message());
+    let mut reader = tonic::Request::new(report());
+    reader.metadata_mut().insert("authorization", format!("Bearer {READ_TOKEN}").parse().unwrap());
+    assert_eq!(client.report_traffic(reader).await.unwrap_err().code(), Code::PermissionDenied);
+    let (s, error) = http(&f, put_stage("m", "Staging", Some(READ_TOKEN))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{error}");
     for token in [None, Some("guess")] {
         let (s, error) = http(&f, put_stage("m", "Staging", token)).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{token:?}: {error}");

@@ -15,10 +15,13 @@ pub struct Config {
     pub http_addr: SocketAddr,
     #[command(flatten)]
     pub mlflow: MlflowArgs,
-    /// Bearer token required by mutating calls (gRPC and HTTP); its callers are named `token` in the moves recorded.
+    /// Bearer token with every right (role admin), required by mutating calls (gRPC and
+    /// HTTP); its callers are named `token` in the moves recorded.
     #[arg(long, env = "FERRY_REGISTRY_TOKEN", hide_env_values = true)]
     pub auth_token: Option<Secret>,
-    /// Named tokens, `name=token,name=token`: each caller's name is recorded with the moves it makes.
+    /// Named tokens, `name=token` or `name:role=token`, comma-separated: each caller's
+    /// name is recorded with the moves it makes. Roles: read, replica (read and report
+    /// traffic: inference replicas), write (the default), admin.
     #[arg(long, env = "FERRY_REGISTRY_TOKENS", hide_env_values = true)]
     pub named_tokens: Option<Secret>,
     /// Run with no token at all, every mutating call open to anyone who reaches the ports

@@ -63,11 +63,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         Some(t) => auth::Auth::parse_named(t.expose()).map_err(anyhow::Error::msg)?,
         None => Vec::new(),
     };
-    let tokens = cfg.auth_token.as_ref().map(|t| ("token", t.expose()));
-    let auth = auth::Auth::named(
-        tokens.into_iter().chain(named.iter().map(|(n, t)| (n.as_str(), t.as_str()))),
-        cfg.protect_reads,
-    );
+    // The single token has every right; named tokens carry their own roles.
+    let single = cfg.auth_token.as_ref().map(|t| auth::Token {
+        name: "token".into(),
+        role: auth::Role::Admin,
+        secret: t.expose().to_owned(),
+    });
+    let auth = auth::Auth::with_tokens(single.into_iter().chain(named), cfg.protect_reads);
     if auth.is_open() {
         if !cfg.allow_unauthenticated {
             anyhow::bail!(
