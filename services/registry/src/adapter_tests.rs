@@ -264,3 +264,58 @@ async fn mlflow_too_slow_is_deadline_exceeded_within_the_per_call_timeout() {
     assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{error}");
     assert!(f.calls.load(Ordering::SeqCst) >= 1);
 }
+
+/// The webhook port faces anyone who can reach it: a forged, unsigned, stale,
+/// replayed or oversized delivery is refused and changes nothing.
+#[tokio::test]
+async fn hostile_webhook_deliveries_are_refused_without_effect() {
+    let f = fixture(Mlflow::Empty).await;
+    let verifier = Arc::new(crate::webhook::Verifier::new("hook-secret", Duration::from_secs(300)));
+    let app = crate::http::router(f.registry.clone(), auth(), Some(verifier));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    let body = r#"{"entity":"model_version_alias","action":"created"}"#;
+    let deliver = |id: &str, ts: &str, sig: Option<String>, body: Vec<u8>| {
+        let mut b =
+            http::Request::post("/webhooks/mlflow").header("x-mlflow-delivery-id", id).header("x-mlflow-timestamp", ts);
+        if let Some(sig) = sig {
+            b = b.header("x-mlflow-signature", sig);
+        }
+        b.body(Body::from(body)).unwrap()
+    };
+    let sign = |secret: &[u8], id: &str, ts: &str, body: &[u8]| crate::webhook::sign(secret, id, ts, body);
+    let cases = [
+        ("unsigned", deliver("d1", &now, None, body.into()), StatusCode::UNAUTHORIZED),
+        (
+            "forged",
+            deliver("d2", &now, Some(sign(b"guess", "d2", &now, body.as_bytes())), body.into()),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "stale",
+            deliver("d3", "1000000000", Some(sign(b"hook-secret", "d3", "1000000000", body.as_bytes())), body.into()),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "tampered",
+            deliver("d4", &now, Some(sign(b"hook-secret", "d4", &now, body.as_bytes())), b"{}".to_vec()),
+            StatusCode::UNAUTHORIZED,
+        ),
+        ("oversized", deliver("d5", &now, Some("v1,AAAA".into()), vec![b' '; 4 << 20]), StatusCode::PAYLOAD_TOO_LARGE),
+    ];
+    for (what, req, want) in cases {
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), want, "{what}");
+    }
+    let stats = &f.registry.hub.stats;
+    assert_eq!(stats.webhooks_accepted.load(Ordering::SeqCst), 0, "nothing refused took effect");
+    // A good one is taken once; its replay is a duplicate.
+    let good = || deliver("d6", &now, Some(sign(b"hook-secret", "d6", &now, body.as_bytes())), body.into());
+    let first = app.clone().oneshot(good()).await.unwrap();
+    let replay = app.clone().oneshot(good()).await.unwrap();
+    assert_eq!((first.status(), replay.status()), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(axum::body::to_bytes(replay.into_body(), 1024).await.unwrap(), "duplicate");
+    assert_eq!(
+        (stats.webhooks_accepted.load(Ordering::SeqCst), stats.webhooks_duplicate.load(Ordering::SeqCst)),
+        (1, 1)
+    );
+}

@@ -23,6 +23,9 @@ use crate::{
     webhook::{Verdict, Verifier},
 };
 
+/// MLflow's deliveries are a few hundred bytes.
+const WEBHOOK_MAX_BYTES: usize = 256 << 10;
+
 #[derive(Debug, Clone)]
 struct AppState {
     registry: Registry,
@@ -32,12 +35,13 @@ struct AppState {
 
 pub(crate) fn router(registry: Registry, auth: Auth, webhooks: Option<Arc<Verifier>>) -> Router {
     Router::new()
-        .route("/webhooks/mlflow", post(webhook))
-        .route("/register-model", post(register_model))
+        // Anyone can reach this port: a delivery is read whole before its
+        // signature is checked, so it is small or refused (413).
+        .route("/webhooks/mlflow", post(webhook).layer(DefaultBodyLimit::max(WEBHOOK_MAX_BYTES)))
+        // Uploads stream to disk; the registry's own size limit applies.
+        .route("/register-model", post(register_model).layer(DefaultBodyLimit::disable()))
         .route("/set-model-stage", put(set_model_stage))
         .route("/healthz", get(|| async { "ok" }))
-        // Uploads stream to disk; the registry's own size limit applies.
-        .layer(DefaultBodyLimit::disable())
         .with_state(AppState { registry, auth, webhooks })
 }
 
