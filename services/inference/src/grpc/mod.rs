@@ -2,6 +2,8 @@
 //! Protocol's `GrpcInferenceService`, one file each, mirroring `http/`.
 //! Errors are mapped to codes once, in `status.rs`.
 
+#[cfg(test)]
+mod hostile_tests;
 pub(crate) mod inference;
 pub(crate) mod oip;
 mod status;

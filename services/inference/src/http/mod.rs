@@ -4,6 +4,8 @@
 //! are mapped to statuses once, in `error.rs`.
 
 mod error;
+#[cfg(test)]
+mod hostile_tests;
 mod mlflow;
 mod oip;
 mod predict;
