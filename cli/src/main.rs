@@ -18,6 +18,7 @@ use ferry_proto::{
 };
 use futures::StreamExt;
 
+mod contexts;
 mod output;
 use tonic::Code;
 
@@ -36,6 +37,12 @@ struct Cli {
     /// How `models`, `versions`, `show`, `health` and `serving` print: a table, or JSON lines.
     #[arg(long, value_enum, default_value = "table", global = true)]
     output: output::Output,
+    /// A context of the config file (services and token variable); default: the file's `current`.
+    #[arg(long, env = "FERRY_CONTEXT", global = true)]
+    context: Option<String>,
+    /// The config file with named contexts (default: ~/.config/ferry/config.toml, if present).
+    #[arg(long, env = "FERRY_CONFIG", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -148,6 +155,10 @@ enum Cmd {
         #[command(subcommand)]
         action: RolloutCmd,
     },
+    /// The config file's contexts, and which one is in use.
+    Contexts,
+    /// A shell completion script: `ferryctl completions bash > /etc/bash_completion.d/ferryctl`.
+    Completions { shell: clap_complete::Shell },
     /// Predict on one float32 row.
     Predict {
         #[arg(long)]
@@ -347,8 +358,44 @@ fn describe(e: &anyhow::Error, service: &str, url: &str) -> String {
     format!("{e:#}")
 }
 
+/// Parses the command line, then fills what flags and environment left at
+/// their defaults from the chosen context.
+fn parse() -> anyhow::Result<Cli> {
+    use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    let defaulted = |id: &str| matches.value_source(id).is_none_or(|s| s == ValueSource::DefaultValue);
+    let (config, _) = contexts::Config::load(cli.config.as_ref())?;
+    if let Some((name, ctx)) = config.pick(cli.context.as_deref())? {
+        if let (true, Some(url)) = (defaulted("registry"), ctx.registry) {
+            cli.registry = url;
+        }
+        if let (true, Some(url)) = (defaulted("inference"), ctx.inference) {
+            cli.inference = url;
+        }
+        if let (None, Some(var)) = (&cli.token, ctx.token_env) {
+            cli.token = std::env::var(&var).ok();
+            if cli.token.is_none()
+                && matches!(
+                    cli.cmd,
+                    Cmd::Register { .. } | Cmd::Stage { .. } | Cmd::Alias { .. } | Cmd::Rollback { .. }
+                )
+            {
+                bail!("context {name:?} reads its token from ${var}, which is not set");
+            }
+        }
+    }
+    Ok(cli)
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("ferryctl: {e:#}");
+            return std::process::ExitCode::from(78); // EX_CONFIG
+        }
+    };
     let (service, url) = match cli.cmd {
         Cmd::Predict { .. } => ("inference service", cli.inference.clone()),
         Cmd::Serving => ("inference service", cli.inference.clone()),
@@ -363,7 +410,9 @@ fn main() -> std::process::ExitCode {
         | Cmd::History { .. }
         | Cmd::Watch { .. }
         | Cmd::Policy { .. }
-        | Cmd::Rollout { .. } => ("registry", cli.registry.clone()),
+        | Cmd::Rollout { .. }
+        | Cmd::Contexts
+        | Cmd::Completions { .. } => ("registry", cli.registry.clone()),
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -623,6 +672,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             print_policy(&policy.unwrap_or_default());
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "ferryctl", &mut std::io::stdout());
+        }
+        Cmd::Contexts => {
+            let (config, path) = contexts::Config::load(cli.config.as_ref())?;
+            let using = config.pick(cli.context.as_deref())?.map(|(n, _)| n);
+            let rows: Vec<Vec<String>> = config
+                .contexts
+                .iter()
+                .map(|(name, c)| {
+                    vec![
+                        if using.as_deref() == Some(name) { "*".into() } else { String::new() },
+                        name.clone(),
+                        c.registry.clone().unwrap_or_default(),
+                        c.inference.clone().unwrap_or_default(),
+                        c.token_env.clone().map(|v| format!("${v}")).unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            if path.is_none() {
+                eprintln!(
+                    "ferryctl: no config file (looked for {})",
+                    contexts::default_path()
+                        .map_or_else(|| "~/.config/ferry/config.toml".into(), |p| p.display().to_string())
+                );
+            }
+            println!("{}", output::rows(cli.output, &["CURRENT", "NAME", "REGISTRY", "INFERENCE", "TOKEN"], &rows));
         }
         Cmd::Rollout { action: RolloutCmd::Status { name } } => {
             let mut client = ModelRegistryClient::connect(cli.registry).await?;

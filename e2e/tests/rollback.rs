@@ -132,6 +132,40 @@ async fn rollback_in_one_call_with_the_history_in_mlflow() -> anyhow::Result<()>
     ensure!(out.status.code() == Some(77), "{out:?}");
     ensure!(stderr.lines().count() == 1 && stderr.contains("FERRY_REGISTRY_TOKEN"), "{stderr}");
 
+    // Named contexts: where the registry is and which variable holds the token; flags win over them.
+    let config = d.join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[contexts.ci]\nregistry = \"{url}\"\ntoken_env = \"CI_TOKEN\"\n\
+             [contexts.dashboard]\nregistry = \"{url}\"\ntoken_env = \"RO_TOKEN\"\n",
+            url = registry.url
+        ),
+    )?;
+    let ctl = |context: &str, args: &[&str]| {
+        std::process::Command::new(ferry_e2e::bin_dir().join("ferryctl"))
+            .args(["--config", config.to_str().unwrap_or_default(), "--context", context])
+            .args(args)
+            .env_remove("FERRY_REGISTRY_URL")
+            .env_remove("FERRY_REGISTRY_TOKEN")
+            .env("CI_TOKEN", "tok-ci")
+            .env("RO_TOKEN", "tok-ro")
+            .output()
+    };
+    let out = ctl("dashboard", &["alias", "--name", "iris", "--alias", "champion", "--version", "2"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(77) && stderr.contains("role read"), "the read context may not move: {out:?}");
+    let out = ctl("ci", &["alias", "--name", "iris", "--alias", "champion", "--version", "2"])?;
+    ensure!(out.status.success(), "the ci context moves: {}", String::from_utf8_lossy(&out.stderr));
+    let out = ctl("ci", &["--output", "json", "contexts"])?;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    ensure!(listed.contains(r#""current":"*","name":"ci""#) && listed.contains("$RO_TOKEN"), "{listed}");
+    ensure!(!listed.contains("tok-"), "no token is ever printed: {listed}");
+    let out = ctl("nope", &["models"])?;
+    ensure!(out.status.code() == Some(78) && String::from_utf8_lossy(&out.stderr).contains("\"ci\""), "{out:?}");
+    let out = ctl("ci", &["completions", "bash"])?;
+    ensure!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("_ferryctl()"), "{out:?}");
+
     // Moved elsewhere (MLflow's Python client) since: refused, saying so.
     python(
         "from mlflow import MlflowClient; MlflowClient().set_registered_model_alias('iris', 'champion', '1')",
