@@ -212,8 +212,9 @@ class ModelRegistryServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ReportTraffic(self, request, context):
-        """An inference replica's cumulative request counts per variant, sent every
-        few seconds; rollouts decide on the fleet's sum.
+        """An inference replica's cumulative figures per variant (requests, failures,
+        latencies, shadow comparisons), sent every few seconds; rollouts decide on
+        the fleet's sum. Needs a token with role replica or above.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
