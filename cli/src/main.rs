@@ -6,7 +6,8 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use ferry_proto::{
     inference::v1::{
-        DataType, ListModelsRequest as ListServedRequest, PredictRequest, Tensor, inference_client::InferenceClient,
+        DataType, GetModelMetadataRequest, ListModelsRequest as ListServedRequest, PredictRequest,
+        inference_client::InferenceClient,
     },
     registry::v1::{
         GetTrafficPolicyRequest, ListModelsRequest, ListMovesRequest, ListVersionsRequest, ModelFile,
@@ -20,6 +21,7 @@ use futures::StreamExt;
 
 mod contexts;
 mod output;
+mod tensors;
 use tonic::Code;
 
 #[derive(Debug, Parser)]
@@ -159,16 +161,43 @@ enum Cmd {
     Contexts,
     /// A shell completion script: `ferryctl completions bash > /etc/bash_completion.d/ferryctl`.
     Completions { shell: clap_complete::Shell },
-    /// Predict on one float32 row.
+    /// Predict: one row of numbers (--data), or JSON (--json FILE, `-` for stdin) mapping input
+    /// names to nested arrays (or one nested array for a one-input model), typed by the
+    /// model's signature. Prints the outputs as nested arrays, with the version and variant.
     Predict {
         #[arg(long)]
         model: String,
-        /// Input name (default: "input").
-        #[arg(long, default_value = "input")]
-        input: String,
-        /// Comma-separated numbers.
-        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
-        data: Vec<f32>,
+        /// Input name for --data (default: the model's first input).
+        #[arg(long)]
+        input: Option<String>,
+        /// One row, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            allow_hyphen_values = true,
+            conflicts_with = "json",
+            required_unless_present = "json"
+        )]
+        data: Vec<f64>,
+        /// A JSON file of inputs; `-` reads stdin.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Promote a version: point an alias at it, or move it to a stage.
+    Promote {
+        name: String,
+        version: String,
+        #[arg(long, conflicts_with = "stage", required_unless_present = "stage")]
+        alias: Option<String>,
+        /// None, Staging, Production or Archived.
+        #[arg(long)]
+        stage: Option<String>,
+        /// With --stage: archive the versions already there.
+        #[arg(long, requires = "stage")]
+        archive_existing: bool,
+        /// Why: recorded with the move in MLflow.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -364,6 +393,15 @@ fn parse() -> anyhow::Result<Cli> {
     use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches)?;
+    // `promote` is `alias` or `stage` by another name.
+    if let Cmd::Promote { name, version, alias, stage, archive_existing, reason } = &cli.cmd {
+        let (name, version, reason) = (name.clone(), version.clone(), reason.clone());
+        cli.cmd = match (alias.clone(), stage.clone()) {
+            (Some(alias), _) => Cmd::Alias { name, alias, version, reason },
+            (None, Some(stage)) => Cmd::Stage { name, version, stage, archive_existing: *archive_existing, reason },
+            (None, None) => bail!("promote to --alias or --stage"),
+        };
+    }
     let defaulted = |id: &str| matches.value_source(id).is_none_or(|s| s == ValueSource::DefaultValue);
     let (config, _) = contexts::Config::load(cli.config.as_ref())?;
     if let Some((name, ctx)) = config.pick(cli.context.as_deref())? {
@@ -412,6 +450,7 @@ fn main() -> std::process::ExitCode {
         | Cmd::Policy { .. }
         | Cmd::Rollout { .. }
         | Cmd::Contexts
+        | Cmd::Promote { .. }
         | Cmd::Completions { .. } => ("registry", cli.registry.clone()),
     };
     let rt = match tokio::runtime::Runtime::new() {
@@ -480,6 +519,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         })
                     });
                 futures::stream::iter(header).chain(body)
+            });
+            // Upload progress on a terminal (never in a pipe or a log).
+            let total: u64 = digests.iter().map(|d| d.size).sum();
+            let show = std::io::IsTerminal::is_terminal(&std::io::stderr()) && total > CHUNK as u64;
+            let mut sent = 0u64;
+            let chunks = chunks.inspect(move |m| {
+                if let (true, Some(Payload::Chunk(c))) = (show, &m.payload) {
+                    sent += c.len() as u64;
+                    eprint!(
+                        "\ruploading {:>3}% ({:.1} of {:.1} MB)",
+                        sent * 100 / total.max(1),
+                        sent as f64 / 1e6,
+                        total as f64 / 1e6
+                    );
+                    if sent >= total {
+                        eprintln!();
+                    }
+                }
             });
             let mut client = ModelRegistryClient::connect(cli.registry).await?;
             let resp = client
@@ -673,6 +730,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             print_policy(&policy.unwrap_or_default());
         }
+        Cmd::Promote { .. } => bail!("promote is rewritten to alias or stage when parsed"),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "ferryctl", &mut std::io::stdout());
@@ -717,44 +775,82 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             while let Some(e) = stream.message().await? {
                 let v = e.model_version.clone().unwrap_or_default();
-                println!(
-                    "{}",
-                    serde_json::json!({"revision": e.revision, "kind": e.kind().as_str_name(), "name": e.name,
-                        "version": e.version, "alias": e.alias, "stage": v.stage().as_str_name(), "aliases": v.aliases})
-                );
+                match cli.output {
+                    output::Output::Json => println!(
+                        "{}",
+                        serde_json::json!({"revision": e.revision, "kind": e.kind().as_str_name(), "name": e.name,
+                            "version": e.version, "alias": e.alias, "stage": v.stage().as_str_name(), "aliases": v.aliases})
+                    ),
+                    // For people: one line a change, what moved where.
+                    output::Output::Table => {
+                        let kind = e.kind().as_str_name().trim_start_matches("CHANGE_KIND_").to_ascii_lowercase();
+                        let what = match (e.alias.is_empty(), e.version.is_empty()) {
+                            (false, false) => format!("{}@{} → {}", e.name, e.alias, e.version),
+                            (false, true) => format!("{}@{}", e.name, e.alias),
+                            (true, false) => format!("{}/{}", e.name, e.version),
+                            (true, true) => e.name.clone(),
+                        };
+                        let stage = v.stage().as_str_name().trim_start_matches("STAGE_").to_ascii_lowercase();
+                        let aliases =
+                            if v.aliases.is_empty() { String::new() } else { format!(" @{}", v.aliases.join(" @")) };
+                        let detail =
+                            if e.model_version.is_some() { format!("  ({stage}{aliases})") } else { String::new() };
+                        println!("#{:<6} {kind:<16} {what}{detail}", e.revision);
+                    }
+                }
             }
         }
-        Cmd::Predict { model, input, data } => {
+        Cmd::Predict { model, input, data, json } => {
             let mut client = InferenceClient::connect(cli.inference).await?;
-            let tensor = Tensor {
-                name: input,
-                dtype: DataType::Float32.into(),
-                shape: vec![1, data.len() as i64],
-                float_data: data,
-                ..Default::default()
-            };
-            let resp = client
-                .predict(PredictRequest { model, inputs: vec![tensor], ..Default::default() })
+            // The signature types the inputs: any dtype the model takes.
+            let status = client
+                .get_model_metadata(GetModelMetadataRequest { model: model.clone() })
                 .await?
-                .into_inner();
-            let outputs: serde_json::Map<String, serde_json::Value> = resp
-                .outputs
-                .into_iter()
-                .map(|t| {
-                    let v = match t.dtype() {
-                        DataType::Float32 => serde_json::json!(t.float_data),
-                        DataType::Float64 => serde_json::json!(t.double_data),
-                        DataType::Int32 => serde_json::json!(t.int32_data),
-                        DataType::Int64 => serde_json::json!(t.int64_data),
-                        DataType::Bool => serde_json::json!(t.bool_data),
-                        DataType::String | DataType::Unspecified => serde_json::json!(t.string_data),
-                    };
-                    (t.name, v)
+                .into_inner()
+                .model
+                .unwrap_or_default();
+            let dtype_of = |name: &str| -> anyhow::Result<DataType> {
+                let spec = status.inputs.iter().find(|i| i.name == name);
+                spec.map(|i| i.dtype()).with_context(|| {
+                    let names: Vec<_> = status.inputs.iter().map(|i| i.name.as_str()).collect();
+                    format!("{model} has no input {name:?}; its inputs: {names:?}")
                 })
-                .collect();
+            };
+            let first = status.inputs.first().map(|i| i.name.clone()).unwrap_or_else(|| "input".into());
+            let inputs = match json {
+                None => {
+                    let name = input.unwrap_or(first);
+                    vec![tensors::from_json(&name, dtype_of(&name)?, &serde_json::json!([data]))?]
+                }
+                Some(path) => {
+                    let text = if path.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin())?
+                    } else {
+                        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?
+                    };
+                    let value: serde_json::Value = serde_json::from_str(&text).context("the inputs are not JSON")?;
+                    match value {
+                        serde_json::Value::Object(named) => named
+                            .iter()
+                            .map(|(name, v)| tensors::from_json(name, dtype_of(name)?, v))
+                            .collect::<anyhow::Result<_>>()?,
+                        other @ (serde_json::Value::Null
+                        | serde_json::Value::Bool(_)
+                        | serde_json::Value::Number(_)
+                        | serde_json::Value::String(_)
+                        | serde_json::Value::Array(_)) => {
+                            vec![tensors::from_json(&first, dtype_of(&first)?, &other)?]
+                        }
+                    }
+                }
+            };
+            let resp = client.predict(PredictRequest { model, inputs, ..Default::default() }).await?.into_inner();
+            let outputs: serde_json::Map<String, serde_json::Value> =
+                resp.outputs.iter().map(|t| (t.name.clone(), tensors::to_json(t))).collect();
             println!(
                 "{}",
-                serde_json::json!({"model": resp.model, "modelVersion": resp.model_version, "outputs": outputs})
+                serde_json::json!({"model": resp.model, "modelVersion": resp.model_version, "variant": resp.variant,
+                                   "outputs": outputs})
             );
         }
     }

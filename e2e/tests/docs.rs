@@ -56,7 +56,8 @@ fn the_configuration_reference_is_the_binaries_help() -> anyhow::Result<()> {
 #[test]
 fn the_api_reference_and_python_stubs_match_proto() -> anyhow::Result<()> {
     for script in ["docs/gen_proto_reference.py", "clients/python/generate.py"] {
-        let out = Command::new(ferry_e2e::venv().join("bin/python")).arg(repo_root().join(script)).arg("--check").output()?;
+        let out =
+            Command::new(ferry_e2e::venv().join("bin/python")).arg(repo_root().join(script)).arg("--check").output()?;
         ensure!(out.status.success(), "{script} --check: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())

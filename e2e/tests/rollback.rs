@@ -166,9 +166,46 @@ async fn rollback_in_one_call_with_the_history_in_mlflow() -> anyhow::Result<()>
     let out = ctl("ci", &["completions", "bash"])?;
     ensure!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("_ferryctl()"), "{out:?}");
 
+    // promote (alias or stage), predict (a row, or JSON typed by the signature), watch (for people).
+    let out = ctl("ci", &["promote", "iris", "1", "--alias", "champion", "--reason", "ferryctl promote"])?;
+    ensure!(out.status.success(), "promote: {}", String::from_utf8_lossy(&out.stderr));
+    wait_serving(&inf.client, "iris", "1", &ROW, Duration::from_secs(30)).await?;
+    let out = ctl("ci", &["--inference", &inf.grpc, "predict", "--model", "iris", "--data", "5.1,3.5,1.4,0.2"])?;
+    let one: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| format!("{out:?}"))?;
+    ensure!(one["modelVersion"] == "1" && one["outputs"]["label"] == serde_json::json!([0]), "{one}");
+    let mut child = std::process::Command::new(ferry_e2e::bin_dir().join("ferryctl"))
+        .args(["--inference", &inf.grpc, "predict", "--model", "iris", "--json", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(
+        &mut child.stdin.take().context("stdin")?,
+        br#"{"input": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.1, 4.4, 1.4]]}"#,
+    )?;
+    let two: serde_json::Value = serde_json::from_slice(&child.wait_with_output()?.stdout)?;
+    let probs = two["outputs"]["probabilities"].as_array().context("probabilities")?;
+    ensure!(probs.len() == 2 && probs[0].as_array().map(Vec::len) == Some(3), "two rows of three: {two}");
+    let out = ctl("ci", &["--inference", &inf.grpc, "predict", "--model", "iris", "--input", "nope", "--data", "1"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && stderr.contains("its inputs: [\"input\"]"), "{stderr}");
+    let mut watch = std::process::Command::new(ferry_e2e::bin_dir().join("ferryctl"))
+        .args(["--registry", &registry.url, "watch", "--name", "iris"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let first = {
+        let stdout = watch.stdout.take().context("stdout")?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).map(|_| line)
+        });
+        tokio::time::timeout(Duration::from_secs(10), line).await???
+    };
+    let _ = watch.kill();
+    ensure!(first.starts_with('#') && first.contains("snapshot") && first.contains("iris/"), "{first:?}");
+
     // Moved elsewhere (MLflow's Python client) since: refused, saying so.
     python(
-        "from mlflow import MlflowClient; MlflowClient().set_registered_model_alias('iris', 'champion', '1')",
+        "from mlflow import MlflowClient; MlflowClient().set_registered_model_alias('iris', 'champion', '2')",
         &[("MLFLOW_TRACKING_URI", &mlflow.url)],
     )?;
     let refused = reg.rollback(as_("tok-ci", rollback(Target::Alias("champion".into()), ""))?).await.unwrap_err();
