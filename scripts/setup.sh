@@ -19,3 +19,15 @@ else
   echo "$want" > "$stamp"
 fi
 echo "setup: ONNX Runtime library: $(ort_library)"
+
+# The Node.js BFF example's packages (npm registry), for its CI test.
+lock="$ROOT/examples/node-bff/package-lock.json"
+node_stamp="$ROOT/examples/node-bff/node_modules/.ferry-lock"
+if command -v npm >/dev/null; then
+  want="$(sha256sum "$lock" | cut -d' ' -f1)"
+  if [ "$(cat "$node_stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: installing examples/node-bff's packages (npm ci)..."
+    npm ci --silent --no-audit --no-fund --prefix "$ROOT/examples/node-bff"
+    echo "$want" > "$node_stamp"
+  fi
+fi
