@@ -1,7 +1,7 @@
 //! Faults injected by killing and restarting real processes, with callers
 //! predicting all along: MLflow killed in the middle of a registration and
 //! down for a while, then back on the same port; the registry killed and
-//! restarted. No caller request fails; the registry answers UNAVAILABLE fast
+//! restarted; an inference process killed in the middle of a download. No caller request fails; the registry answers UNAVAILABLE fast
 //! while MLflow is away; nothing half-registered becomes visible, and a
 //! retry registers once; changes made meanwhile are served; everything
 //! recovers by itself.
@@ -199,5 +199,75 @@ async fn registry_killed_and_restarted_under_load() -> anyhow::Result<()> {
     let (answered, failed, first_failure) = callers.finish().await?;
     eprintln!("callers: {answered} answered, {failed} failed");
     ensure!(failed == 0 && answered > 1000, "{failed} failed ({first_failure:?}), {answered} answered");
+    Ok(())
+}
+
+/// Folders under `root` whose names start with `prefix`.
+fn folders(root: &std::path::Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if e.file_name().to_string_lossy().starts_with(prefix) {
+                    out.push(p.clone());
+                }
+                dirs.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_killed_mid_download_restarts_clean_on_the_right_version() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let mut registry = ferry_e2e::start_registry(d, &mlflow.url, &[]).await?;
+    for seed in [1, 2] {
+        let file = d.join(format!("mlp-{seed}.onnx"));
+        ferry_e2e::make_mlp(&file, seed)?;
+        register_file(&mut registry.client, "mlp", &file).await?;
+    }
+    let alias = |version: &str| SetAliasRequest {
+        name: "mlp".into(),
+        alias: "champion".into(),
+        version: version.into(),
+        ..Default::default()
+    };
+    registry.client.set_alias(alias("1")).await?;
+    let row: Vec<f32> = (0..512).map(|j| (j % 7) as f32 / 7.0).collect();
+    let mut first = start_inference(d, &mlflow.url, Some(&registry.url), "mlp@champion", &[]).await?;
+    wait_serving(&first.client, "mlp", "1", &row, Duration::from_secs(60))
+        .await
+        .with_context(|| first.proc.log_tail())?;
+    let models = first.model_dir.clone();
+
+    // Promote version 2 and kill the process as soon as its download has begun.
+    registry.client.set_alias(alias("2")).await?;
+    let phase = wait_for("version 2's download to begin", Duration::from_secs(30), || async {
+        if !folders(&models, ".staging-").is_empty() {
+            return Ok(Some("downloading"));
+        }
+        Ok(folders(&models, "v2-").first().map(|_| "after the download"))
+    })
+    .await?;
+    first.proc.kill();
+    let left = folders(&models, ".staging-");
+    eprintln!("killed {phase}; left behind: {left:?}");
+
+    // Restarted on the same folder: the partial download is discarded and version 2 serves.
+    let dir_env = ("FERRY_MODEL_DIR", models.display().to_string());
+    let second = start_inference(d, &mlflow.url, Some(&registry.url), "mlp@champion", &[dir_env]).await?;
+    wait_serving(&second.client, "mlp", "2", &row, Duration::from_secs(60))
+        .await
+        .with_context(|| second.proc.log_tail())?;
+    wait_for("the partial download to be cleaned up", Duration::from_secs(10), || async {
+        Ok(folders(&models, ".staging-").is_empty().then_some(()))
+    })
+    .await?;
+    ensure!(!folders(&models, "v2-").is_empty(), "version 2 kept in its folder");
     Ok(())
 }
