@@ -31,16 +31,21 @@ struct Callers {
 
 impl Callers {
     fn start(inf: &Inference) -> Self {
+        Self::start_on(inf, "iris", ROW.to_vec())
+    }
+
+    fn start_on(inf: &Inference, model: &str, row: Vec<f32>) -> Self {
         let (stop, answered, failed) = (Arc::default(), Arc::default(), Arc::default());
         let tasks = (0..2)
             .map(|_| {
                 let (stop, answered, failed): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicU64>) =
                     (Arc::clone(&stop), Arc::clone(&answered), Arc::clone(&failed));
                 let mut client = inf.client.clone();
+                let request = ferry_e2e::predict_row(model, &row);
                 tokio::spawn(async move {
                     let mut first = None;
                     while !stop.load(Ordering::Relaxed) {
-                        match client.predict(ferry_e2e::predict_row("iris", &ROW)).await {
+                        match client.predict(request.clone()).await {
                             Ok(_) => answered.fetch_add(1, Ordering::Relaxed),
                             Err(e) => {
                                 first.get_or_insert_with(|| format!("{:?}: {}", e.code(), e.message()));
@@ -269,5 +274,108 @@ async fn inference_killed_mid_download_restarts_clean_on_the_right_version() -> 
     })
     .await?;
     ensure!(!folders(&models, "v2-").is_empty(), "version 2 kept in its folder");
+    Ok(())
+}
+
+/// A TCP proxy in front of MLflow that, once armed, lets the next download of
+/// an `.onnx` file through for its headers and 64 KiB, then stalls: the
+/// connection stays open and not another byte comes. Returns its port.
+async fn stalling_proxy(upstream: String, armed: Arc<AtomicBool>, stalls: Arc<AtomicU64>) -> anyhow::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
+            let (armed, stalls) = (Arc::clone(&armed), Arc::clone(&stalls));
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                // Set by the request direction when it sees the armed download go by.
+                let stall_next = Arc::new(AtomicBool::new(false));
+                let flag = Arc::clone(&stall_next);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 << 10];
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let text = String::from_utf8_lossy(&buf[..n]);
+                        if text.starts_with("GET ") && text.contains(".onnx") && armed.swap(false, Ordering::SeqCst) {
+                            flag.store(true, Ordering::SeqCst);
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut buf = vec![0u8; 16 << 10];
+                let mut after = 0usize;
+                while let Ok(n) = sr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if stall_next.load(Ordering::SeqCst) {
+                        after += n;
+                        if after > 64 << 10 {
+                            stalls.fetch_add(1, Ordering::SeqCst);
+                            // Hold the connection open, silent, until the client gives up on it.
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            break;
+                        }
+                    }
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_store_that_stalls_mid_download_is_cut_and_resumed() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let mut registry = ferry_e2e::start_registry(d, &mlflow.url, &[]).await?;
+    for seed in [1, 2] {
+        let file = d.join(format!("mlp-{seed}.onnx"));
+        ferry_e2e::make_mlp(&file, seed)?;
+        register_file(&mut registry.client, "mlp", &file).await?;
+    }
+    let alias = |version: &str| SetAliasRequest {
+        name: "mlp".into(),
+        alias: "champion".into(),
+        version: version.into(),
+        ..Default::default()
+    };
+    registry.client.set_alias(alias("1")).await?;
+    // Inference reaches MLflow through the proxy; a second without a byte cuts a download.
+    let (armed, stalls) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let upstream = mlflow.url.trim_start_matches("http://").to_owned();
+    let port = stalling_proxy(upstream, Arc::clone(&armed), Arc::clone(&stalls)).await?;
+    let through = format!("http://127.0.0.1:{port}");
+    let stall = ("FERRY_DOWNLOAD_STALL_MS", "1000".to_owned());
+    let inf = start_inference(d, &through, Some(&registry.url), "mlp@champion", &[stall]).await?;
+    let row: Vec<f32> = (0..512).map(|j| (j % 7) as f32 / 7.0).collect();
+    wait_serving(&inf.client, "mlp", "1", &row, Duration::from_secs(60)).await.with_context(|| inf.proc.log_tail())?;
+    let callers = Callers::start_on(&inf, "mlp", row.clone());
+
+    // Version 2's download stalls after 64 KiB; it is cut after a second and resumed.
+    armed.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    registry.client.set_alias(alias("2")).await?;
+    wait_serving(&inf.client, "mlp", "2", &row, Duration::from_secs(30)).await.with_context(|| inf.proc.log_tail())?;
+    let took = started.elapsed();
+    let log = std::fs::read_to_string(&inf.proc.log)?;
+    eprintln!("version 2 served {took:?} after its promotion, through {} stall(s)", stalls.load(Ordering::SeqCst));
+    ensure!(stalls.load(Ordering::SeqCst) == 1, "the download was stalled once");
+    ensure!(log.contains("no data for 1s") && log.contains("resuming"), "cut and resumed:\n{}", inf.proc.log_tail());
+
+    let (answered, failed, first_failure) = callers.finish().await?;
+    eprintln!("callers: {answered} answered, {failed} failed");
+    ensure!(failed == 0 && answered > 100, "{failed} failed ({first_failure:?}), {answered} answered");
     Ok(())
 }

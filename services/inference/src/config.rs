@@ -96,6 +96,11 @@ pub struct Config {
     /// external data), in bytes. Models over 2 GB keep weights as external data.
     #[arg(long, env = "FERRY_MAX_MODEL_BYTES", default_value_t = 16 << 30)]
     pub max_model_bytes: u64,
+    /// A model download that receives no byte for this long (milliseconds) is cut and
+    /// resumed where it stopped; after 5 such attempts in a row the version fails to load
+    /// (the serving one stays) and is tried again later.
+    #[arg(long, env = "FERRY_DOWNLOAD_STALL_MS", default_value_t = 30_000)]
+    pub download_stall_ms: u64,
     /// How often to poll MLflow while the registry stream is down, in milliseconds.
     #[arg(long, env = "FERRY_POLL_INTERVAL_MS", default_value_t = 2000)]
     pub poll_interval_ms: u64,

@@ -106,6 +106,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             registry_token: cfg.registry_token.clone(),
             work_dir: cfg.model_dir.clone(),
             max_model_bytes: cfg.max_model_bytes,
+            download_stall: Duration::from_millis(cfg.download_stall_ms.max(1)),
             poll_interval: Duration::from_millis(cfg.poll_interval_ms),
             keep_versions: cfg.keep_versions,
         },

@@ -37,6 +37,10 @@ pub(crate) struct Fetcher<'a> {
     pub(crate) cache: &'a ModelCache,
     /// Limit on the sum of a version's file sizes.
     pub(crate) max_bytes: u64,
+    /// A download that gets no byte for this long is cut and resumed: a stalled
+    /// store must not hold the slot (and every promotion after it) for the
+    /// whole transfer timeout.
+    pub(crate) stall: Duration,
 }
 
 impl Fetcher<'_> {
@@ -171,7 +175,20 @@ impl Fetcher<'_> {
         let mut written = 0u64;
         let mut failures = 0u32;
         'attempt: loop {
-            let mut reading = source.read(&rel, written).await.map_err(|e| e.message)?;
+            let mut reading = match tokio::time::timeout(self.stall, source.read(&rel, written)).await {
+                Ok(r) => r.map_err(|e| e.message)?,
+                Err(_) => {
+                    failures += 1;
+                    if failures >= RESUME_ATTEMPTS {
+                        return Err(format!(
+                            "{rel}: no answer from the store in {:?} ({failures} attempts)",
+                            self.stall
+                        ));
+                    }
+                    warn!(file = %rel, bytes = written, "the store did not answer; retrying");
+                    continue 'attempt;
+                }
+            };
             if written > 0 && !reading.from_offset {
                 // The store sent the whole file again: start over.
                 out.set_len(0).await.map_err(|e| e.to_string())?;
@@ -180,7 +197,11 @@ impl Fetcher<'_> {
                 written = 0;
             }
             loop {
-                let next = match reading.bytes.next().await {
+                let next = match tokio::time::timeout(self.stall, reading.bytes.next()).await {
+                    Err(_) => Some(Err(format!("no data for {:?} downloading {rel} at byte {written}", self.stall))),
+                    Ok(next) => next,
+                };
+                let next = match next {
                     // A transfer that ends short of the listed size was cut: resume it.
                     None if listed.is_some_and(|n| written < n) => {
                         Some(Err(format!("the transfer of {rel} ended at byte {written}")))

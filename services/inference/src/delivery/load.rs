@@ -270,6 +270,7 @@ impl Loader {
             stores: &self.stores,
             cache: &self.cache,
             max_bytes: self.cfg.max_model_bytes,
+            stall: self.cfg.download_stall,
         };
         let fetched = fetcher.fetch(target).await?;
         self.engine(slot, &target.version, fetched).await

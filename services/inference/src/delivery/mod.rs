@@ -37,6 +37,8 @@ pub(crate) struct DeliveryConfig {
     pub(crate) work_dir: PathBuf,
     /// Limit on the sum of one version's file sizes.
     pub(crate) max_model_bytes: u64,
+    /// No byte for this long cuts a download (it is resumed).
+    pub(crate) download_stall: Duration,
     pub(crate) poll_interval: Duration,
     /// Model versions kept on disk per model (serving one included), for fast rollback.
     pub(crate) keep_versions: usize,
