@@ -2,8 +2,10 @@
 """Write a twin of an ONNX model whose float output is named `output` and
 whose input `input` is float [N, K]: the same answers, but either slower
 (--spin N: an ONNX Loop of N iterations on every call, about 0.7 us each on a
-2-core test machine) or failing on some inputs (--fail-above X: ONNX Runtime
-refuses any call whose first column exceeds X). Challengers for rollout tests.
+2-core test machine), failing on some inputs (--fail-above X: ONNX Runtime
+refuses any call whose first column exceeds X; -1 fails on the zeros of a
+warm-up too), or with its input renamed (--rename-input NAME: a signature
+change). Challengers and faults for the tests.
 
     python make_twin.py --src mlp.onnx --dst slow.onnx --spin 100000
     python make_twin.py --src mlp.onnx --dst flaky.onnx --fail-above 0.6
@@ -27,10 +29,20 @@ def main() -> None:
     kind = ap.add_mutually_exclusive_group(required=True)
     kind.add_argument("--spin", type=int, help="Loop iterations per call")
     kind.add_argument("--fail-above", type=float, help="fail calls whose input[:, 0] exceeds this")
+    kind.add_argument("--rename-input", help="the input's new name")
     args = ap.parse_args()
 
     m = onnx.load(args.src)
     g = m.graph
+    if args.rename_input:
+        for i in g.input:
+            if i.name == "input":
+                i.name = args.rename_input
+        for n in g.node:
+            n.input[:] = [args.rename_input if x == "input" else x for x in n.input]
+        onnx.checker.check_model(m)
+        onnx.save(m, args.dst)
+        return
     for n in g.node:
         n.output[:] = ["raw" if o == "output" else o for o in n.output]
     g.initializer.append(const("zero", 0.0))

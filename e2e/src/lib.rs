@@ -828,6 +828,12 @@ pub fn make_flaky_twin(src: &Path, dst: &Path, line: f32) -> anyhow::Result<()> 
     python_script("make_twin.py", &["--src", &src, "--dst", &dst, "--fail-above", &line], &[]).map(drop)
 }
 
+/// Writes a twin of the [`make_mlp`] model at `src` whose input is named `name`: a signature change.
+pub fn make_renamed_twin(src: &Path, dst: &Path, name: &str) -> anyhow::Result<()> {
+    let (src, dst) = (src.display().to_string(), dst.display().to_string());
+    python_script("make_twin.py", &["--src", &src, "--dst", &dst, "--rename-input", name], &[]).map(drop)
+}
+
 /// Checks float32 outputs against Python onnxruntime's, to 1e-5.
 pub fn assert_close(got: &[f32], want: &serde_json::Value) -> anyhow::Result<()> {
     let want: Vec<f64> = serde_json::from_value(want.clone())?;

@@ -379,3 +379,65 @@ async fn an_artifact_store_that_stalls_mid_download_is_cut_and_resumed() -> anyh
     ensure!(failed == 0 && answered > 100, "{failed} failed ({first_failure:?}), {answered} answered");
     Ok(())
 }
+
+/// Versions that cannot serve never take the serving one down, and a
+/// signature change follows a documented rule: a version that fails its
+/// warm-up is refused (the old one serves, the error is reported); a version
+/// whose input is renamed is served, and requests shaped for the old one get
+/// INVALID_ARGUMENT naming the input the model now takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_warm_up_is_refused_and_a_signature_change_is_served_by_the_rule() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let mut registry = ferry_e2e::start_registry(d, &mlflow.url, &[]).await?;
+    let files = [d.join("mlp.onnx"), d.join("warm-up-fails.onnx"), d.join("renamed.onnx")];
+    ferry_e2e::make_mlp(&files[0], 1)?;
+    // Fails on every input, the warm-up's zeros included.
+    ferry_e2e::make_flaky_twin(&files[0], &files[1], -1.0)?;
+    ferry_e2e::make_renamed_twin(&files[0], &files[2], "features")?;
+    for file in &files {
+        register_file(&mut registry.client, "mlp", file).await?;
+    }
+    let alias = |version: &str| SetAliasRequest {
+        name: "mlp".into(),
+        alias: "champion".into(),
+        version: version.into(),
+        ..Default::default()
+    };
+    registry.client.set_alias(alias("1")).await?;
+    let inf = start_inference(d, &mlflow.url, Some(&registry.url), "mlp@champion", &[]).await?;
+    let row: Vec<f32> = (0..512).map(|j| (j % 7) as f32 / 7.0).collect();
+    wait_serving(&inf.client, "mlp", "1", &row, Duration::from_secs(60)).await.with_context(|| inf.proc.log_tail())?;
+    let callers = Callers::start_on(&inf, "mlp", row.clone());
+
+    // Version 2 fails its warm-up: refused, reported, version 1 serves on.
+    registry.client.set_alias(alias("2")).await?;
+    let status = wait_for("version 2's warm-up to fail", Duration::from_secs(60), || async {
+        let s = ferry_e2e::model_status(&inf, "mlp").await?;
+        Ok((s.last_error.contains("warm-up failed")).then_some(s))
+    })
+    .await
+    .with_context(|| inf.proc.log_tail())?;
+    eprintln!("warm-up failure reported: {}", status.last_error);
+    ensure!(status.serving_version == "1", "{status:?}");
+
+    // Version 3 renames the input: served; the old request shape is refused, naming the new input.
+    let (answered, failed, first_failure) = callers.finish().await?;
+    ensure!(failed == 0, "{failed} failed while version 2 was refused ({first_failure:?}), {answered} answered");
+    registry.client.set_alias(alias("3")).await?;
+    let mut renamed = ferry_e2e::predict_row("mlp", &row);
+    renamed.inputs[0].name = "features".into();
+    wait_for("version 3 to serve", Duration::from_secs(60), || {
+        let (mut c, req) = (inf.client.clone(), renamed.clone());
+        async move { Ok(c.predict(req).await.ok().filter(|r| r.get_ref().model_version == "3")) }
+    })
+    .await
+    .with_context(|| inf.proc.log_tail())?;
+    let old_shape = inf.client.clone().predict(ferry_e2e::predict_row("mlp", &row)).await.unwrap_err();
+    eprintln!("a request for the old signature: {:?}: {}", old_shape.code(), old_shape.message());
+    ensure!(old_shape.code() == Code::InvalidArgument && old_shape.message().contains("features"), "{old_shape:?}");
+    let s = ferry_e2e::model_status(&inf, "mlp").await?;
+    ensure!(s.inputs.first().is_some_and(|i| i.name == "features"), "the status shows the new signature: {s:?}");
+    Ok(())
+}
