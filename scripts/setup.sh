@@ -20,14 +20,16 @@ else
 fi
 echo "setup: ONNX Runtime library: $(ort_library)"
 
-# The Node.js BFF example's packages (npm registry), for its CI test.
-lock="$ROOT/examples/node-bff/package-lock.json"
-node_stamp="$ROOT/examples/node-bff/node_modules/.ferry-lock"
+# npm packages for the Node.js BFF example and the browser console's test (npm registry).
 if command -v npm >/dev/null; then
-  want="$(sha256sum "$lock" | cut -d' ' -f1)"
-  if [ "$(cat "$node_stamp" 2>/dev/null)" != "$want" ]; then
-    echo "setup: installing examples/node-bff's packages (npm ci)..."
-    npm ci --silent --no-audit --no-fund --prefix "$ROOT/examples/node-bff"
-    echo "$want" > "$node_stamp"
-  fi
+  for app in examples/node-bff e2e/console; do
+    lock="$ROOT/$app/package-lock.json"
+    stamp="$ROOT/$app/node_modules/.ferry-lock"
+    want="$(sha256sum "$lock" | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+      echo "setup: installing $app's packages (npm ci)..."
+      npm ci --silent --no-audit --no-fund --prefix "$ROOT/$app"
+      echo "$want" > "$stamp"
+    fi
+  done
 fi

@@ -3,6 +3,7 @@
 //! each, all calling the same `Models` as the gRPC side, in-process. Errors
 //! are mapped to statuses once, in `error.rs`.
 
+mod console;
 mod error;
 #[cfg(test)]
 mod hostile_tests;
@@ -57,6 +58,9 @@ pub(crate) fn router(models: Arc<Models>, rest_output: Option<String>, max_reque
         .route("/invocations", post(mlflow::invocations))
         .route("/openapi.json", get(openapi))
         .route("/v1/models", get(list_models))
+        .route("/console", get(console::page))
+        .route("/v1/console/state", get(console::state))
+        .route("/v1/console/events", get(console::events))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(AppState { models: Arc::clone(&models), rest_output })

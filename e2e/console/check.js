@@ -1,0 +1,42 @@
+// Drives the inference console (services/inference/src/http/console.html) in
+// headless Chromium for e2e/tests/console.rs: the page shows the served
+// model, a prediction through the form returns the class, and a promotion
+// made meanwhile (the test makes it when this prints READY) appears live.
+//
+//   node check.js http://127.0.0.1:8080/console shot.png
+
+'use strict';
+
+const { chromium } = require('playwright-core');
+
+(async () => {
+  const [url, shot] = process.argv.slice(2);
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu'],
+  });
+  try {
+    const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await page.goto(url);
+    await page.waitForSelector('tr[data-model="iris"] td.SERVING', { timeout: 15000 });
+    console.log('SERVED ' + (await page.textContent('tr[data-model="iris"] td.version')));
+    await page.fill('#input-input', '[[5.1, 3.5, 1.4, 0.2]]');
+    await page.click('#predict');
+    await page.waitForSelector('#result:has-text("served by")', { timeout: 15000 });
+    console.log('RESULT ' + JSON.stringify(await page.textContent('#result')));
+    console.log('READY');
+    await page.waitForSelector('#events li:has-text("now serves version 2")', { timeout: 30000 });
+    await page.waitForSelector('tr[data-model="iris"] td.version:has-text("2")', { timeout: 10000 });
+    console.log('EVENT ' + JSON.stringify(await page.textContent('#events li')));
+    await page.screenshot({ path: shot, fullPage: true });
+    if (errors.length) throw new Error('page errors: ' + errors.join('; '));
+    console.log('DONE');
+  } finally {
+    await browser.close();
+  }
+})().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

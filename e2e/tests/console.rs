@@ -1,0 +1,88 @@
+//! The inference console in a real browser (Debian's headless Chromium,
+//! driven by playwright-core from npm): the page shows the served model, a
+//! prediction sent through the form built from the model's signature returns
+//! the expected class with the version that served it, and a promotion made
+//! while the page is open appears live. The screenshot is kept as a test
+//! artifact (`<target dir>/ferry-artifacts/console.png`).
+
+use std::{
+    io::BufRead,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, bail, ensure};
+use ferry_e2e::{register_file, repo_root, serve_iris, train_iris};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_serves_and_follows_live() -> anyhow::Result<()> {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    ensure!(std::path::Path::new(&chromium).exists(), "no Chromium at {chromium} (apt-get install chromium)");
+    let script = repo_root().join("e2e/console/check.js");
+    ensure!(repo_root().join("e2e/console/node_modules").exists(), "run scripts/setup.sh (npm ci in e2e/console)");
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mut stack = serve_iris(d, &[]).await?;
+    let v2 = d.join("iris-2.onnx");
+    train_iris(&v2, 0.05)?;
+    register_file(&mut stack.registry.client, "iris", &v2).await?;
+
+    let artifacts = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join("ferry-artifacts");
+    std::fs::create_dir_all(&artifacts)?;
+    let shot = artifacts.join("console.png");
+    let _ = std::fs::remove_file(&shot);
+    let mut child = Command::new("node")
+        .arg(&script)
+        .arg(format!("{}/console", stack.inference.http))
+        .arg(&shot)
+        .env("CHROMIUM", &chromium)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let outcome = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(line) = rx.recv().await {
+            eprintln!("console: {line}");
+            if line == "READY" {
+                // The promotion, made while the page is open.
+                ferry_e2e::promote(&mut stack.registry.client, "iris", "2").await?;
+            }
+            let done = line == "DONE";
+            lines.push(line);
+            if done {
+                return anyhow::Ok(());
+            }
+        }
+        bail!("the browser script ended early")
+    })
+    .await;
+    let output = child.wait_with_output()?;
+    if !matches!(outcome, Ok(Ok(()))) {
+        bail!("{outcome:?}\n{}\n{}", String::from_utf8_lossy(&output.stderr), stack.inference.proc.log_tail());
+    }
+    let result: String =
+        serde_json::from_str(lines.iter().find_map(|l| l.strip_prefix("RESULT ")).context("no prediction result")?)?;
+    let (served, outputs) = result.split_once('\n').context("the answer and its outputs")?;
+    ensure!(served == "served by iris version 1", "the answer names the version that served: {result}");
+    let outputs: serde_json::Value = serde_json::from_str(outputs)?;
+    // int64 labels travel as JSON strings in the protobuf mapping.
+    let label = &outputs["label"][0];
+    ensure!(label == "0" || label == 0, "the form's row is setosa (class 0): {result}");
+    ensure!(outputs["probabilities"].as_array().map(Vec::len) == Some(3), "{result}");
+    let event = lines.iter().find_map(|l| l.strip_prefix("EVENT ")).context("no live event")?;
+    ensure!(event.contains("iris now serves version 2"), "{event}");
+    let size = std::fs::metadata(&shot)?.len();
+    eprintln!("screenshot: {} ({size} bytes)", shot.display());
+    ensure!(size > 10_000, "a real screenshot");
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! The browser console: one page (`console.html`, compiled into the binary,
+//! no CDN) that shows what this process serves — each model's version,
+//! state, variants and last error, its request rate and latency from the
+//! service's own counters — lists changes live (server-sent events), and
+//! sends a prediction through a form built from the model's signature
+//! (`/v1/predict`, same origin).
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    Json,
+    extract::State,
+    http::header,
+    response::{
+        IntoResponse,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
+use futures::Stream;
+use serde_json::{Value, json};
+
+use super::{AppState, state_name};
+use crate::serving::Models;
+
+/// How often the event stream looks for changes.
+const EVERY: Duration = Duration::from_millis(500);
+
+pub(super) async fn page() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")],
+        include_str!("console.html"),
+    )
+}
+
+/// Every model: what serves, its signature, and cumulative request counters.
+fn snapshot(models: &Models) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let list: Vec<Value> = models
+        .slots()
+        .map(|slot| {
+            let s = slot.status();
+            let spec =
+                |t: &crate::tensor::TensorSpec| json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape});
+            let sig = s.signature.clone().unwrap_or_default();
+            let stats = &slot.stats;
+            json!({
+                "name": s.name,
+                "selector": s.selector,
+                "state": state_name(s.state),
+                "servingVersion": s.serving_version,
+                "lastError": s.last_error,
+                "policyError": s.policy_error,
+                "variants": s.variants.iter().map(|v| json!({
+                    "name": v.name, "weight": v.weight, "state": state_name(v.state),
+                    "servingVersion": v.serving_version, "shadowPercent": v.shadow_percent,
+                })).collect::<Vec<_>>(),
+                "inputs": sig.inputs.iter().map(spec).collect::<Vec<_>>(),
+                "outputs": sig.outputs.iter().map(spec).collect::<Vec<_>>(),
+                "requests": stats.success_count.load(Relaxed),
+                "failures": stats.fail_count.load(Relaxed),
+                "requestNanos": stats.success_ns.load(Relaxed),
+            })
+        })
+        .collect();
+    json!({ "models": list })
+}
+
+pub(super) async fn state(State(st): State<AppState>) -> Json<Value> {
+    Json(snapshot(&st.models))
+}
+
+/// What a change is: versions and states (not counters, which move with every request).
+fn serving_view(snapshot: &Value) -> Value {
+    let models = snapshot["models"].as_array().cloned().unwrap_or_default();
+    Value::Array(
+        models
+            .iter()
+            .map(|m| json!([m["name"], m["servingVersion"], m["state"], m["variants"], m["lastError"]]))
+            .collect(),
+    )
+}
+
+/// `change` events carrying the whole state, sent when what serves changes.
+pub(super) async fn events(State(st): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = futures::stream::unfold((st, Value::Null), |(st, last)| async move {
+        loop {
+            let now = snapshot(&st.models);
+            let view = serving_view(&now);
+            if view != last {
+                let event = Event::default().event("change").data(now.to_string());
+                return Some((Ok(event), (st, view)));
+            }
+            tokio::time::sleep(EVERY).await;
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
