@@ -99,7 +99,20 @@ fn stored_models(root: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn mlflow_killed_mid_registration_and_down_under_load() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let (mut mlflow, mut registry) = two_iris_versions(d).await?;
+    let mut mlflow = Mlflow::start(d).await?;
+    // The registry reaches MLflow through a proxy that can hold one request:
+    // the registration's last step, its version, so that MLflow dies exactly then.
+    let (armed, held) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let upstream = mlflow.url.trim_start_matches("http://").to_owned();
+    let port =
+        faulty_proxy(upstream, "model-versions/create", Fault::HoldRequest, Arc::clone(&armed), Arc::clone(&held))
+            .await?;
+    let mut registry = ferry_e2e::start_registry(d, &format!("http://127.0.0.1:{port}"), &[]).await?;
+    for (i, c) in [1.0, 0.05].into_iter().enumerate() {
+        let file = d.join(format!("iris-{i}.onnx"));
+        ferry_e2e::train_iris(&file, c)?;
+        register_file(&mut registry.client, "iris", &file).await?;
+    }
     let req =
         SetAliasRequest { name: "iris".into(), alias: "champion".into(), version: "1".into(), ..Default::default() };
     registry.client.set_alias(req).await?;
@@ -107,24 +120,30 @@ async fn mlflow_killed_mid_registration_and_down_under_load() -> anyhow::Result<
     wait_serving(&inf.client, "iris", "1", &ROW, Duration::from_secs(60)).await.with_context(|| inf.proc.log_tail())?;
     let callers = Callers::start(&inf);
 
-    // A 21 MB model on its way into MLflow when MLflow dies.
+    // A 21 MB model uploaded into MLflow, its version about to be created, when MLflow dies.
     let big = d.join("mlp.onnx");
     ferry_e2e::make_mlp(&big, 1)?;
-    let before = stored_models(&d.join("artifacts"));
+    let before = stored_models(&d.join("artifacts")).len();
+    armed.store(true, Ordering::SeqCst);
     let registering = {
         let (mut client, big) = (registry.client.clone(), big.clone());
         tokio::spawn(async move { register_file(&mut client, "mlp", &big).await })
     };
-    wait_for("the upload to reach MLflow's store", Duration::from_secs(30), || async {
-        Ok(stored_models(&d.join("artifacts")).len().gt(&before.len()).then_some(()))
+    wait_for("the registration to reach its last step", Duration::from_secs(30), || async {
+        Ok((held.load(Ordering::SeqCst) > 0).then_some(()))
     })
     .await?;
+    ensure!(stored_models(&d.join("artifacts")).len() > before, "the files were uploaded first");
     mlflow.kill();
     let err = registering.await?.expect_err("a registration whose MLflow died cannot succeed");
     let status = err.downcast_ref::<tonic::Status>().context("a gRPC status")?;
     eprintln!("registration as MLflow died: {:?}: {}", status.code(), status.message());
     ensure!(status.code() == Code::Unavailable, "{status:?}");
-    ensure!(status.message().contains("registering \"mlp\""), "the error names the step: {}", status.message());
+    ensure!(
+        status.message().contains("registering \"mlp\": create version"),
+        "the error names the step: {}",
+        status.message()
+    );
 
     // MLflow away: the registry answers UNAVAILABLE fast, naming what it could not do.
     let outage = Instant::now();
@@ -207,6 +226,29 @@ async fn registry_killed_and_restarted_under_load() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// MLflow and the registry with `mlp` versions 1 and 2 (other weights), `@champion` on 1.
+async fn two_mlp_versions(d: &std::path::Path) -> anyhow::Result<(Mlflow, ferry_e2e::Registry)> {
+    let mlflow = Mlflow::start(d).await?;
+    let mut registry = ferry_e2e::start_registry(d, &mlflow.url, &[]).await?;
+    for seed in [1, 2] {
+        let file = d.join(format!("mlp-{seed}.onnx"));
+        ferry_e2e::make_mlp(&file, seed)?;
+        register_file(&mut registry.client, "mlp", &file).await?;
+    }
+    registry.client.set_alias(champion("1")).await?;
+    Ok((mlflow, registry))
+}
+
+/// Points `mlp@champion` at `version`.
+fn champion(version: &str) -> SetAliasRequest {
+    SetAliasRequest { name: "mlp".into(), alias: "champion".into(), version: version.into(), ..Default::default() }
+}
+
+/// One row for the `mlp` models.
+fn mlp_row() -> Vec<f32> {
+    (0..512).map(|j| (j % 7) as f32 / 7.0).collect()
+}
+
 /// Folders under `root` whose names start with `prefix`.
 fn folders(root: &std::path::Path, prefix: &str) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
@@ -229,21 +271,8 @@ fn folders(root: &std::path::Path, prefix: &str) -> Vec<std::path::PathBuf> {
 async fn inference_killed_mid_download_restarts_clean_on_the_right_version() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let mlflow = Mlflow::start(d).await?;
-    let mut registry = ferry_e2e::start_registry(d, &mlflow.url, &[]).await?;
-    for seed in [1, 2] {
-        let file = d.join(format!("mlp-{seed}.onnx"));
-        ferry_e2e::make_mlp(&file, seed)?;
-        register_file(&mut registry.client, "mlp", &file).await?;
-    }
-    let alias = |version: &str| SetAliasRequest {
-        name: "mlp".into(),
-        alias: "champion".into(),
-        version: version.into(),
-        ..Default::default()
-    };
-    registry.client.set_alias(alias("1")).await?;
-    let row: Vec<f32> = (0..512).map(|j| (j % 7) as f32 / 7.0).collect();
+    let (mlflow, mut registry) = two_mlp_versions(d).await?;
+    let row = mlp_row();
     let mut first = start_inference(d, &mlflow.url, Some(&registry.url), "mlp@champion", &[]).await?;
     wait_serving(&first.client, "mlp", "1", &row, Duration::from_secs(60))
         .await
@@ -251,7 +280,7 @@ async fn inference_killed_mid_download_restarts_clean_on_the_right_version() -> 
     let models = first.model_dir.clone();
 
     // Promote version 2 and kill the process as soon as its download has begun.
-    registry.client.set_alias(alias("2")).await?;
+    registry.client.set_alias(champion("2")).await?;
     let phase = wait_for("version 2's download to begin", Duration::from_secs(30), || async {
         if !folders(&models, ".staging-").is_empty() {
             return Ok(Some("downloading"));
@@ -277,23 +306,41 @@ async fn inference_killed_mid_download_restarts_clean_on_the_right_version() -> 
     Ok(())
 }
 
-/// A TCP proxy in front of MLflow that, once armed, lets the next download of
-/// an `.onnx` file through for its headers and 64 KiB, then stalls: the
-/// connection stays open and not another byte comes. Returns its port.
-async fn stalling_proxy(upstream: String, armed: Arc<AtomicBool>, stalls: Arc<AtomicU64>) -> anyhow::Result<u16> {
+/// What the proxy in front of MLflow does to the one request it is armed for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Lets the response through for its headers and 64 KiB, then stalls:
+    /// the connection stays open and not another byte comes.
+    StallResponse,
+    /// Never forwards the request; drops the connection when MLflow goes
+    /// away, as a caller of a dying MLflow sees it.
+    HoldRequest,
+}
+
+/// A TCP proxy in front of MLflow (`upstream`, host:port) that, once `armed`,
+/// applies `fault` to the next request whose start contains `matching`
+/// (counted in `hits`). Returns its port.
+async fn faulty_proxy(
+    upstream: String,
+    matching: &'static str,
+    fault: Fault,
+    armed: Arc<AtomicBool>,
+    hits: Arc<AtomicU64>,
+) -> anyhow::Result<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
             let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
-            let (armed, stalls) = (Arc::clone(&armed), Arc::clone(&stalls));
+            let (armed, hits) = (Arc::clone(&armed), Arc::clone(&hits));
             tokio::spawn(async move {
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
-                // Set by the request direction when it sees the armed download go by.
-                let stall_next = Arc::new(AtomicBool::new(false));
-                let flag = Arc::clone(&stall_next);
+                // Set by the request direction when the armed request goes by.
+                let hit = Arc::new(AtomicBool::new(false));
+                let flag = Arc::clone(&hit);
+                let counted = Arc::clone(&hits);
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 16 << 10];
                     while let Ok(n) = cr.read(&mut buf).await {
@@ -301,8 +348,12 @@ async fn stalling_proxy(upstream: String, armed: Arc<AtomicBool>, stalls: Arc<At
                             break;
                         }
                         let text = String::from_utf8_lossy(&buf[..n]);
-                        if text.starts_with("GET ") && text.contains(".onnx") && armed.swap(false, Ordering::SeqCst) {
+                        if text.contains(matching) && armed.swap(false, Ordering::SeqCst) {
                             flag.store(true, Ordering::SeqCst);
+                            if fault == Fault::HoldRequest {
+                                counted.fetch_add(1, Ordering::SeqCst);
+                                return; // never forwarded
+                            }
                         }
                         if sw.write_all(&buf[..n]).await.is_err() {
                             break;
@@ -315,10 +366,10 @@ async fn stalling_proxy(upstream: String, armed: Arc<AtomicBool>, stalls: Arc<At
                     if n == 0 {
                         break;
                     }
-                    if stall_next.load(Ordering::SeqCst) {
+                    if fault == Fault::StallResponse && hit.load(Ordering::SeqCst) {
                         after += n;
                         if after > 64 << 10 {
-                            stalls.fetch_add(1, Ordering::SeqCst);
+                            hits.fetch_add(1, Ordering::SeqCst);
                             // Hold the connection open, silent, until the client gives up on it.
                             tokio::time::sleep(Duration::from_secs(3600)).await;
                             break;
@@ -328,6 +379,7 @@ async fn stalling_proxy(upstream: String, armed: Arc<AtomicBool>, stalls: Arc<At
                         break;
                     }
                 }
+                // MLflow closed the connection (or died): so does the proxy.
             });
         }
     });
@@ -338,35 +390,22 @@ async fn stalling_proxy(upstream: String, armed: Arc<AtomicBool>, stalls: Arc<At
 async fn an_artifact_store_that_stalls_mid_download_is_cut_and_resumed() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let mlflow = Mlflow::start(d).await?;
-    let mut registry = ferry_e2e::start_registry(d, &mlflow.url, &[]).await?;
-    for seed in [1, 2] {
-        let file = d.join(format!("mlp-{seed}.onnx"));
-        ferry_e2e::make_mlp(&file, seed)?;
-        register_file(&mut registry.client, "mlp", &file).await?;
-    }
-    let alias = |version: &str| SetAliasRequest {
-        name: "mlp".into(),
-        alias: "champion".into(),
-        version: version.into(),
-        ..Default::default()
-    };
-    registry.client.set_alias(alias("1")).await?;
+    let (mlflow, mut registry) = two_mlp_versions(d).await?;
     // Inference reaches MLflow through the proxy; a second without a byte cuts a download.
     let (armed, stalls) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let upstream = mlflow.url.trim_start_matches("http://").to_owned();
-    let port = stalling_proxy(upstream, Arc::clone(&armed), Arc::clone(&stalls)).await?;
+    let port = faulty_proxy(upstream, ".onnx", Fault::StallResponse, Arc::clone(&armed), Arc::clone(&stalls)).await?;
     let through = format!("http://127.0.0.1:{port}");
     let stall = ("FERRY_DOWNLOAD_STALL_MS", "1000".to_owned());
     let inf = start_inference(d, &through, Some(&registry.url), "mlp@champion", &[stall]).await?;
-    let row: Vec<f32> = (0..512).map(|j| (j % 7) as f32 / 7.0).collect();
+    let row = mlp_row();
     wait_serving(&inf.client, "mlp", "1", &row, Duration::from_secs(60)).await.with_context(|| inf.proc.log_tail())?;
     let callers = Callers::start_on(&inf, "mlp", row.clone());
 
     // Version 2's download stalls after 64 KiB; it is cut after a second and resumed.
     armed.store(true, Ordering::SeqCst);
     let started = Instant::now();
-    registry.client.set_alias(alias("2")).await?;
+    registry.client.set_alias(champion("2")).await?;
     wait_serving(&inf.client, "mlp", "2", &row, Duration::from_secs(30)).await.with_context(|| inf.proc.log_tail())?;
     let took = started.elapsed();
     let log = std::fs::read_to_string(&inf.proc.log)?;
@@ -399,20 +438,14 @@ async fn a_failing_warm_up_is_refused_and_a_signature_change_is_served_by_the_ru
     for file in &files {
         register_file(&mut registry.client, "mlp", file).await?;
     }
-    let alias = |version: &str| SetAliasRequest {
-        name: "mlp".into(),
-        alias: "champion".into(),
-        version: version.into(),
-        ..Default::default()
-    };
-    registry.client.set_alias(alias("1")).await?;
+    registry.client.set_alias(champion("1")).await?;
     let inf = start_inference(d, &mlflow.url, Some(&registry.url), "mlp@champion", &[]).await?;
-    let row: Vec<f32> = (0..512).map(|j| (j % 7) as f32 / 7.0).collect();
+    let row = mlp_row();
     wait_serving(&inf.client, "mlp", "1", &row, Duration::from_secs(60)).await.with_context(|| inf.proc.log_tail())?;
     let callers = Callers::start_on(&inf, "mlp", row.clone());
 
     // Version 2 fails its warm-up: refused, reported, version 1 serves on.
-    registry.client.set_alias(alias("2")).await?;
+    registry.client.set_alias(champion("2")).await?;
     let status = wait_for("version 2's warm-up to fail", Duration::from_secs(60), || async {
         let s = ferry_e2e::model_status(&inf, "mlp").await?;
         Ok((s.last_error.contains("warm-up failed")).then_some(s))
@@ -425,7 +458,7 @@ async fn a_failing_warm_up_is_refused_and_a_signature_change_is_served_by_the_ru
     // Version 3 renames the input: served; the old request shape is refused, naming the new input.
     let (answered, failed, first_failure) = callers.finish().await?;
     ensure!(failed == 0, "{failed} failed while version 2 was refused ({first_failure:?}), {answered} answered");
-    registry.client.set_alias(alias("3")).await?;
+    registry.client.set_alias(champion("3")).await?;
     let mut renamed = ferry_e2e::predict_row("mlp", &row);
     renamed.inputs[0].name = "features".into();
     wait_for("version 3 to serve", Duration::from_secs(60), || {
