@@ -81,6 +81,8 @@ async fn the_console_shows_serves_and_follows_live() -> anyhow::Result<()> {
     ensure!(outputs["probabilities"].as_array().map(Vec::len) == Some(3), "{result}");
     let event = lines.iter().find_map(|l| l.strip_prefix("EVENT ")).context("no live event")?;
     ensure!(event.contains("iris now serves version 2"), "{event}");
+    let streamed = lines.iter().find_map(|l| l.strip_prefix("REGISTRY ")).context("no registry event")?;
+    ensure!(streamed.contains("registry #") && streamed.contains("iris"), "the registry's change, live: {streamed}");
     let size = std::fs::metadata(&shot)?.len();
     eprintln!("screenshot: {} ({size} bytes)", shot.display());
     ensure!(size > 10_000, "a real screenshot");

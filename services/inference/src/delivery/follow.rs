@@ -18,6 +18,7 @@ pub(super) async fn follow_registry(
     url: String,
     token: super::BearerToken,
     triggers: HashMap<String, Arc<Trigger>>,
+    models: Arc<crate::serving::Models>,
     connected: watch::Sender<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -40,6 +41,17 @@ pub(super) async fn follow_registry(
                         if change.kind() == ChangeKind::SnapshotEnd {
                             triggers.values().for_each(|n| n.fire(None));
                         } else if let Some(n) = triggers.get(&change.name) {
+                            models.announce(crate::serving::Change {
+                                revision: change.revision,
+                                kind: change
+                                    .kind()
+                                    .as_str_name()
+                                    .trim_start_matches("CHANGE_KIND_")
+                                    .to_ascii_lowercase(),
+                                name: change.name.clone(),
+                                version: change.version.clone(),
+                                alias: change.alias.clone(),
+                            });
                             debug!(revision = change.revision, kind = ?change.kind(), model = %change.name, version = %change.version, "model changed");
                             let observed_at = change.observed_at.and_then(|t| {
                                 SystemTime::UNIX_EPOCH.checked_add(Duration::new(

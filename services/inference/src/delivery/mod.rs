@@ -76,7 +76,7 @@ pub(crate) fn spawn(
         let token = BearerToken::new(cfg.registry_token.as_ref());
         tasks.spawn(report::report_traffic(url.clone(), token.clone(), Arc::clone(&models), shutdown.clone()));
         tasks.spawn(
-            follow::follow_registry(url, token, triggers, connected_tx, shutdown.clone())
+            follow::follow_registry(url, token, triggers, Arc::clone(&models), connected_tx, shutdown.clone())
                 .instrument(info_span!("registry_watch")),
         );
     }

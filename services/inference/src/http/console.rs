@@ -1,7 +1,8 @@
 //! The browser console: one page (`console.html`, compiled into the binary,
 //! no CDN) that shows what this process serves — each model's version,
 //! state, variants and last error, its request rate and latency from the
-//! service's own counters — lists changes live (server-sent events), and
+//! service's own counters — lists changes live (server-sent events: what it
+//! serves, and the registry's `ModelChanged` stream as it arrives), and
 //! sends a prediction through a form built from the model's signature
 //! (`/v1/predict`, same origin).
 
@@ -80,17 +81,29 @@ fn serving_view(snapshot: &Value) -> Value {
     )
 }
 
-/// `change` events carrying the whole state, sent when what serves changes.
+/// `change` events carrying the whole state, sent when what serves changes,
+/// and `registry` events: the changes the registry streams, as they arrive.
 pub(super) async fn events(State(st): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = futures::stream::unfold((st, Value::Null), |(st, last)| async move {
+    let changes = st.models.watch_changes();
+    let stream = futures::stream::unfold((st, changes, Value::Null), |(st, mut changes, last)| async move {
         loop {
             let now = snapshot(&st.models);
             let view = serving_view(&now);
             if view != last {
                 let event = Event::default().event("change").data(now.to_string());
-                return Some((Ok(event), (st, view)));
+                return Some((Ok(event), (st, changes, view)));
             }
-            tokio::time::sleep(EVERY).await;
+            tokio::select! {
+                () = tokio::time::sleep(EVERY) => {}
+                got = changes.recv() => {
+                    if let Ok(c) = got {
+                        let data = json!({"revision": c.revision, "kind": c.kind, "name": c.name,
+                                          "version": c.version, "alias": c.alias});
+                        let event = Event::default().event("registry").data(data.to_string());
+                        return Some((Ok(event), (st, changes, last)));
+                    }
+                }
+            }
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())

@@ -63,6 +63,19 @@ pub struct Models {
     draining: std::sync::atomic::AtomicBool,
     /// One number per routed request, for the weighted choice.
     draws: AtomicU64,
+    /// The registry's changes as this process receives them (for the console).
+    changes: tokio::sync::broadcast::Sender<Change>,
+}
+
+/// A change the registry streamed (`WatchModels`), as the console shows it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub revision: u64,
+    /// `alias_set`, `stage_changed`, `policy_changed`, ...
+    pub kind: String,
+    pub name: String,
+    pub version: String,
+    pub alias: String,
 }
 
 impl Models {
@@ -80,7 +93,24 @@ impl Models {
             return Err("no model configured (use --model name:Stage, name@alias or name/version)".into());
         }
         let (ready, _) = watch::channel(false);
-        Ok(Self { slots, order, ready, draining: std::sync::atomic::AtomicBool::new(false), draws: AtomicU64::new(0) })
+        Ok(Self {
+            slots,
+            order,
+            ready,
+            draining: std::sync::atomic::AtomicBool::new(false),
+            draws: AtomicU64::new(0),
+            // A slow reader misses changes, never holds up delivery.
+            changes: tokio::sync::broadcast::channel(256).0,
+        })
+    }
+
+    /// Passes on a change the registry streamed to whoever watches (none, usually).
+    pub fn announce(&self, change: Change) {
+        let _ = self.changes.send(change);
+    }
+
+    pub fn watch_changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 
     pub fn slot(&self, name: &str) -> Result<&Arc<ModelSlot>, ServeError> {
