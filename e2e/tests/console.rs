@@ -1,9 +1,10 @@
-//! The inference console in a real browser (Debian's headless Chromium,
-//! driven by playwright-core from npm): the page shows the served model, a
+//! The consoles in a real browser (Debian's headless Chromium, driven by
+//! playwright-core from npm). Inference's: the page shows the served model, a
 //! prediction sent through the form built from the model's signature returns
 //! the expected class with the version that served it, and a promotion made
-//! while the page is open appears live. The screenshot is kept as a test
-//! artifact (`<target dir>/ferry-artifacts/console.png`).
+//! while the page is open appears live. The registry's: the model with its
+//! aliases and moves, and a move made meanwhile, live. Screenshots are kept
+//! as test artifacts (`<target dir>/ferry-artifacts/`).
 
 use std::{
     io::BufRead,
@@ -86,5 +87,67 @@ async fn the_console_shows_serves_and_follows_live() -> anyhow::Result<()> {
     let size = std::fs::metadata(&shot)?.len();
     eprintln!("screenshot: {} ({size} bytes)", shot.display());
     ensure!(size > 10_000, "a real screenshot");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_console_lists_models_and_follows_moves_live() -> anyhow::Result<()> {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    ensure!(std::path::Path::new(&chromium).exists(), "no Chromium at {chromium} (apt-get install chromium)");
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let (_mlflow, mut registry) = ferry_e2e::two_iris_versions(d).await?;
+    let alias = |version: &str, reason: &str| ferry_proto::registry::v1::SetAliasRequest {
+        name: "iris".into(),
+        alias: "champion".into(),
+        version: version.into(),
+        reason: reason.into(),
+    };
+    registry.client.set_alias(alias("1", "first model")).await?;
+    let artifacts = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+        .join("ferry-artifacts");
+    std::fs::create_dir_all(&artifacts)?;
+    let shot = artifacts.join("registry-console.png");
+    let _ = std::fs::remove_file(&shot);
+    let mut child = Command::new("node")
+        .arg(repo_root().join("e2e/console/check-registry.js"))
+        .arg(format!("{}/console", registry.http))
+        .arg(&shot)
+        .env("CHROMIUM", &chromium)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let outcome = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(line) = rx.recv().await {
+            eprintln!("registry console: {line}");
+            if line == "READY" {
+                registry.client.set_alias(alias("2", "better on the hold-out")).await?;
+            }
+            let done = line == "DONE";
+            lines.push(line);
+            if done {
+                return anyhow::Ok(());
+            }
+        }
+        bail!("the browser script ended early")
+    })
+    .await;
+    let output = child.wait_with_output()?;
+    if !matches!(outcome, Ok(Ok(()))) {
+        bail!("{outcome:?}\n{}\n{}", String::from_utf8_lossy(&output.stderr), registry.proc.log_tail());
+    }
+    let row = lines.iter().find_map(|l| l.strip_prefix("ROW ")).context("no updated row")?;
+    ensure!(row.contains("@champion → 2") && row.contains("by anonymous"), "the move and who made it: {row}");
+    ensure!(std::fs::metadata(&shot)?.len() > 10_000, "a real screenshot");
     Ok(())
 }

@@ -42,7 +42,8 @@ pub(crate) fn router(registry: Registry, auth: Auth, webhooks: Option<Arc<Verifi
         .route("/register-model", post(register_model).layer(DefaultBodyLimit::disable()))
         .route("/set-model-stage", put(set_model_stage))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(AppState { registry, auth, webhooks })
+        .with_state(AppState { registry: registry.clone(), auth: auth.clone(), webhooks })
+        .merge(crate::console::routes(registry, auth))
 }
 
 /// The one mapping from registry errors to HTTP statuses.

@@ -5,6 +5,7 @@
 mod adapter_tests;
 pub mod auth;
 pub mod config;
+mod console;
 mod convert;
 pub mod error;
 mod grpc;
