@@ -15,30 +15,33 @@ use std::{
 use anyhow::{Context, bail, ensure};
 use ferry_e2e::{register_file, repo_root, serve_iris, train_iris};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_console_shows_serves_and_follows_live() -> anyhow::Result<()> {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    ensure!(std::path::Path::new(&chromium).exists(), "no Chromium at {chromium} (apt-get install chromium)");
-    let script = repo_root().join("e2e/console/check.js");
-    ensure!(repo_root().join("e2e/console/node_modules").exists(), "run scripts/setup.sh (npm ci in e2e/console)");
-    let dir = tempfile::tempdir()?;
-    let d = dir.path();
-    let mut stack = serve_iris(d, &[]).await?;
-    let v2 = d.join("iris-2.onnx");
-    train_iris(&v2, 0.05)?;
-    register_file(&mut stack.registry.client, "iris", &v2).await?;
-
-    let artifacts = std::env::var_os("CARGO_TARGET_DIR")
+/// Where screenshots are kept: `<target dir>/ferry-artifacts/<name>`.
+fn artifact(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"))
         .join("ferry-artifacts");
-    std::fs::create_dir_all(&artifacts)?;
-    let shot = artifacts.join("console.png");
-    let _ = std::fs::remove_file(&shot);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    Ok(path)
+}
+
+/// Runs a browser script from `e2e/console` on `url` in headless Chromium,
+/// calls `on_ready` when it prints READY (the test's move, made while the page
+/// is open), and returns what it printed once it prints DONE.
+async fn drive<F, Fut>(script: &str, url: &str, shot: &std::path::Path, mut on_ready: F) -> anyhow::Result<Vec<String>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    ensure!(std::path::Path::new(&chromium).exists(), "no Chromium at {chromium} (apt-get install chromium)");
+    ensure!(repo_root().join("e2e/console/node_modules").exists(), "run scripts/setup.sh (npm ci in e2e/console)");
     let mut child = Command::new("node")
-        .arg(&script)
-        .arg(format!("{}/console", stack.inference.http))
-        .arg(&shot)
+        .arg(repo_root().join("e2e/console").join(script))
+        .arg(url)
+        .arg(shot)
         .env("CHROMIUM", &chromium)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -53,10 +56,9 @@ async fn the_console_shows_serves_and_follows_live() -> anyhow::Result<()> {
     let mut lines = Vec::new();
     let outcome = tokio::time::timeout(Duration::from_secs(90), async {
         while let Some(line) = rx.recv().await {
-            eprintln!("console: {line}");
+            eprintln!("{script}: {line}");
             if line == "READY" {
-                // The promotion, made while the page is open.
-                ferry_e2e::promote(&mut stack.registry.client, "iris", "2").await?;
+                on_ready().await?;
             }
             let done = line == "DONE";
             lines.push(line);
@@ -69,8 +71,31 @@ async fn the_console_shows_serves_and_follows_live() -> anyhow::Result<()> {
     .await;
     let output = child.wait_with_output()?;
     if !matches!(outcome, Ok(Ok(()))) {
-        bail!("{outcome:?}\n{}\n{}", String::from_utf8_lossy(&output.stderr), stack.inference.proc.log_tail());
+        bail!("{outcome:?}\n{}", String::from_utf8_lossy(&output.stderr));
     }
+    ensure!(std::fs::metadata(shot)?.len() > 10_000, "a real screenshot at {}", shot.display());
+    eprintln!("screenshot: {}", shot.display());
+    Ok(lines)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_serves_and_follows_live() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let stack = serve_iris(d, &[]).await?;
+    let client = stack.registry.client.clone();
+    let v2 = d.join("iris-2.onnx");
+    train_iris(&v2, 0.05)?;
+    register_file(&mut client.clone(), "iris", &v2).await?;
+    let shot = artifact("console.png")?;
+    let url = format!("{}/console", stack.inference.http);
+    let lines = drive("check.js", &url, &shot, || {
+        // The promotion, made while the page is open.
+        let mut c = client.clone();
+        async move { ferry_e2e::promote(&mut c, "iris", "2").await }
+    })
+    .await
+    .with_context(|| stack.inference.proc.log_tail())?;
     let result: String =
         serde_json::from_str(lines.iter().find_map(|l| l.strip_prefix("RESULT ")).context("no prediction result")?)?;
     let (served, outputs) = result.split_once('\n').context("the answer and its outputs")?;
@@ -84,16 +109,11 @@ async fn the_console_shows_serves_and_follows_live() -> anyhow::Result<()> {
     ensure!(event.contains("iris now serves version 2"), "{event}");
     let streamed = lines.iter().find_map(|l| l.strip_prefix("REGISTRY ")).context("no registry event")?;
     ensure!(streamed.contains("registry #") && streamed.contains("iris"), "the registry's change, live: {streamed}");
-    let size = std::fs::metadata(&shot)?.len();
-    eprintln!("screenshot: {} ({size} bytes)", shot.display());
-    ensure!(size > 10_000, "a real screenshot");
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_console_lists_models_and_follows_moves_live() -> anyhow::Result<()> {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    ensure!(std::path::Path::new(&chromium).exists(), "no Chromium at {chromium} (apt-get install chromium)");
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let (_mlflow, mut registry) = ferry_e2e::two_iris_versions(d).await?;
@@ -104,50 +124,15 @@ async fn the_registry_console_lists_models_and_follows_moves_live() -> anyhow::R
         reason: reason.into(),
     };
     registry.client.set_alias(alias("1", "first model")).await?;
-    let artifacts = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
-        .join("ferry-artifacts");
-    std::fs::create_dir_all(&artifacts)?;
-    let shot = artifacts.join("registry-console.png");
-    let _ = std::fs::remove_file(&shot);
-    let mut child = Command::new("node")
-        .arg(repo_root().join("e2e/console/check-registry.js"))
-        .arg(format!("{}/console", registry.http))
-        .arg(&shot)
-        .env("CHROMIUM", &chromium)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut lines = Vec::new();
-    let outcome = tokio::time::timeout(Duration::from_secs(90), async {
-        while let Some(line) = rx.recv().await {
-            eprintln!("registry console: {line}");
-            if line == "READY" {
-                registry.client.set_alias(alias("2", "better on the hold-out")).await?;
-            }
-            let done = line == "DONE";
-            lines.push(line);
-            if done {
-                return anyhow::Ok(());
-            }
-        }
-        bail!("the browser script ended early")
+    let shot = artifact("registry-console.png")?;
+    let client = registry.client.clone();
+    let lines = drive("check-registry.js", &format!("{}/console", registry.http), &shot, || {
+        let (mut c, req) = (client.clone(), alias("2", "better on the hold-out"));
+        async move { c.set_alias(req).await.map(drop).map_err(anyhow::Error::from) }
     })
-    .await;
-    let output = child.wait_with_output()?;
-    if !matches!(outcome, Ok(Ok(()))) {
-        bail!("{outcome:?}\n{}\n{}", String::from_utf8_lossy(&output.stderr), registry.proc.log_tail());
-    }
+    .await
+    .with_context(|| registry.proc.log_tail())?;
     let row = lines.iter().find_map(|l| l.strip_prefix("ROW ")).context("no updated row")?;
     ensure!(row.contains("@champion → 2") && row.contains("by anonymous"), "the move and who made it: {row}");
-    ensure!(std::fs::metadata(&shot)?.len() > 10_000, "a real screenshot");
     Ok(())
 }
