@@ -78,21 +78,30 @@ fn mlflow_alias(mlflow: &Mlflow, alias: &str, version: &str) -> anyhow::Result<(
     python(&code, &[("MLFLOW_TRACKING_URI", &mlflow.url)]).map(drop)
 }
 
-/// The `.onnx` files under MLflow's artifact store.
-fn stored_models(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+/// Every file and folder under `root`, with whether it is a folder.
+fn tree(root: &std::path::Path) -> Vec<(std::path::PathBuf, bool)> {
     let mut out = Vec::new();
     let mut dirs = vec![root.to_owned()];
     while let Some(d) = dirs.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let p = e.path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.extension().is_some_and(|x| x == "onnx") {
-                out.push(p);
+            let is_dir = p.is_dir();
+            if is_dir {
+                dirs.push(p.clone());
             }
+            out.push((p, is_dir));
         }
     }
     out
+}
+
+/// The `.onnx` files under MLflow's artifact store.
+fn stored_models(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    tree(root)
+        .into_iter()
+        .filter(|(p, dir)| !dir && p.extension().is_some_and(|x| x == "onnx"))
+        .map(|(p, _)| p)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,20 +260,11 @@ fn mlp_row() -> Vec<f32> {
 
 /// Folders under `root` whose names start with `prefix`.
 fn folders(root: &std::path::Path, prefix: &str) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root.to_owned()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                if e.file_name().to_string_lossy().starts_with(prefix) {
-                    out.push(p.clone());
-                }
-                dirs.push(p);
-            }
-        }
-    }
-    out
+    tree(root)
+        .into_iter()
+        .filter(|(p, dir)| *dir && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+        .map(|(p, _)| p)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
