@@ -4,8 +4,8 @@ whose input `input` is float [N, K]: the same answers, but either slower
 (--spin N: an ONNX Loop of N iterations on every call, about 0.7 us each on a
 2-core test machine), failing on some inputs (--fail-above X: ONNX Runtime
 refuses any call whose first column exceeds X; -1 fails on the zeros of a
-warm-up too), or with its input renamed (--rename-input NAME: a signature
-change). Challengers and faults for the tests.
+warm-up too), with its input renamed (--rename-input NAME: a signature
+change), or larger (--pad-mb N: an unused initializer of N MB). Challengers and faults for the tests.
 
     python make_twin.py --src mlp.onnx --dst slow.onnx --spin 100000
     python make_twin.py --src mlp.onnx --dst flaky.onnx --fail-above 0.6
@@ -30,10 +30,16 @@ def main() -> None:
     kind.add_argument("--spin", type=int, help="Loop iterations per call")
     kind.add_argument("--fail-above", type=float, help="fail calls whose input[:, 0] exceeds this")
     kind.add_argument("--rename-input", help="the input's new name")
+    kind.add_argument("--pad-mb", type=int, help="the same model, this many MB larger (an unused initializer)")
     args = ap.parse_args()
 
     m = onnx.load(args.src)
     g = m.graph
+    if args.pad_mb:
+        g.initializer.append(numpy_helper.from_array(np.zeros(args.pad_mb << 18, np.float32), "padding"))
+        onnx.checker.check_model(m)
+        onnx.save(m, args.dst)
+        return
     if args.rename_input:
         for i in g.input:
             if i.name == "input":

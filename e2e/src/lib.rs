@@ -834,6 +834,12 @@ pub fn make_renamed_twin(src: &Path, dst: &Path, name: &str) -> anyhow::Result<(
     python_script("make_twin.py", &["--src", &src, "--dst", &dst, "--rename-input", name], &[]).map(drop)
 }
 
+/// Writes a twin of the [`make_mlp`] model at `src`, `mb` MB larger (an unused initializer).
+pub fn make_padded_twin(src: &Path, dst: &Path, mb: u32) -> anyhow::Result<()> {
+    let (src, dst, mb) = (src.display().to_string(), dst.display().to_string(), mb.to_string());
+    python_script("make_twin.py", &["--src", &src, "--dst", &dst, "--pad-mb", &mb], &[]).map(drop)
+}
+
 /// Checks float32 outputs against Python onnxruntime's, to 1e-5.
 pub fn assert_close(got: &[f32], want: &serde_json::Value) -> anyhow::Result<()> {
     let want: Vec<f64> = serde_json::from_value(want.clone())?;

@@ -420,8 +420,9 @@ async fn an_artifact_store_that_stalls_mid_download_is_cut_and_resumed() -> anyh
 }
 
 /// Versions that cannot serve never take the serving one down, and a
-/// signature change follows a documented rule: a version that fails its
-/// warm-up is refused (the old one serves, the error is reported); a version
+/// signature change follows a documented rule: a version over the size limit
+/// or one that fails its warm-up is refused (the old one serves, the error is
+/// reported); a version
 /// whose input is renamed is served, and requests shaped for the old one get
 /// INVALID_ARGUMENT naming the input the model now takes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -430,19 +431,33 @@ async fn a_failing_warm_up_is_refused_and_a_signature_change_is_served_by_the_ru
     let d = dir.path();
     let mlflow = Mlflow::start(d).await?;
     let mut registry = ferry_e2e::start_registry(d, &mlflow.url, &[]).await?;
-    let files = [d.join("mlp.onnx"), d.join("warm-up-fails.onnx"), d.join("renamed.onnx")];
+    let files = [d.join("mlp.onnx"), d.join("warm-up-fails.onnx"), d.join("renamed.onnx"), d.join("too-big.onnx")];
     ferry_e2e::make_mlp(&files[0], 1)?;
     // Fails on every input, the warm-up's zeros included.
     ferry_e2e::make_flaky_twin(&files[0], &files[1], -1.0)?;
     ferry_e2e::make_renamed_twin(&files[0], &files[2], "features")?;
+    // 21 MB + 16 MB: over the 32 MB this inference process accepts.
+    ferry_e2e::make_padded_twin(&files[0], &files[3], 16)?;
     for file in &files {
         register_file(&mut registry.client, "mlp", file).await?;
     }
     registry.client.set_alias(champion("1")).await?;
-    let inf = start_inference(d, &mlflow.url, Some(&registry.url), "mlp@champion", &[]).await?;
+    let limit = ("FERRY_MAX_MODEL_BYTES", (32u64 << 20).to_string());
+    let inf = start_inference(d, &mlflow.url, Some(&registry.url), "mlp@champion", &[limit]).await?;
     let row = mlp_row();
     wait_serving(&inf.client, "mlp", "1", &row, Duration::from_secs(60)).await.with_context(|| inf.proc.log_tail())?;
     let callers = Callers::start_on(&inf, "mlp", row.clone());
+
+    // Version 4 is over the size limit: refused before it is downloaded whole, version 1 serves on.
+    registry.client.set_alias(champion("4")).await?;
+    let status = wait_for("version 4 to be refused for its size", Duration::from_secs(60), || async {
+        let s = ferry_e2e::model_status(&inf, "mlp").await?;
+        Ok((s.last_error.contains("limit")).then_some(s))
+    })
+    .await
+    .with_context(|| inf.proc.log_tail())?;
+    eprintln!("over the limit: {}", status.last_error);
+    ensure!(status.serving_version == "1", "{status:?}");
 
     // Version 2 fails its warm-up: refused, reported, version 1 serves on.
     registry.client.set_alias(champion("2")).await?;
