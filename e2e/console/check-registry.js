@@ -7,33 +7,18 @@
 
 'use strict';
 
-const { chromium } = require('playwright-core');
+const { run } = require('./browser');
 
-(async () => {
-  const [url, shot] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu'],
-  });
-  try {
-    const page = await browser.newPage({ viewport: { width: 1300, height: 800 } });
-    const errors = [];
-    page.on('pageerror', (e) => errors.push(String(e)));
-    await page.goto(url);
-    await page.waitForSelector('tr[data-model="iris"] td.aliases:has-text("@champion → 1")', { timeout: 15000 });
-    console.log('LISTED ' + JSON.stringify(await page.textContent('tr[data-model="iris"]')));
-    console.log('READY');
-    await page.waitForSelector('#events li:has-text("iris@champion → 2")', { timeout: 30000 });
-    console.log('EVENT ' + JSON.stringify(await page.textContent('#events li:has-text("iris@champion")')));
-    await page.waitForSelector('tr[data-model="iris"]:has-text("better on the hold-out")', { timeout: 10000 });
-    console.log('ROW ' + JSON.stringify(await page.textContent('tr[data-model="iris"]')));
-    await page.screenshot({ path: shot, fullPage: true });
-    if (errors.length) throw new Error('page errors: ' + errors.join('; '));
-    console.log('DONE');
-  } finally {
-    await browser.close();
-  }
-})().catch((e) => {
-  console.error(e);
-  process.exit(1);
+const [url, shot] = process.argv.slice(2);
+
+run({ width: 1300, height: 800 }, async (page) => {
+  await page.goto(url);
+  await page.waitForSelector('tr[data-model="iris"] td.aliases:has-text("@champion → 1")', { timeout: 15000 });
+  console.log('LISTED ' + JSON.stringify(await page.textContent('tr[data-model="iris"]')));
+  console.log('READY');
+  await page.waitForSelector('#events li:has-text("iris@champion → 2")', { timeout: 30000 });
+  console.log('EVENT ' + JSON.stringify(await page.textContent('#events li:has-text("iris@champion")')));
+  await page.waitForSelector('tr[data-model="iris"]:has-text("better on the hold-out")', { timeout: 10000 });
+  console.log('ROW ' + JSON.stringify(await page.textContent('tr[data-model="iris"]')));
+  await page.screenshot({ path: shot, fullPage: true });
 });

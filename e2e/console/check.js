@@ -7,38 +7,23 @@
 
 'use strict';
 
-const { chromium } = require('playwright-core');
+const { run } = require('./browser');
 
-(async () => {
-  const [url, shot] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu'],
-  });
-  try {
-    const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
-    const errors = [];
-    page.on('pageerror', (e) => errors.push(String(e)));
-    await page.goto(url);
-    await page.waitForSelector('tr[data-model="iris"] td.SERVING', { timeout: 15000 });
-    console.log('SERVED ' + (await page.textContent('tr[data-model="iris"] td.version')));
-    await page.fill('#input-input', '[[5.1, 3.5, 1.4, 0.2]]');
-    await page.click('#predict');
-    await page.waitForSelector('#result:has-text("served by")', { timeout: 15000 });
-    console.log('RESULT ' + JSON.stringify(await page.textContent('#result')));
-    console.log('READY');
-    await page.waitForSelector('#events li:has-text("registry #")', { timeout: 30000 });
-    console.log('REGISTRY ' + JSON.stringify(await page.textContent('#events li:has-text("registry #")')));
-    await page.waitForSelector('#events li:has-text("now serves version 2")', { timeout: 30000 });
-    await page.waitForSelector('tr[data-model="iris"] td.version:has-text("2")', { timeout: 10000 });
-    console.log('EVENT ' + JSON.stringify(await page.textContent('#events li:has-text("now serves")')));
-    await page.screenshot({ path: shot, fullPage: true });
-    if (errors.length) throw new Error('page errors: ' + errors.join('; '));
-    console.log('DONE');
-  } finally {
-    await browser.close();
-  }
-})().catch((e) => {
-  console.error(e);
-  process.exit(1);
+const [url, shot] = process.argv.slice(2);
+
+run({ width: 1200, height: 900 }, async (page) => {
+  await page.goto(url);
+  await page.waitForSelector('tr[data-model="iris"] td.SERVING', { timeout: 15000 });
+  console.log('SERVED ' + (await page.textContent('tr[data-model="iris"] td.version')));
+  await page.fill('#input-input', '[[5.1, 3.5, 1.4, 0.2]]');
+  await page.click('#predict');
+  await page.waitForSelector('#result:has-text("served by")', { timeout: 15000 });
+  console.log('RESULT ' + JSON.stringify(await page.textContent('#result')));
+  console.log('READY');
+  await page.waitForSelector('#events li:has-text("registry #")', { timeout: 30000 });
+  console.log('REGISTRY ' + JSON.stringify(await page.textContent('#events li:has-text("registry #")')));
+  await page.waitForSelector('#events li:has-text("now serves version 2")', { timeout: 30000 });
+  await page.waitForSelector('tr[data-model="iris"] td.version:has-text("2")', { timeout: 10000 });
+  console.log('EVENT ' + JSON.stringify(await page.textContent('#events li:has-text("now serves")')));
+  await page.screenshot({ path: shot, fullPage: true });
 });

@@ -34,13 +34,20 @@ pub enum Role {
     Admin,
 }
 
+impl Access {
+    /// The least role that may make such a call.
+    fn least_role(self) -> Role {
+        match self {
+            Access::Read => Role::Read,
+            Access::Report => Role::Replica,
+            Access::Write => Role::Write,
+        }
+    }
+}
+
 impl Role {
     fn allows(self, access: Access) -> bool {
-        match access {
-            Access::Read => true,
-            Access::Report => self >= Role::Replica,
-            Access::Write => self >= Role::Write,
-        }
+        self >= access.least_role()
     }
 
     fn parse(s: &str) -> Option<Self> {
@@ -157,14 +164,10 @@ impl Auth {
         }
         let (name, role) = found.ok_or_else(|| RegistryError::Unauthenticated("invalid bearer token".into()))?;
         if !role.allows(access) {
-            let needs = match access {
-                Access::Read => "read",
-                Access::Report => "replica",
-                Access::Write => "write",
-            };
             return Err(RegistryError::PermissionDenied(format!(
-                "token {name:?} has role {}; this call needs {needs} or above",
-                role.as_str()
+                "token {name:?} has role {}; this call needs {} or above",
+                role.as_str(),
+                access.least_role().as_str()
             )));
         }
         Ok(name.clone())

@@ -138,20 +138,17 @@ pub async fn run(registry: Registry, traffic: Arc<Traffic>) {
                 continue;
             };
             let (now_variant, now_other) = (traffic.figures(&model, &plan.variant), traffic.figures(&model, &other));
-            let s = steps.entry(model.clone()).or_insert_with(|| Step {
-                source: text.clone(),
-                started: Instant::now(),
-                variant: now_variant.clone(),
-                other: now_other.clone(),
-            });
-            if s.source != text {
-                *s = Step {
+            // A new step (or a policy edited under it) starts counting from here.
+            if steps.get(&model).is_none_or(|s| s.source != text) {
+                let step = Step {
                     source: text.clone(),
                     started: Instant::now(),
                     variant: now_variant.clone(),
                     other: now_other.clone(),
                 };
+                steps.insert(model.clone(), step);
             }
+            let Some(s) = steps.get(&model) else { continue };
             let (variant_fig, other_fig) = (now_variant.since(&s.variant), now_other.since(&s.other));
             let (decision, measured) = plan.decide(step, s.started.elapsed().as_secs(), &variant_fig, &other_fig);
             let figures = serde_json::to_value(&measured).unwrap_or_default();

@@ -20,7 +20,7 @@ use axum::{
 use futures::Stream;
 use serde_json::{Value, json};
 
-use super::{AppState, state_name};
+use super::{AppState, model_json};
 use crate::serving::Models;
 
 /// How often the event stream looks for changes.
@@ -33,34 +33,22 @@ pub(super) async fn page() -> impl IntoResponse {
     )
 }
 
-/// Every model: what serves, its signature, and cumulative request counters.
+/// Every model as `/v1/models` shows it, with its signature and cumulative request counters.
 fn snapshot(models: &Models) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
+    let spec = |t: &crate::tensor::TensorSpec| json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape});
     let list: Vec<Value> = models
         .slots()
         .map(|slot| {
-            let s = slot.status();
-            let spec =
-                |t: &crate::tensor::TensorSpec| json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape});
-            let sig = s.signature.clone().unwrap_or_default();
-            let stats = &slot.stats;
-            json!({
-                "name": s.name,
-                "selector": s.selector,
-                "state": state_name(s.state),
-                "servingVersion": s.serving_version,
-                "lastError": s.last_error,
-                "policyError": s.policy_error,
-                "variants": s.variants.iter().map(|v| json!({
-                    "name": v.name, "weight": v.weight, "state": state_name(v.state),
-                    "servingVersion": v.serving_version, "shadowPercent": v.shadow_percent,
-                })).collect::<Vec<_>>(),
-                "inputs": sig.inputs.iter().map(spec).collect::<Vec<_>>(),
-                "outputs": sig.outputs.iter().map(spec).collect::<Vec<_>>(),
-                "requests": stats.success_count.load(Relaxed),
-                "failures": stats.fail_count.load(Relaxed),
-                "requestNanos": stats.success_ns.load(Relaxed),
-            })
+            let status = slot.status();
+            let mut m = model_json(&status);
+            let sig = status.signature.unwrap_or_default();
+            m["inputs"] = sig.inputs.iter().map(spec).collect();
+            m["outputs"] = sig.outputs.iter().map(spec).collect();
+            m["requests"] = json!(slot.stats.success_count.load(Relaxed));
+            m["failures"] = json!(slot.stats.fail_count.load(Relaxed));
+            m["requestNanos"] = json!(slot.stats.success_ns.load(Relaxed));
+            m
         })
         .collect();
     json!({ "models": list })

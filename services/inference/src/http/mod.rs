@@ -74,39 +74,37 @@ async fn openapi() -> impl IntoResponse {
 }
 
 async fn list_models(State(st): State<AppState>) -> Json<Value> {
-    let models: Vec<Value> = st
-        .models
-        .slots()
-        .map(|s| {
-            let s = s.status();
-            let variants: Vec<Value> = s
-                .variants
-                .iter()
-                .map(|v| {
-                    json!({
-                        "name": v.name, "selector": v.selector, "weight": v.weight, "state": state_name(v.state),
-                        "servingVersion": v.serving_version, "lastError": v.last_error,
-                        "pinned": v.pinned, "shadowPercent": v.shadow_percent, "shadowCompared": v.shadow_compared,
-                        "shadowDropped": v.shadow_dropped, "shadowFailed": v.shadow_failed,
-                        "agreement": v.agreement, "meanAbsDiff": v.mean_abs_diff,
-                    })
-                })
-                .collect();
+    let models: Vec<Value> = st.models.slots().map(|s| model_json(&s.status())).collect();
+    Json(json!({ "models": models }))
+}
+
+/// One model as `/v1/models` (and the console) show it.
+fn model_json(s: &crate::serving::SlotStatus) -> Value {
+    let variants: Vec<Value> = s
+        .variants
+        .iter()
+        .map(|v| {
             json!({
-                "name": s.name,
-                "selector": s.selector,
-                "state": state_name(s.state),
-                "variants": variants,
-                "policyError": s.policy_error,
-                "pinned": s.pinned,
-                "servingVersion": s.serving_version,
-                "sha256": s.sha256,
-                "verified": s.verified,
-                "lastError": s.last_error,
+                "name": v.name, "selector": v.selector, "weight": v.weight, "state": state_name(v.state),
+                "servingVersion": v.serving_version, "lastError": v.last_error,
+                "pinned": v.pinned, "shadowPercent": v.shadow_percent, "shadowCompared": v.shadow_compared,
+                "shadowDropped": v.shadow_dropped, "shadowFailed": v.shadow_failed,
+                "agreement": v.agreement, "meanAbsDiff": v.mean_abs_diff,
             })
         })
         .collect();
-    Json(json!({ "models": models }))
+    json!({
+        "name": s.name,
+        "selector": s.selector,
+        "state": state_name(s.state),
+        "variants": variants,
+        "policyError": s.policy_error,
+        "pinned": s.pinned,
+        "servingVersion": s.serving_version,
+        "sha256": s.sha256,
+        "verified": s.verified,
+        "lastError": s.last_error,
+    })
 }
 
 fn state_name(s: SlotState) -> &'static str {
