@@ -23,6 +23,8 @@ use ferry_proto::{
 };
 use tonic::transport::Channel;
 
+pub mod fleet;
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e sits inside the repo").to_owned()

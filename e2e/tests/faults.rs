@@ -391,13 +391,14 @@ async fn an_artifact_store_that_stalls_mid_download_is_cut_and_resumed() -> anyh
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let (mlflow, mut registry) = two_mlp_versions(d).await?;
-    // Inference reaches MLflow through the proxy; a second without a byte cuts a download.
+    // Inference reaches MLflow through the proxy, on its own (as when the
+    // registry is away): a second without a byte cuts a download.
     let (armed, stalls) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let upstream = mlflow.url.trim_start_matches("http://").to_owned();
     let port = faulty_proxy(upstream, ".onnx", Fault::StallResponse, Arc::clone(&armed), Arc::clone(&stalls)).await?;
     let through = format!("http://127.0.0.1:{port}");
     let stall = ("FERRY_DOWNLOAD_STALL_MS", "1000".to_owned());
-    let inf = start_inference(d, &through, Some(&registry.url), "mlp@champion", &[stall]).await?;
+    let inf = start_inference(d, &through, None, "mlp@champion", &[stall]).await?;
     let row = mlp_row();
     wait_serving(&inf.client, "mlp", "1", &row, Duration::from_secs(60)).await.with_context(|| inf.proc.log_tail())?;
     let callers = Callers::start_on(&inf, "mlp", row.clone());
@@ -412,6 +413,50 @@ async fn an_artifact_store_that_stalls_mid_download_is_cut_and_resumed() -> anyh
     eprintln!("version 2 served {took:?} after its promotion, through {} stall(s)", stalls.load(Ordering::SeqCst));
     ensure!(stalls.load(Ordering::SeqCst) == 1, "the download was stalled once");
     ensure!(log.contains("no data for 1s") && log.contains("resuming"), "cut and resumed:\n{}", inf.proc.log_tail());
+
+    let (answered, failed, first_failure) = callers.finish().await?;
+    eprintln!("callers: {answered} answered, {failed} failed");
+    ensure!(failed == 0 && answered > 100, "{failed} failed ({first_failure:?}), {answered} answered");
+    Ok(())
+}
+
+/// The registry serves model files to the fleet; when MLflow stalls the
+/// registry's own download, the registry gives up after its stall limit and
+/// the replica reads the version from MLflow itself: served, no caller failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mlflow_stalling_the_registrys_download_sends_replicas_to_mlflow() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let (armed, stalls) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let upstream = mlflow.url.trim_start_matches("http://").to_owned();
+    let port = faulty_proxy(upstream, ".onnx", Fault::StallResponse, Arc::clone(&armed), Arc::clone(&stalls)).await?;
+    let through = format!("http://127.0.0.1:{port}");
+    let stall = ("FERRY_DOWNLOAD_STALL_MS", "1000".to_owned());
+    let mut registry = ferry_e2e::start_registry(d, &through, &[stall]).await?;
+    for seed in [1, 2] {
+        let file = d.join(format!("mlp-{seed}.onnx"));
+        ferry_e2e::make_mlp(&file, seed)?;
+        register_file(&mut registry.client, "mlp", &file).await?;
+    }
+    registry.client.set_alias(champion("1")).await?;
+    let inf = start_inference(d, &mlflow.url, Some(&registry.url), "mlp@champion", &[]).await?;
+    let row = mlp_row();
+    wait_serving(&inf.client, "mlp", "1", &row, Duration::from_secs(60)).await.with_context(|| inf.proc.log_tail())?;
+    let callers = Callers::start_on(&inf, "mlp", row.clone());
+
+    armed.store(true, Ordering::SeqCst);
+    registry.client.set_alias(champion("2")).await?;
+    wait_serving(&inf.client, "mlp", "2", &row, Duration::from_secs(30)).await.with_context(|| inf.proc.log_tail())?;
+    ensure!(stalls.load(Ordering::SeqCst) == 1, "the registry's download was stalled once");
+    let reg_log = std::fs::read_to_string(&registry.proc.log)?;
+    ensure!(
+        reg_log.contains("no byte for 1s"),
+        "the registry gave up on the stalled download:\n{}",
+        registry.proc.log_tail()
+    );
+    let log = std::fs::read_to_string(&inf.proc.log)?;
+    ensure!(log.contains("fetching from MLflow"), "the replica fell back to MLflow:\n{}", inf.proc.log_tail());
 
     let (answered, failed, first_failure) = callers.finish().await?;
     eprintln!("callers: {answered} answered, {failed} failed");

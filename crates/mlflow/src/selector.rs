@@ -36,13 +36,20 @@ pub struct ModelRef {
     pub selector: Selector,
 }
 
+impl Selector {
+    /// The selector as it follows a name in a [`ModelRef`]: `:Stage`, `@alias`, `/version`.
+    pub fn suffix(&self) -> String {
+        match self {
+            Selector::Stage(s) => format!(":{s}"),
+            Selector::Alias(a) => format!("@{a}"),
+            Selector::Version(v) => format!("/{v}"),
+        }
+    }
+}
+
 impl fmt::Display for ModelRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.selector {
-            Selector::Stage(s) => write!(f, "{}:{s}", self.name),
-            Selector::Alias(a) => write!(f, "{}@{a}", self.name),
-            Selector::Version(v) => write!(f, "{}/{v}", self.name),
-        }
+        write!(f, "{}{}", self.name, self.selector.suffix())
     }
 }
 

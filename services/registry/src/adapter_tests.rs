@@ -97,7 +97,21 @@ async fn fixture(kind: Mlflow) -> Fixture {
 async fn grpc(f: &Fixture) -> ModelRegistryClient<Channel> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let service = RegistryService { registry: f.registry.clone(), auth: auth(), traffic: Arc::default() };
+    let files = crate::files::ModelFiles::new(
+        f.registry.mlflow.clone(),
+        Arc::clone(&f.registry.hub),
+        f.root.path().join("files"),
+        1 << 20,
+        1,
+        std::time::Duration::from_secs(1),
+    );
+    let service = RegistryService {
+        registry: f.registry.clone(),
+        auth: auth(),
+        traffic: Arc::default(),
+        files: Arc::new(files),
+        peers: None,
+    };
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(pb::model_registry_server::ModelRegistryServer::new(service))
@@ -114,7 +128,13 @@ fn authorized<T>(msg: T) -> tonic::Request<T> {
 }
 
 async fn http(f: &Fixture, req: http::Request<Body>) -> (StatusCode, String) {
-    let app = crate::http::router(f.registry.clone(), auth(), None);
+    let app = crate::http::router(crate::http::Routes {
+        registry: f.registry.clone(),
+        auth: auth(),
+        webhooks: None,
+        peers: None,
+        traffic: Arc::default(),
+    });
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status();
     let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
@@ -271,7 +291,13 @@ async fn mlflow_too_slow_is_deadline_exceeded_within_the_per_call_timeout() {
 async fn hostile_webhook_deliveries_are_refused_without_effect() {
     let f = fixture(Mlflow::Empty).await;
     let verifier = Arc::new(crate::webhook::Verifier::new("hook-secret", Duration::from_secs(300)));
-    let app = crate::http::router(f.registry.clone(), auth(), Some(verifier));
+    let app = crate::http::router(crate::http::Routes {
+        registry: f.registry.clone(),
+        auth: auth(),
+        webhooks: Some(verifier),
+        peers: None,
+        traffic: Arc::default(),
+    });
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
     let body = r#"{"entity":"model_version_alias","action":"created"}"#;
     let deliver = |id: &str, ts: &str, sig: Option<String>, body: Vec<u8>| {
@@ -318,4 +344,42 @@ async fn hostile_webhook_deliveries_are_refused_without_effect() {
         (stats.webhooks_accepted.load(Ordering::SeqCst), stats.webhooks_duplicate.load(Ordering::SeqCst)),
         (1, 1)
     );
+}
+
+#[tokio::test]
+async fn a_peers_traffic_report_counts_only_when_signed_with_the_shared_secret() {
+    let f = fixture(Mlflow::Empty).await;
+    let traffic = Arc::new(crate::rollout::Traffic::default());
+    let app = crate::http::router(crate::http::Routes {
+        registry: f.registry.clone(),
+        auth: auth(),
+        webhooks: Some(Arc::new(crate::webhook::Verifier::new("hook-secret", Duration::from_secs(300)))),
+        peers: None,
+        traffic: Arc::clone(&traffic),
+    });
+    let report = ferry_proto::registry::v1::ReportTrafficRequest {
+        replica: "replica-1".into(),
+        variants: vec![ferry_proto::registry::v1::VariantTraffic {
+            model: "m".into(),
+            variant: "canary".into(),
+            requests: 7,
+            ..Default::default()
+        }],
+    };
+    let body = prost::Message::encode_to_vec(&report);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    let post = |id: &str, secret: &[u8]| {
+        http::Request::post("/v1/peers/traffic")
+            .header("x-ferry-peer-id", id)
+            .header("x-ferry-peer-timestamp", &now)
+            .header("x-ferry-peer-signature", crate::webhook::sign(secret, id, &now, &body))
+            .body(Body::from(body.clone()))
+            .unwrap()
+    };
+    let forged = app.clone().oneshot(post("p1", b"guess")).await.unwrap();
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(traffic.figures("m", "canary").requests, 0, "a forged report is not counted");
+    let signed = app.clone().oneshot(post("p2", b"hook-secret")).await.unwrap();
+    assert_eq!(signed.status(), StatusCode::OK);
+    assert_eq!(traffic.figures("m", "canary").requests, 7, "a peer's report counts as the replica's own");
 }

@@ -63,6 +63,23 @@ pub struct Config {
     /// Where uploads are spooled while they stream in.
     #[arg(long, env = "FERRY_UPLOAD_DIR", default_value_os_t = std::env::temp_dir())]
     pub upload_dir: PathBuf,
+    /// Where the registry keeps the model files it serves to inference replicas (each
+    /// downloaded from MLflow once). Unset: a fresh temporary folder, removed at exit.
+    #[arg(long, env = "FERRY_FILE_CACHE_DIR")]
+    pub file_cache_dir: Option<PathBuf>,
+    /// Versions of each model kept in the file cache (the newest).
+    #[arg(long, env = "FERRY_FILE_CACHE_VERSIONS", default_value_t = 3)]
+    pub file_cache_versions: usize,
+    /// A model file download from MLflow that gets no byte for this long is
+    /// abandoned (the replica asking then reads from MLflow itself), in milliseconds.
+    #[arg(long, env = "FERRY_DOWNLOAD_STALL_MS", default_value_t = 30_000)]
+    pub download_stall_ms: u64,
+    /// The other registry replicas, `host:port` of their HTTP listeners, comma-separated
+    /// (in Kubernetes, a headless Service's name: every address it resolves to). A
+    /// verified MLflow webhook delivery is passed on to each, so a change reaches
+    /// subscribers of every replica at once, not at the next poll.
+    #[arg(long, env = "FERRY_REGISTRY_PEERS")]
+    pub peers: Option<String>,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }

@@ -4,13 +4,14 @@ use std::{pin::Pin, time::Duration};
 
 use ferry_proto::registry::v1::{
     self as pb, DeleteAliasRequest, DeleteAliasResponse, GetModelRequest, GetModelResponse, GetTrafficPolicyRequest,
-    GetTrafficPolicyResponse, ListModelsRequest, ListModelsResponse, ListMovesRequest, ListMovesResponse,
-    ListVersionsRequest, ListVersionsResponse, ModelChanged, RegisterModelRequest, RegisterModelResponse,
-    ReportTrafficRequest, ReportTrafficResponse, ResolveVersionRequest, ResolveVersionResponse, RollbackRequest,
-    RollbackResponse, SetAliasRequest, SetAliasResponse, SetTrafficPolicyRequest, SetTrafficPolicyResponse,
-    TrafficPolicy, TrafficVariant, TransitionStageRequest, TransitionStageResponse, WatchModelsRequest,
-    model_registry_server::ModelRegistry, register_model_request::Payload, resolve_version_request::Selector,
-    rollback_request,
+    GetTrafficPolicyResponse, ListModelFilesRequest, ListModelFilesResponse, ListModelsRequest, ListModelsResponse,
+    ListMovesRequest, ListMovesResponse, ListVersionsRequest, ListVersionsResponse, ModelChanged, ReadModelFileRequest,
+    ReadModelFileResponse, RegisterModelRequest, RegisterModelResponse, ReportTrafficRequest, ReportTrafficResponse,
+    ResolveServingRequest, ResolveServingResponse, ResolveVersionRequest, ResolveVersionResponse, ResolvedSelector,
+    RollbackRequest, RollbackResponse, SetAliasRequest, SetAliasResponse, SetTrafficPolicyRequest,
+    SetTrafficPolicyResponse, StoredFile, TrafficPolicy, TrafficVariant, TransitionStageRequest,
+    TransitionStageResponse, WatchModelsRequest, model_registry_server::ModelRegistry, register_model_request::Payload,
+    resolve_version_request::Selector, rollback_request,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
@@ -30,6 +31,9 @@ pub(crate) struct RegistryService {
     pub(crate) registry: Registry,
     pub(crate) auth: Auth,
     pub(crate) traffic: std::sync::Arc<crate::rollout::Traffic>,
+    pub(crate) files: std::sync::Arc<crate::files::ModelFiles>,
+    /// The other registry replicas, which get every traffic report too.
+    pub(crate) peers: Option<crate::webhook::Peers>,
 }
 
 impl RegistryService {
@@ -57,6 +61,7 @@ pub(crate) fn status(e: RegistryError) -> Status {
 }
 
 type ChangeStream = Pin<Box<dyn Stream<Item = Result<ModelChanged, Status>> + Send>>;
+type FileStream = Pin<Box<dyn Stream<Item = Result<ReadModelFileResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ModelRegistry for RegistryService {
@@ -209,6 +214,7 @@ impl ModelRegistry for RegistryService {
     }
 
     type WatchModelsStream = ChangeStream;
+    type ReadModelFileStream = FileStream;
 
     #[instrument(name = "grpc.rollback", skip_all, fields(model = %request.get_ref().name))]
     async fn rollback(&self, request: Request<RollbackRequest>) -> Result<Response<RollbackResponse>, Status> {
@@ -237,6 +243,9 @@ impl ModelRegistry for RegistryService {
         // The figures move weights and aliases: a replica's token (or above) only.
         self.allow(&request, Access::Report)?;
         let r = request.into_inner();
+        if let Some(peers) = &self.peers {
+            peers.share_traffic(&r.replica, prost::Message::encode_to_vec(&r));
+        }
         self.traffic.record(r.replica, r.variants).map_err(status)?;
         Ok(Response::new(ReportTrafficResponse {}))
     }
@@ -306,7 +315,122 @@ impl ModelRegistry for RegistryService {
         });
         Ok(Response::new(Box::pin(backlog.chain(live))))
     }
+
+    #[instrument(name = "grpc.resolve_serving", skip_all, fields(model = %request.get_ref().name))]
+    async fn resolve_serving(
+        &self,
+        request: Request<ResolveServingRequest>,
+    ) -> Result<Response<ResolveServingResponse>, Status> {
+        self.allow(&request, Access::Read)?;
+        let r = request.into_inner();
+        register::validate_name(&r.name).map_err(status)?;
+        let selectors = r
+            .selectors
+            .iter()
+            .map(|s| {
+                format!("{}{s}", r.name)
+                    .parse::<ferry_mlflow::ModelRef>()
+                    .ok()
+                    .filter(|m| m.name == r.name)
+                    .map(|m| m.selector)
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!("selector {s:?}: expected @alias, :Stage or /version"))
+                    })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let hub = &self.registry.hub;
+        let serving = hub
+            .serving(&r.name, &selectors)
+            .ok_or_else(|| Status::unavailable("the registry has not been able to read MLflow yet; retry shortly"))?;
+        Ok(Response::new(ResolveServingResponse {
+            revision: serving.revision,
+            epoch: hub.epoch().to_owned(),
+            policy_json: serving.policy.unwrap_or_default(),
+            resolved: r
+                .selectors
+                .into_iter()
+                .zip(serving.versions)
+                .map(|(selector, version)| ResolvedSelector { selector, version })
+                .collect(),
+        }))
+    }
+
+    #[instrument(name = "grpc.list_model_files", skip_all, fields(model = %request.get_ref().name, version = %request.get_ref().version))]
+    async fn list_model_files(
+        &self,
+        request: Request<ListModelFilesRequest>,
+    ) -> Result<Response<ListModelFilesResponse>, Status> {
+        self.allow(&request, Access::Read)?;
+        let r = request.into_inner();
+        let listing = self.files.list(&r.name, &r.version, &r.folder).await.map_err(status)?;
+        Ok(Response::new(ListModelFilesResponse {
+            artifact_uri: listing.artifact_uri,
+            served: listing.served,
+            files: listing
+                .files
+                .iter()
+                .map(|(name, size)| StoredFile { name: name.clone(), size_bytes: *size })
+                .collect(),
+        }))
+    }
+
+    #[instrument(name = "grpc.read_model_file", skip_all, fields(model = %request.get_ref().name, version = %request.get_ref().version))]
+    async fn read_model_file(
+        &self,
+        request: Request<ReadModelFileRequest>,
+    ) -> Result<Response<Self::ReadModelFileStream>, Status> {
+        use tokio::io::AsyncReadExt;
+        self.allow(&request, Access::Read)?;
+        let r = request.into_inner();
+        // A file the version does not have is an error now, not in the stream.
+        let file = self.files.locate(&r.name, &r.version, &r.path).await.map_err(status)?;
+        let files = std::sync::Arc::clone(&self.files);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            // While the registry downloads the file from MLflow, an empty
+            // message a second tells the reader the transfer is alive.
+            let fetch = files.fetch(&file);
+            tokio::pin!(fetch);
+            let fetched = loop {
+                tokio::select! {
+                    done = &mut fetch => break done,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if tx.send(Ok(ReadModelFileResponse::default())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            };
+            let opened = match fetched {
+                Ok(()) => files.open(&file, r.offset).await,
+                Err(e) => Err(e),
+            };
+            let mut f = match opened {
+                Ok(f) => f,
+                Err(e) => return drop(tx.send(Err(status(e))).await),
+            };
+            loop {
+                let mut data = vec![0u8; FILE_CHUNK];
+                let msg = match f.read(&mut data).await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        data.truncate(n);
+                        Ok(ReadModelFileResponse { data })
+                    }
+                    Err(e) => Err(Status::internal(format!("reading the cached file: {e}"))),
+                };
+                let failed = msg.is_err();
+                if tx.send(msg).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
 }
+
+/// Bytes per `ReadModelFile` message: well under the default 4 MiB message limit.
+const FILE_CHUNK: usize = 1 << 20;
 
 fn traffic_policy(name: String, policy: Option<(String, Vec<(ferry_traffic::Variant, String)>)>) -> TrafficPolicy {
     let (policy_json, variants) = policy.unwrap_or_default();

@@ -20,29 +20,39 @@ use crate::{
     error::RegistryError,
     register::Registration,
     service::{Registry, Spooled, Who},
-    webhook::{Verdict, Verifier},
+    webhook::{self, FORWARDED, PEER_HEADERS, SIGNED_HEADERS, Verdict, Verifier},
 };
 
 /// MLflow's deliveries are a few hundred bytes.
 const WEBHOOK_MAX_BYTES: usize = 256 << 10;
+/// A replica's report: a few hundred bytes per variant.
+const PEER_TRAFFIC_MAX_BYTES: usize = 4 << 20;
 
+/// What the HTTP routes need.
 #[derive(Debug, Clone)]
-struct AppState {
-    registry: Registry,
-    auth: Auth,
-    webhooks: Option<Arc<Verifier>>,
+pub(crate) struct Routes {
+    pub(crate) registry: Registry,
+    pub(crate) auth: Auth,
+    /// Verifies MLflow's deliveries and what peers pass on; `None` without a webhook secret.
+    pub(crate) webhooks: Option<Arc<Verifier>>,
+    pub(crate) peers: Option<webhook::Peers>,
+    pub(crate) traffic: Arc<crate::rollout::Traffic>,
 }
 
-pub(crate) fn router(registry: Registry, auth: Auth, webhooks: Option<Arc<Verifier>>) -> Router {
+type AppState = Routes;
+
+pub(crate) fn router(routes: Routes) -> Router {
+    let (registry, auth) = (routes.registry.clone(), routes.auth.clone());
     Router::new()
         // Anyone can reach this port: a delivery is read whole before its
         // signature is checked, so it is small or refused (413).
         .route("/webhooks/mlflow", post(webhook).layer(DefaultBodyLimit::max(WEBHOOK_MAX_BYTES)))
         // Uploads stream to disk; the registry's own size limit applies.
         .route("/register-model", post(register_model).layer(DefaultBodyLimit::disable()))
+        .route("/v1/peers/traffic", post(peer_traffic).layer(DefaultBodyLimit::max(PEER_TRAFFIC_MAX_BYTES)))
         .route("/set-model-stage", put(set_model_stage))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(AppState { registry: registry.clone(), auth: auth.clone(), webhooks })
+        .with_state(routes)
         .merge(crate::console::routes(registry, auth))
 }
 
@@ -88,6 +98,10 @@ async fn webhook(State(st): State<AppState>, headers: HeaderMap, body: Bytes) ->
             debug!(delivery = h("x-mlflow-delivery-id").unwrap_or_default(), "webhook accepted");
             // A hint: re-read MLflow now rather than trusting the payload.
             st.registry.hub.poke();
+            if let Some(peers) = st.peers.as_ref().filter(|_| !headers.contains_key(FORWARDED)) {
+                let signed = SIGNED_HEADERS.iter().filter_map(|k| Some((*k, h(k)?.to_owned()))).collect();
+                peers.forward(signed, body);
+            }
             (StatusCode::OK, "accepted").into_response()
         }
         Ok(Verdict::Duplicate) => {
@@ -99,6 +113,30 @@ async fn webhook(State(st): State<AppState>, headers: HeaderMap, body: Bytes) ->
             warn!(error = %e, "webhook delivery rejected");
             (StatusCode::UNAUTHORIZED, e.to_string()).into_response()
         }
+    }
+}
+
+/// `POST /v1/peers/traffic`: a traffic report another registry replica
+/// received, signed with the shared webhook secret; kept as if reported here
+/// (and not passed on again).
+async fn peer_traffic(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(verifier) = &st.webhooks else {
+        return (StatusCode::NOT_FOUND, "peers share traffic only with FERRY_WEBHOOK_SECRET set").into_response();
+    };
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+    let [id, ts, sig] = PEER_HEADERS;
+    if let Err(e) = verifier.verify(h(id), h(ts), h(sig), &body, now) {
+        warn!(error = %e, "a traffic report from a peer was rejected");
+        return (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+    }
+    let report = match <ferry_proto::registry::v1::ReportTrafficRequest as prost::Message>::decode(body) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("not a ReportTrafficRequest: {e}")).into_response(),
+    };
+    match st.traffic.record(report.replica, report.variants) {
+        Ok(()) => (StatusCode::OK, "recorded").into_response(),
+        Err(e) => ApiError(e).into_response(),
     }
 }
 

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use ferry_mlflow::{Client, ModelVersion};
+use ferry_mlflow::{Client, ModelVersion, Selector};
 use ferry_proto::registry::v1::{self as pb, ChangeKind, ModelChanged};
 use tokio::sync::{Notify, broadcast, watch};
 use tracing::{debug, warn};
@@ -36,6 +36,22 @@ impl View {
             .filter(|((n, _), v)| n == name && v.as_str() == version)
             .map(|((_, a), _)| a.clone())
             .collect()
+    }
+
+    /// The version `selector` designates in this view, as MLflow's own
+    /// resolver would: the alias's version, the highest number in the stage.
+    fn designated(&self, name: &str, selector: &Selector) -> Option<Key> {
+        let key = |v: &str| Some((name.to_owned(), v.parse().ok()?)).filter(|k| self.versions.contains_key(k));
+        match selector {
+            Selector::Version(v) => key(v),
+            Selector::Alias(a) => key(self.aliases.get(&(name.to_owned(), a.clone()))?),
+            Selector::Stage(s) => self
+                .versions
+                .range((name.to_owned(), 0)..=(name.to_owned(), u64::MAX))
+                .rev()
+                .find(|(_, v)| v.current_stage.eq_ignore_ascii_case(s))
+                .map(|(k, _)| k.clone()),
+        }
     }
 
     fn pb_version(&self, key: &Key) -> Option<pb::ModelVersion> {
@@ -74,6 +90,14 @@ pub struct Hub {
     poke: Notify,
     initialized: watch::Sender<bool>,
     history_limit: usize,
+}
+
+/// One model as a serving replica resolves it ([`Hub::serving`]).
+#[derive(Debug)]
+pub struct Serving {
+    pub revision: u64,
+    pub policy: Option<String>,
+    pub versions: Vec<Option<pb::ModelVersion>>,
 }
 
 /// How a new subscriber starts.
@@ -131,6 +155,30 @@ impl Hub {
             .lock()
             .map(|st| st.view.policies.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default()
+    }
+
+    /// What a serving replica needs of one model, from the last view of
+    /// MLflow: the revision it reflects, the model's traffic policy, and the
+    /// version each selector designates. `None` before the first view is in.
+    pub fn serving(&self, name: &str, selectors: &[Selector]) -> Option<Serving> {
+        if !*self.initialized.borrow() {
+            return None;
+        }
+        let st = self.state.lock().ok()?;
+        Some(Serving {
+            revision: st.revision,
+            policy: st.view.policies.get(name).cloned(),
+            versions: selectors
+                .iter()
+                .map(|s| st.view.designated(name, s).and_then(|k| st.view.pb_version(&k)))
+                .collect(),
+        })
+    }
+
+    /// One version as last seen, if the view has it.
+    pub fn version(&self, name: &str, version: &str) -> Option<ModelVersion> {
+        let key = (name.to_owned(), version.parse().ok()?);
+        self.state.lock().ok()?.view.versions.get(&key).cloned()
     }
 
     pub fn poke(&self) {
@@ -347,6 +395,34 @@ mod tests {
         let set: Vec<_> = diff(&view(&[], &[]), &routed).into_iter().map(|(k, key, _)| (k, key)).collect();
         assert_eq!(set, [(ChangeKind::PolicyChanged, ("m".to_owned(), 0))], "a policy set, edited or removed");
         assert_eq!(diff(&routed, &view(&[], &[])).len(), 1);
+    }
+
+    #[test]
+    fn resolves_selectors_as_mlflow_does() {
+        let hub = Hub::new(100, 16);
+        assert!(hub.serving("m", &[]).is_none(), "no answer before the first view");
+        hub.initialized.send_replace(true);
+        let mut routed = view(
+            &[
+                mv("m", "2", "Production"),
+                mv("m", "10", "production"),
+                mv("m", "11", "Staging"),
+                mv("n", "12", "Production"),
+            ],
+            &[("m", "champion", "2"), ("m", "gone", "7")],
+        );
+        routed.policies.insert("m".into(), "{}".into());
+        hub.apply(routed);
+        let sel = |s: &str| format!("m{s}").parse::<ferry_mlflow::ModelRef>().unwrap().selector;
+        let got =
+            hub.serving("m", &[sel(":Production"), sel("@champion"), sel("/11"), sel("@gone"), sel("/3")]).unwrap();
+        let versions: Vec<Option<String>> =
+            got.versions.iter().map(|v| v.as_ref().map(|v| v.version.clone())).collect();
+        // The highest number in the stage (any spelling); an alias to a missing version designates nothing.
+        assert_eq!(versions, [Some("10".into()), Some("2".into()), Some("11".into()), None, None]);
+        assert_eq!(got.versions[1].as_ref().map(|v| v.aliases.clone()), Some(vec!["champion".to_owned()]));
+        assert_eq!(got.policy.as_deref(), Some("{}"));
+        assert!(hub.serving("n", &[]).unwrap().policy.is_none());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod config;
 mod console;
 mod convert;
 pub mod error;
+pub mod files;
 mod grpc;
 pub mod history;
 mod http;
@@ -50,8 +51,29 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
 
     // Rollouts are decided here, once for the fleet, from the replicas' reports.
     let traffic = Arc::new(rollout::Traffic::default());
-    let metrics_sources =
-        metrics::Sources { hub: Arc::clone(&hub), mlflow: mlflow.clone(), traffic: Arc::clone(&traffic) };
+    // Held until the process ends: a temporary cache folder is removed then.
+    let (file_cache, _temporary) = match &cfg.file_cache_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let tmp =
+                tempfile::Builder::new().prefix("ferry-registry-files-").tempdir().context("file cache folder")?;
+            (tmp.path().to_owned(), Some(tmp))
+        }
+    };
+    let files = Arc::new(files::ModelFiles::new(
+        mlflow.clone(),
+        Arc::clone(&hub),
+        file_cache,
+        cfg.max_model_bytes,
+        cfg.file_cache_versions,
+        Duration::from_millis(cfg.download_stall_ms),
+    ));
+    let metrics_sources = metrics::Sources {
+        hub: Arc::clone(&hub),
+        mlflow: mlflow.clone(),
+        traffic: Arc::clone(&traffic),
+        files: Arc::clone(&files),
+    };
     let registry = service::Registry {
         mlflow: mlflow.clone(),
         hub,
@@ -98,6 +120,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         _ => info!("no webhook secret and public URL: changes are picked up by polling MLflow only"),
     }
 
+    let secret = cfg.webhook_secret.as_ref().map(ferry_telemetry::Secret::expose);
+    let peers = cfg.peers.as_deref().and_then(|list| webhook::Peers::parse(list, secret));
+    if let (Some(p), Some(list)) = (&peers, &cfg.peers) {
+        info!(peers = %list, "verified webhook deliveries are passed on to the registry peers");
+        if !p.shares_traffic() {
+            tracing::warn!(
+                "FERRY_REGISTRY_PEERS without FERRY_WEBHOOK_SECRET: webhooks are not verified and traffic reports are \
+                 not shared, so each registry replica decides rollouts on the share of the fleet reporting to it"
+            );
+        }
+    }
     tokio::spawn(rollout::run(registry.clone(), Arc::clone(&traffic)));
     let (trigger, stop) = ferry_server::stop_signal();
     tokio::spawn(async move {
@@ -111,11 +144,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
                 registry: registry.clone(),
                 auth: auth.clone(),
                 traffic: Arc::clone(&traffic),
+                files,
+                peers: peers.clone(),
             })
             .max_decoding_message_size(8 << 20),
         )
         .serve_with_incoming_shutdown(ferry_telemetry::net::nodelay_incoming(listener), stop.fired());
-    let http = ferry_server::serve_http(http_listener, Plane::Control, http::router(registry, auth, verifier), &stop);
+    let http = ferry_server::serve_http(
+        http_listener,
+        Plane::Control,
+        http::router(http::Routes { registry, auth, webhooks: verifier, peers, traffic }),
+        &stop,
+    );
     let metrics = ferry_server::serve_plain(metrics_listener, metrics::router(metrics_sources), &stop);
     let (g, h, m) = tokio::join!(grpc, http, metrics);
     g.context("gRPC server")?;

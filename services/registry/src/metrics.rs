@@ -18,6 +18,7 @@ pub(crate) struct Sources {
     pub(crate) hub: Arc<Hub>,
     pub(crate) mlflow: ferry_mlflow::Client,
     pub(crate) traffic: Arc<crate::rollout::Traffic>,
+    pub(crate) files: Arc<crate::files::ModelFiles>,
 }
 
 pub(crate) fn router(sources: Sources) -> Router {
@@ -75,6 +76,25 @@ async fn render(State(st): State<Sources>) -> Response {
             ("{result=\"created\"}", s.registrations_created.load(Relaxed).to_string()),
             ("{result=\"existing\"}", s.registrations_existing.load(Relaxed).to_string()),
         ],
+    );
+    let f = &st.files.stats;
+    family(
+        "ferry_registry_model_file_downloads_total",
+        "counter",
+        "Model files downloaded from MLflow into the file cache that serves replicas.",
+        &[("", f.downloads.load(Relaxed).to_string())],
+    );
+    family(
+        "ferry_registry_model_file_reads_total",
+        "counter",
+        "Model files served to replicas from the file cache.",
+        &[("", f.served.load(Relaxed).to_string())],
+    );
+    family(
+        "ferry_registry_model_file_bytes_total",
+        "counter",
+        "Bytes of model files served to replicas from the file cache.",
+        &[("", f.served_bytes.load(Relaxed).to_string())],
     );
     let decisions: Vec<_> = crate::rollout::DECISIONS
         .iter()

@@ -72,7 +72,7 @@ impl Traffic {
     }
 
     /// `model`'s `variant`'s figures, summed over the replicas heard from lately.
-    fn figures(&self, model: &str, variant: &str) -> Figures {
+    pub(crate) fn figures(&self, model: &str, variant: &str) -> Figures {
         let mut sum = Figures::default();
         let Ok(r) = self.reports.lock() else { return sum };
         for v in r

@@ -11,7 +11,7 @@ use std::{
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::auth::constant_time_eq;
 
@@ -88,6 +88,99 @@ impl Verifier {
             return Ok(Verdict::Duplicate);
         }
         Ok(Verdict::Accepted)
+    }
+}
+
+/// Marks a delivery one replica passed on to the others: not passed on again.
+pub const FORWARDED: &str = "x-ferry-forwarded";
+/// The headers a delivery is verified by, passed on unchanged.
+pub const SIGNED_HEADERS: [&str; 3] = ["x-mlflow-delivery-id", "x-mlflow-timestamp", "x-mlflow-signature"];
+
+/// The other registry replicas. Behind one Service, MLflow's webhook reaches
+/// one replica; the others would learn of the change at their next poll, and
+/// so would every inference replica subscribed to them. The replica that
+/// verified a delivery passes it on, unchanged, to each peer: the peer
+/// verifies the same signature (the shared secret never travels), and the
+/// delivery id makes any second copy a duplicate — including the one a
+/// replica sends itself when the peer list resolves to its own address.
+///
+/// Inference replicas' traffic reports are shared the same way, so that each
+/// registry decides rollouts on the whole fleet's figures, not on the share
+/// of replicas that report to it: a report one replica receives is signed
+/// with the webhook secret and posted to each peer's `/v1/peers/traffic`.
+#[derive(Clone)]
+pub struct Peers {
+    /// `host:port` each, resolved at every delivery (a headless Service's
+    /// name resolves to every ready replica).
+    targets: Vec<String>,
+    http: reqwest::Client,
+    /// Signs traffic reports passed on; without it they are not shared.
+    secret: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers").field("targets", &self.targets).finish_non_exhaustive()
+    }
+}
+
+/// The headers a traffic report passed on between peers is verified by.
+pub const PEER_HEADERS: [&str; 3] = ["x-ferry-peer-id", "x-ferry-peer-timestamp", "x-ferry-peer-signature"];
+
+impl Peers {
+    pub fn parse(list: &str, secret: Option<&str>) -> Option<Self> {
+        let targets: Vec<String> =
+            list.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+        let secret = secret.filter(|s| !s.is_empty()).map(|s| s.as_bytes().to_vec());
+        (!targets.is_empty()).then_some(Self { targets, http, secret })
+    }
+
+    /// Whether traffic reports are shared (a secret to sign them with).
+    pub fn shares_traffic(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// Passes a replica's traffic report (encoded `ReportTrafficRequest`) on to every peer.
+    pub fn share_traffic(&self, replica: &str, body: Vec<u8>) {
+        let Some(secret) = &self.secret else { return };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let (id, ts) = (format!("{replica}-{}", now.as_nanos()), now.as_secs().to_string());
+        let signature = sign(secret, &id, &ts, &body);
+        let headers = PEER_HEADERS.into_iter().zip([id, ts, signature]).collect();
+        self.post("/v1/peers/traffic", headers, body.into());
+    }
+
+    /// Passes a verified delivery on to every peer, in the background.
+    pub fn forward(&self, headers: Vec<(&'static str, String)>, body: bytes::Bytes) {
+        let mut headers = headers;
+        headers.push((FORWARDED, "1".to_owned()));
+        self.post("/webhooks/mlflow", headers, body);
+    }
+
+    fn post(&self, path: &'static str, headers: Vec<(&'static str, String)>, body: bytes::Bytes) {
+        for target in self.targets.clone() {
+            let (http, headers, body) = (self.http.clone(), headers.clone(), body.clone());
+            tokio::spawn(async move {
+                let addrs = match tokio::net::lookup_host(target.as_str()).await {
+                    Ok(a) => a.collect::<Vec<_>>(),
+                    Err(e) => return warn!(peer = %target, error = %e, "cannot resolve a registry peer"),
+                };
+                for addr in addrs {
+                    let mut req = http.post(format!("http://{addr}{path}"));
+                    for (k, v) in &headers {
+                        req = req.header(*k, v);
+                    }
+                    match req.body(body.clone()).send().await {
+                        Ok(r) if r.status().is_success() => debug!(peer = %addr, "webhook delivery passed on"),
+                        Ok(r) => {
+                            warn!(peer = %addr, status = %r.status(), "a registry peer refused a passed-on delivery")
+                        }
+                        Err(e) => warn!(peer = %addr, error = %e, "cannot pass a webhook delivery on to a peer"),
+                    }
+                }
+            });
+        }
     }
 }
 

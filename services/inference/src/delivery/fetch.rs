@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     cache::{Fetched, ModelCache, RECORD},
+    registry::{self, Located, RegistryClient},
     store::{Source, Stores},
 };
 
@@ -35,6 +36,8 @@ pub(crate) struct Fetcher<'a> {
     pub(crate) stores: &'a Stores,
     /// Where this model's versions are kept.
     pub(crate) cache: &'a ModelCache,
+    /// The registry followed: its copy of the files, when it serves them.
+    pub(crate) registry: Option<RegistryClient>,
     /// Limit on the sum of a version's file sizes.
     pub(crate) max_bytes: u64,
     /// A download that gets no byte for this long is cut and resumed: a stalled
@@ -53,8 +56,7 @@ impl Fetcher<'_> {
             debug!(dir = %cached.dir.display(), "using the cached copy");
             return Ok(cached);
         }
-        let uri = self.mlflow.resolve_model_uri(&target.name, &target.version).await.map_err(|e| e.to_string())?;
-        let source = self.stores.source(self.mlflow, &uri).map_err(|e| format!("version {}: {e}", target.version))?;
+        let source = self.source(target).await?;
         debug!(source = source.uri(), "fetching the model's files");
         let onnx = self.onnx_path(&source, target).await?;
         let staging = self.cache.staging().await?;
@@ -108,6 +110,22 @@ impl Fetcher<'_> {
             ),
         }
         self.cache.keep(staging, &target.version, &onnx, &files, digest, expected.is_some()).await
+    }
+
+    /// Where to read the version's files: the registry's copy, or the store
+    /// MLflow names (its artifact proxy, or S3 read directly).
+    async fn source(&self, target: &ModelVersion) -> Result<Source, String> {
+        let in_store =
+            |uri: &str| self.stores.source(self.mlflow, uri).map_err(|e| format!("version {}: {e}", target.version));
+        if let Some(client) = &self.registry {
+            return match registry::locate(client, &target.name, &target.version).await {
+                Ok(Located::Served(files)) => Ok(Source::Registry(files)),
+                Ok(Located::Elsewhere(uri)) => in_store(&uri),
+                Err(e) => Err(format!("the registry cannot locate version {}: {}", target.version, e.message())),
+            };
+        }
+        let uri = self.mlflow.resolve_model_uri(&target.name, &target.version).await.map_err(|e| e.to_string())?;
+        in_store(&uri)
     }
 
     /// The ONNX file's path inside the model directory: from `MLmodel`, or
@@ -174,12 +192,14 @@ impl Fetcher<'_> {
         let mut hasher = Sha256::new();
         let mut written = 0u64;
         let mut failures = 0u32;
+        // The registry's copy is not retried: on any trouble the caller reads from MLflow instead.
+        let attempts = if matches!(source, Source::Registry(_)) { 1 } else { RESUME_ATTEMPTS };
         'attempt: loop {
             let mut reading = match tokio::time::timeout(self.stall, source.read(&rel, written)).await {
                 Ok(r) => r.map_err(|e| e.message)?,
                 Err(_) => {
                     failures += 1;
-                    if failures >= RESUME_ATTEMPTS {
+                    if failures >= attempts {
                         return Err(format!(
                             "{rel}: no answer from the store in {:?} ({failures} attempts)",
                             self.stall
@@ -221,7 +241,7 @@ impl Fetcher<'_> {
                     None => break 'attempt,
                     Some(Err(e)) => {
                         failures += 1;
-                        if failures >= RESUME_ATTEMPTS {
+                        if failures >= attempts {
                             return Err(format!("{e} ({failures} attempts without progress)"));
                         }
                         warn!(file = %rel, bytes = written, error = %e, "download interrupted; resuming");

@@ -14,25 +14,29 @@ use tracing::{debug, info, warn};
 use super::Trigger;
 
 /// Follows `WatchModels`, resuming from the last revision after a reconnect.
+/// With several registry URLs, a lost stream moves to the next one (another
+/// registry replica: another epoch, so the stream starts with a snapshot and
+/// no change is missed). `connected` holds the client of the registry
+/// followed, while there is one: the loaders resolve through it.
 pub(super) async fn follow_registry(
-    url: String,
+    urls: Vec<String>,
     token: super::BearerToken,
     triggers: HashMap<String, Arc<Trigger>>,
     models: Arc<crate::serving::Models>,
-    connected: watch::Sender<bool>,
+    connected: watch::Sender<Option<super::RegistryClient>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let names: Vec<String> = triggers.keys().cloned().collect();
     let (mut since, mut epoch) = (0u64, String::new());
     let mut backoff = Duration::from_millis(200);
-    loop {
+    for url in urls.iter().cycle() {
         let attempt = async {
             let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| e.to_string())?;
-            let mut client = token.client(endpoint.connect().await.map_err(|e| e.to_string())?);
+            let client = token.client(endpoint.connect().await.map_err(|e| e.to_string())?);
             let req = WatchModelsRequest { names: names.clone(), since_revision: since, epoch: epoch.clone() };
-            let mut stream = client.watch_models(req).await.map_err(|e| e.message().to_owned())?.into_inner();
+            let mut stream = client.clone().watch_models(req).await.map_err(|e| e.message().to_owned())?.into_inner();
             info!(%url, since, "subscribed to registry changes");
-            connected.send_replace(true);
+            connected.send_replace(Some(client));
             loop {
                 match stream.message().await {
                     Ok(Some(change)) => {
@@ -71,7 +75,7 @@ pub(super) async fn follow_registry(
             r = attempt => r,
             _ = shutdown.changed() => return,
         };
-        if connected.send_replace(false) {
+        if connected.send_replace(None).is_some() {
             // Lost the stream: slots fall back to polling MLflow; catch up now.
             triggers.values().for_each(|n| n.fire(None));
             backoff = Duration::from_millis(200);

@@ -8,12 +8,14 @@ use std::{
 };
 
 use ferry_mlflow::{ModelVersion, tags};
+use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
     DeliveryConfig,
     cache::{Fetched, ModelCache},
     fetch::Fetcher,
+    registry::{self, RegistryClient},
     store::Stores,
 };
 use crate::{
@@ -31,6 +33,8 @@ pub(super) struct Loader {
     pub(super) runtime: Runtime,
     pub(super) cache: ModelCache,
     pub(super) cfg: Arc<DeliveryConfig>,
+    /// The registry followed, while there is one: asked before MLflow.
+    pub(super) registry: watch::Receiver<Option<RegistryClient>>,
 }
 
 /// A failed version is retried after this long, not on every trigger.
@@ -72,10 +76,13 @@ impl Loader {
             }
             return;
         }
-        let text = match self.mlflow.get_registered_model(name).await {
-            Ok(m) => m.tag_map().remove(ferry_traffic::POLICY_TAG),
-            Err(e) if e.is_not_found() => None,
-            Err(e) => return warn!(error = %e, "cannot read the traffic policy; keeping the one in force"),
+        let text = match self.registry_resolve(&[]).await {
+            Some((policy, _)) => policy,
+            None => match self.mlflow.get_registered_model(name).await {
+                Ok(m) => m.tag_map().remove(ferry_traffic::POLICY_TAG),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return warn!(error = %e, "cannot read the traffic policy; keeping the one in force"),
+            },
         };
         let current = self.slot.routing();
         let Some(text) = text else {
@@ -259,20 +266,54 @@ impl Loader {
         }
     }
 
-    /// Which version MLflow designates for `slot` right now.
+    /// Which version MLflow designates for `slot` right now: as the registry
+    /// followed sees it, or MLflow itself when there is none.
     async fn resolve(&self, slot: &ModelSlot) -> ferry_mlflow::Result<Option<ModelVersion>> {
+        if !slot.spec.remote
+            && let Some((_, mut versions)) = self.registry_resolve(&[&slot.spec.selector]).await
+        {
+            return Ok(versions.pop().flatten());
+        }
         self.mlflow.resolve(&slot.spec.name, &slot.spec.selector).await
     }
 
+    /// The traffic policy and the selectors' versions from the registry
+    /// followed; `None` (ask MLflow) without one or when it cannot answer.
+    async fn registry_resolve(
+        &self,
+        selectors: &[&crate::spec::Selector],
+    ) -> Option<(Option<String>, Vec<Option<ModelVersion>>)> {
+        let client = self.registry.borrow().clone()?;
+        match registry::resolve(&client, &self.slot.spec.name, selectors).await {
+            Ok(answer) => Some(answer),
+            Err(e) => {
+                debug!(error = %e.message(), "the registry cannot resolve; asking MLflow");
+                None
+            }
+        }
+    }
+
     async fn load(&self, slot: &ModelSlot, target: &ModelVersion) -> Result<LoadedModel, String> {
-        let fetcher = Fetcher {
+        let registry = self.registry.borrow().clone();
+        let fetcher = |registry| Fetcher {
             mlflow: &self.mlflow,
             stores: &self.stores,
             cache: &self.cache,
+            registry,
             max_bytes: self.cfg.max_model_bytes,
             stall: self.cfg.download_stall,
         };
-        let fetched = fetcher.fetch(target).await?;
+        let fetched = match registry {
+            // The registry's copy first; whatever goes wrong there, MLflow's.
+            Some(client) => match fetcher(Some(client)).fetch(target).await {
+                Ok(f) => f,
+                Err(e) => {
+                    warn!(error = %e, "fetching through the registry failed; fetching from MLflow");
+                    fetcher(None).fetch(target).await?
+                }
+            },
+            None => fetcher(None).fetch(target).await?,
+        };
         self.engine(slot, &target.version, fetched).await
     }
 

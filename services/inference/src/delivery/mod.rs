@@ -24,14 +24,21 @@ mod cache;
 mod fetch;
 mod follow;
 mod load;
+mod registry;
 mod report;
 mod store;
 
-use self::{cache::ModelCache, load::Loader, store::Stores};
+use self::{
+    cache::ModelCache,
+    load::Loader,
+    registry::{BearerToken, RegistryClient},
+    store::Stores,
+};
 use crate::{engine::Runtime, serving::Models};
 
 #[derive(Debug, Clone)]
 pub(crate) struct DeliveryConfig {
+    /// The registry's gRPC URL; several, comma-separated, are tried in turn.
     pub(crate) registry_url: Option<String>,
     pub(crate) registry_token: Option<ferry_telemetry::Secret>,
     pub(crate) work_dir: PathBuf,
@@ -53,7 +60,8 @@ pub(crate) fn spawn(
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let cfg = Arc::new(cfg);
-    let (connected_tx, connected) = watch::channel(false);
+    // The registry this replica follows, while it does: resolution and files come from it.
+    let (connected_tx, connected) = watch::channel::<Option<RegistryClient>>(None);
     let mut triggers = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     let stores = Stores::default();
@@ -68,15 +76,17 @@ pub(crate) fn spawn(
             runtime: runtime.clone(),
             cache: ModelCache::new(&cfg.work_dir, &slot.spec.name, cfg.keep_versions),
             cfg: Arc::clone(&cfg),
+            registry: connected.clone(),
         };
         let span = info_span!("delivery", model = %slot.spec);
-        tasks.spawn(slot_task(loader, notify, connected.clone(), shutdown.clone()).instrument(span));
+        tasks.spawn(slot_task(loader, notify, shutdown.clone()).instrument(span));
     }
     if let Some(url) = cfg.registry_url.clone() {
         let token = BearerToken::new(cfg.registry_token.as_ref());
-        tasks.spawn(report::report_traffic(url.clone(), token.clone(), Arc::clone(&models), shutdown.clone()));
+        let urls: Vec<String> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
+        tasks.spawn(report::report_traffic(connected.clone(), Arc::clone(&models), shutdown.clone()));
         tasks.spawn(
-            follow::follow_registry(url, token, triggers, Arc::clone(&models), connected_tx, shutdown.clone())
+            follow::follow_registry(urls, token, triggers, Arc::clone(&models), connected_tx, shutdown.clone())
                 .instrument(info_span!("registry_watch")),
         );
     }
@@ -84,39 +94,6 @@ pub(crate) fn spawn(
         let _ = shutdown.wait_for(|s| *s).await;
         tasks.shutdown().await;
     })
-}
-
-/// The registry's client, presenting the configured token on every call.
-pub(super) type RegistryClient = ferry_proto::registry::v1::model_registry_client::ModelRegistryClient<
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>,
->;
-
-/// Adds `authorization: Bearer <token>` when a token is configured.
-#[derive(Clone)]
-pub(super) struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl BearerToken {
-    fn new(token: Option<&ferry_telemetry::Secret>) -> Self {
-        let value = token.filter(|t| !t.expose().is_empty()).and_then(|t| {
-            let mut v: tonic::metadata::MetadataValue<_> = format!("Bearer {}", t.expose()).parse().ok()?;
-            v.set_sensitive(true);
-            Some(v)
-        });
-        Self(value)
-    }
-
-    pub(super) fn client(&self, channel: tonic::transport::Channel) -> RegistryClient {
-        ferry_proto::registry::v1::model_registry_client::ModelRegistryClient::with_interceptor(channel, self.clone())
-    }
-}
-
-impl tonic::service::Interceptor for BearerToken {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            req.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(req)
-    }
 }
 
 /// Wakes one slot's loader, remembering when the registry first observed the
@@ -143,15 +120,11 @@ impl Trigger {
 /// Reconciles one slot whenever the registry says its model changed, and on a
 /// timer: every poll interval while the registry is unreachable, and at a
 /// slower pace as a backstop while it is connected.
-async fn slot_task(
-    loader: Loader,
-    notify: Arc<Trigger>,
-    connected: watch::Receiver<bool>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn slot_task(loader: Loader, notify: Arc<Trigger>, mut shutdown: watch::Receiver<bool>) {
     loop {
         loader.reconcile(notify.take_observed_at()).await;
-        let wait = if *connected.borrow() { loader.cfg.poll_interval * 15 } else { loader.cfg.poll_interval };
+        let connected = loader.registry.borrow().is_some();
+        let wait = if connected { loader.cfg.poll_interval * 15 } else { loader.cfg.poll_interval };
         tokio::select! {
             () = notify.notify.notified() => {},
             () = tokio::time::sleep(wait) => {},

@@ -41,9 +41,9 @@ pub(crate) fn figures(models: &Models) -> Vec<VariantTraffic> {
     out
 }
 
+/// Reports to the registry this replica follows, while it follows one.
 pub(super) async fn report_traffic(
-    url: String,
-    token: super::BearerToken,
+    registry: watch::Receiver<Option<super::RegistryClient>>,
     models: Arc<Models>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -52,8 +52,6 @@ pub(super) async fn report_traffic(
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
     );
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url) else { return };
-    let mut client = token.client(endpoint.connect_lazy());
     let mut refused = false;
     loop {
         tokio::select! {
@@ -61,6 +59,7 @@ pub(super) async fn report_traffic(
             _ = shutdown.changed() => return,
         }
         let variants = figures(&models);
+        let Some(mut client) = registry.borrow().clone() else { continue };
         if variants.is_empty() {
             continue;
         }

@@ -42,14 +42,24 @@ pub(crate) struct Reading {
 
 /// One model version's directory in its store.
 pub(crate) enum Source {
-    Proxy { mlflow: ferry_mlflow::Client, uri: String },
-    S3 { store: Arc<dyn ObjectStore>, prefix: String, uri: String },
+    Proxy {
+        mlflow: ferry_mlflow::Client,
+        uri: String,
+    },
+    S3 {
+        store: Arc<dyn ObjectStore>,
+        prefix: String,
+        uri: String,
+    },
+    /// The registry's copy (`registry.rs`), so the fleet does not each ask MLflow.
+    Registry(Box<super::registry::RegistryFiles>),
 }
 
 impl Source {
     pub(crate) fn uri(&self) -> &str {
         match self {
             Source::Proxy { uri, .. } | Source::S3 { uri, .. } => uri,
+            Source::Registry(r) => &r.uri,
         }
     }
 
@@ -81,6 +91,7 @@ impl Source {
                     .filter_map(|o| o.location.filename().map(|n| (n.to_owned(), Some(o.size))))
                     .collect())
             }
+            Source::Registry(r) => r.list(folder).await,
         }
     }
 
@@ -108,6 +119,7 @@ impl Source {
                 let bytes = got.into_stream().map_err(move |e| format!("downloading {shown}: {e}")).boxed();
                 Ok(Reading { bytes, from_offset: true })
             }
+            Source::Registry(r) => r.read(rel, offset).await,
         }
     }
 }
@@ -196,7 +208,7 @@ mod tests {
         assert!(matches!(stores.source(&mlflow, "mlflow-artifacts:/1/m/artifacts/"), Ok(Source::Proxy { .. })));
         match stores.source(&mlflow, "s3://bucket/root/1/models/m-1/artifacts") {
             Ok(Source::S3 { prefix, .. }) => assert_eq!(prefix, "root/1/models/m-1/artifacts"),
-            Ok(Source::Proxy { .. }) | Err(_) => panic!("not an S3 source"),
+            Ok(Source::Proxy { .. } | Source::Registry(_)) | Err(_) => panic!("not an S3 source"),
         }
         for bad in ["s3:///key", "s3://b/../x", "gs://b/k", "/local/path", "file:///x"] {
             assert!(stores.source(&mlflow, bad).is_err(), "{bad}");

@@ -453,3 +453,77 @@ class VariantTraffic(_message.Message):
 class ReportTrafficResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ResolveServingRequest(_message.Message):
+    __slots__ = ("name", "selectors")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SELECTORS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    selectors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., selectors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ResolveServingResponse(_message.Message):
+    __slots__ = ("revision", "epoch", "policy_json", "resolved")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    POLICY_JSON_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    epoch: str
+    policy_json: str
+    resolved: _containers.RepeatedCompositeFieldContainer[ResolvedSelector]
+    def __init__(self, revision: _Optional[int] = ..., epoch: _Optional[str] = ..., policy_json: _Optional[str] = ..., resolved: _Optional[_Iterable[_Union[ResolvedSelector, _Mapping]]] = ...) -> None: ...
+
+class ResolvedSelector(_message.Message):
+    __slots__ = ("selector", "version")
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    selector: str
+    version: ModelVersion
+    def __init__(self, selector: _Optional[str] = ..., version: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
+
+class ListModelFilesRequest(_message.Message):
+    __slots__ = ("name", "version", "folder")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FOLDER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    folder: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., folder: _Optional[str] = ...) -> None: ...
+
+class ListModelFilesResponse(_message.Message):
+    __slots__ = ("artifact_uri", "served", "files")
+    ARTIFACT_URI_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    artifact_uri: str
+    served: bool
+    files: _containers.RepeatedCompositeFieldContainer[StoredFile]
+    def __init__(self, artifact_uri: _Optional[str] = ..., served: bool = ..., files: _Optional[_Iterable[_Union[StoredFile, _Mapping]]] = ...) -> None: ...
+
+class StoredFile(_message.Message):
+    __slots__ = ("name", "size_bytes")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size_bytes: int
+    def __init__(self, name: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class ReadModelFileRequest(_message.Message):
+    __slots__ = ("name", "version", "path", "offset")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    path: str
+    offset: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., path: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class ReadModelFileResponse(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...

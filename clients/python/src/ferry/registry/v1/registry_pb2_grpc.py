@@ -106,6 +106,21 @@ class ModelRegistryStub(object):
                 request_serializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ReportTrafficRequest.SerializeToString,
                 response_deserializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ReportTrafficResponse.FromString,
                 _registered_method=True)
+        self.ResolveServing = channel.unary_unary(
+                '/ferry.registry.v1.ModelRegistry/ResolveServing',
+                request_serializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ResolveServingRequest.SerializeToString,
+                response_deserializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ResolveServingResponse.FromString,
+                _registered_method=True)
+        self.ListModelFiles = channel.unary_unary(
+                '/ferry.registry.v1.ModelRegistry/ListModelFiles',
+                request_serializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ListModelFilesRequest.SerializeToString,
+                response_deserializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ListModelFilesResponse.FromString,
+                _registered_method=True)
+        self.ReadModelFile = channel.unary_stream(
+                '/ferry.registry.v1.ModelRegistry/ReadModelFile',
+                request_serializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ReadModelFileRequest.SerializeToString,
+                response_deserializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ReadModelFileResponse.FromString,
+                _registered_method=True)
 
 
 class ModelRegistryServicer(object):
@@ -220,6 +235,33 @@ class ModelRegistryServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveServing(self, request, context):
+        """For inference replicas: the model's traffic policy and the versions the
+        given selectors designate, answered from the registry's own view of MLflow
+        (as of the WatchModels revision it returns) without calling MLflow, so
+        that a fleet reconciling after a change costs MLflow nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModelFiles(self, request, context):
+        """The files in one folder of a version's model directory. When the version's
+        files sit behind MLflow's artifact proxy the registry serves them (served
+        = true), downloading each from MLflow once and keeping it on its disk;
+        otherwise (s3://) the caller reads artifact_uri from the store itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadModelFile(self, request, context):
+        """One file of a version's model directory, from an offset on (to resume).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelRegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -292,6 +334,21 @@ def add_ModelRegistryServicer_to_server(servicer, server):
                     servicer.ReportTraffic,
                     request_deserializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ReportTrafficRequest.FromString,
                     response_serializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ReportTrafficResponse.SerializeToString,
+            ),
+            'ResolveServing': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveServing,
+                    request_deserializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ResolveServingRequest.FromString,
+                    response_serializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ResolveServingResponse.SerializeToString,
+            ),
+            'ListModelFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModelFiles,
+                    request_deserializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ListModelFilesRequest.FromString,
+                    response_serializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ListModelFilesResponse.SerializeToString,
+            ),
+            'ReadModelFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadModelFile,
+                    request_deserializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ReadModelFileRequest.FromString,
+                    response_serializer=ferry_dot_registry_dot_v1_dot_registry__pb2.ReadModelFileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -674,6 +731,87 @@ class ModelRegistry(object):
             '/ferry.registry.v1.ModelRegistry/ReportTraffic',
             ferry_dot_registry_dot_v1_dot_registry__pb2.ReportTrafficRequest.SerializeToString,
             ferry_dot_registry_dot_v1_dot_registry__pb2.ReportTrafficResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveServing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.registry.v1.ModelRegistry/ResolveServing',
+            ferry_dot_registry_dot_v1_dot_registry__pb2.ResolveServingRequest.SerializeToString,
+            ferry_dot_registry_dot_v1_dot_registry__pb2.ResolveServingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModelFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ferry.registry.v1.ModelRegistry/ListModelFiles',
+            ferry_dot_registry_dot_v1_dot_registry__pb2.ListModelFilesRequest.SerializeToString,
+            ferry_dot_registry_dot_v1_dot_registry__pb2.ListModelFilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadModelFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ferry.registry.v1.ModelRegistry/ReadModelFile',
+            ferry_dot_registry_dot_v1_dot_registry__pb2.ReadModelFileRequest.SerializeToString,
+            ferry_dot_registry_dot_v1_dot_registry__pb2.ReadModelFileResponse.FromString,
             options,
             channel_credentials,
             insecure,
