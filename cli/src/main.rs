@@ -36,6 +36,9 @@ struct Cli {
     /// Bearer token for the registry's mutating calls.
     #[arg(long, env = "FERRY_REGISTRY_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// API key for the inference service, when it requires one (its FERRY_API_KEYS).
+    #[arg(long, env = "FERRY_API_KEY", hide_env_values = true, global = true)]
+    api_key: Option<String>,
     /// How `models`, `versions`, `show`, `health` and `serving` print: a table, or JSON lines.
     #[arg(long, value_enum, default_value = "table", global = true)]
     output: output::Output,
@@ -47,6 +50,31 @@ struct Cli {
     config: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Presents the inference service's API key (`x-api-key`) on every call, when one is configured.
+#[derive(Clone)]
+struct ApiKey(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for ApiKey {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("x-api-key", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Inference = InferenceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, ApiKey>>;
+
+/// The inference service's client, with the API key when one is configured.
+async fn inference(url: &str, key: Option<&str>) -> anyhow::Result<Inference> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?.connect().await?;
+    let mut value = key.map(str::parse).transpose().context("the API key is not a valid header value")?;
+    if let Some(v) = value.as_mut() {
+        tonic::metadata::MetadataValue::set_sensitive(v, true);
+    }
+    Ok(InferenceClient::with_interceptor(channel, ApiKey(value)))
 }
 
 /// Wraps a message with the bearer token, when one is configured.
@@ -636,7 +664,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let state = health(&url).await.unwrap_or_else(|e| format!("UNREACHABLE ({e:#})"));
                 rows.push(vec![service.to_owned(), url, state, String::new()]);
             }
-            if let Ok(mut client) = InferenceClient::connect(cli.inference.clone()).await
+            if let Ok(mut client) = inference(&cli.inference, cli.api_key.as_deref()).await
                 && let Ok(list) = client.list_models(ListServedRequest {}).await
             {
                 for m in list.into_inner().models {
@@ -647,7 +675,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", output::rows(cli.output, &["WHAT", "WHERE", "STATE", "LAST ERROR"], &rows));
         }
         Cmd::Serving => {
-            let mut client = InferenceClient::connect(cli.inference).await?;
+            let mut client = inference(&cli.inference, cli.api_key.as_deref()).await?;
             let models = client.list_models(ListServedRequest {}).await?.into_inner().models;
             let mut rows = Vec::new();
             for m in models {
@@ -801,7 +829,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Predict { model, input, data, json } => {
-            let mut client = InferenceClient::connect(cli.inference).await?;
+            let mut client = inference(&cli.inference, cli.api_key.as_deref()).await?;
             // The signature types the inputs: any dtype the model takes.
             let status = client
                 .get_model_metadata(GetModelMetadataRequest { model: model.clone() })

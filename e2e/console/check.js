@@ -11,8 +11,17 @@ const { run } = require('./browser');
 
 const [url, shot] = process.argv.slice(2);
 
+// Set when the service requires API keys: the page must ask for one.
+const key = process.env.FERRY_API_KEY;
+
 run({ width: 1200, height: 900 }, async (page) => {
   await page.goto(url);
+  if (key) {
+    await page.waitForSelector('#keyform:not([hidden])', { timeout: 15000 });
+    console.log('ASKED');
+    await page.fill('#key', key);
+    await page.click('#keyform button');
+  }
   await page.waitForSelector('tr[data-model="iris"] td.SERVING', { timeout: 15000 });
   console.log('SERVED ' + (await page.textContent('tr[data-model="iris"] td.version')));
   await page.fill('#input-input', '[[5.1, 3.5, 1.4, 0.2]]');

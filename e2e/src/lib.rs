@@ -24,6 +24,7 @@ use ferry_proto::{
 use tonic::transport::Channel;
 
 pub mod fleet;
+pub mod soak;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -702,6 +703,20 @@ pub struct IrisStack {
 /// Starts MLflow (sqlite), the registry and an inference service (with
 /// `inference_env`) serving `iris:Production` = version 1 of the sample model.
 pub async fn serve_iris(dir: &Path, inference_env: &[(&str, String)]) -> anyhow::Result<IrisStack> {
+    serve_iris_keyed(dir, inference_env, None).await
+}
+
+/// [`serve_iris`] with the inference service requiring `api_key` (`FERRY_API_KEYS`).
+pub async fn serve_iris_keyed(
+    dir: &Path,
+    inference_env: &[(&str, String)],
+    api_key: Option<&str>,
+) -> anyhow::Result<IrisStack> {
+    let mut inference_env = inference_env.to_vec();
+    if let Some(key) = api_key {
+        inference_env.push(("FERRY_API_KEYS", format!("tests={key}")));
+    }
+    let inference_env = inference_env.as_slice();
     let mlflow = Mlflow::start(dir).await?;
     let model = dir.join("iris.onnx");
     train_iris(&model, 1.0)?;
@@ -709,7 +724,7 @@ pub async fn serve_iris(dir: &Path, inference_env: &[(&str, String)]) -> anyhow:
     register_file(&mut registry.client, "iris", &model).await?;
     promote(&mut registry.client, "iris", "1").await?;
     let inference = start_inference(dir, &mlflow.url, Some(&registry.url), "iris:Production", inference_env).await?;
-    wait_serving(&inference.client, "iris", "1", &[5.1, 3.5, 1.4, 0.2], Duration::from_secs(60))
+    wait_serving_keyed(&inference.client, "iris", "1", &[5.1, 3.5, 1.4, 0.2], Duration::from_secs(60), api_key)
         .await
         .with_context(|| inference.proc.log_tail())?;
     Ok(IrisStack { mlflow, registry, inference, model })
@@ -784,9 +799,24 @@ pub async fn wait_serving(
     row: &[f32],
     timeout: Duration,
 ) -> anyhow::Result<PredictResponse> {
+    wait_serving_keyed(client, model, version, row, timeout, None).await
+}
+
+/// [`wait_serving`], presenting `api_key` as a bearer token.
+pub async fn wait_serving_keyed(
+    client: &InferenceClient<Channel>,
+    model: &str,
+    version: &str,
+    row: &[f32],
+    timeout: Duration,
+    api_key: Option<&str>,
+) -> anyhow::Result<PredictResponse> {
     wait_for(&format!("{model} version {version} to serve"), timeout, || {
         let mut c = client.clone();
-        let req = predict_row(model, row);
+        let mut req = tonic::Request::new(predict_row(model, row));
+        if let Some(v) = api_key.and_then(|k| format!("Bearer {k}").parse().ok()) {
+            req.metadata_mut().insert("authorization", v);
+        }
         async move { Ok(c.predict(req).await.ok().map(|r| r.into_inner()).filter(|r| r.model_version == version)) }
     })
     .await

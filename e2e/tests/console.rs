@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, bail, ensure};
-use ferry_e2e::{register_file, repo_root, serve_iris, train_iris};
+use ferry_e2e::{register_file, repo_root, train_iris};
 
 /// Where screenshots are kept: `<target dir>/ferry-artifacts/<name>`.
 fn artifact(name: &str) -> anyhow::Result<std::path::PathBuf> {
@@ -30,7 +30,13 @@ fn artifact(name: &str) -> anyhow::Result<std::path::PathBuf> {
 /// Runs a browser script from `e2e/console` on `url` in headless Chromium,
 /// calls `on_ready` when it prints READY (the test's move, made while the page
 /// is open), and returns what it printed once it prints DONE.
-async fn drive<F, Fut>(script: &str, url: &str, shot: &std::path::Path, mut on_ready: F) -> anyhow::Result<Vec<String>>
+async fn drive<F, Fut>(
+    script: &str,
+    url: &str,
+    shot: &std::path::Path,
+    env: &[(&str, &str)],
+    mut on_ready: F,
+) -> anyhow::Result<Vec<String>>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
@@ -43,6 +49,7 @@ where
         .arg(url)
         .arg(shot)
         .env("CHROMIUM", &chromium)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -80,16 +87,27 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_serves_and_follows_live() -> anyhow::Result<()> {
+    inference_console(None, "console.png").await
+}
+
+/// With API keys on, the page asks for one, and with it works as without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_asks_for_an_api_key_when_keys_are_on() -> anyhow::Result<()> {
+    inference_console(Some("console-key-0123456789abcdef"), "console-keyed.png").await
+}
+
+async fn inference_console(key: Option<&str>, screenshot: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let stack = serve_iris(d, &[]).await?;
+    let stack = ferry_e2e::serve_iris_keyed(d, &[], key).await?;
     let client = stack.registry.client.clone();
     let v2 = d.join("iris-2.onnx");
     train_iris(&v2, 0.05)?;
     register_file(&mut client.clone(), "iris", &v2).await?;
-    let shot = artifact("console.png")?;
+    let shot = artifact(screenshot)?;
     let url = format!("{}/console", stack.inference.http);
-    let lines = drive("check.js", &url, &shot, || {
+    let env: Vec<(&str, &str)> = key.map(|k| ("FERRY_API_KEY", k)).into_iter().collect();
+    let lines = drive("check.js", &url, &shot, &env, || {
         // The promotion, made while the page is open.
         let mut c = client.clone();
         async move { ferry_e2e::promote(&mut c, "iris", "2").await }
@@ -109,6 +127,7 @@ async fn the_console_shows_serves_and_follows_live() -> anyhow::Result<()> {
     ensure!(event.contains("iris now serves version 2"), "{event}");
     let streamed = lines.iter().find_map(|l| l.strip_prefix("REGISTRY ")).context("no registry event")?;
     ensure!(streamed.contains("registry #") && streamed.contains("iris"), "the registry's change, live: {streamed}");
+    ensure!(key.is_none() || lines.iter().any(|l| l == "ASKED"), "the page asked for the key");
     Ok(())
 }
 
@@ -126,7 +145,7 @@ async fn the_registry_console_lists_models_and_follows_moves_live() -> anyhow::R
     registry.client.set_alias(alias("1", "first model")).await?;
     let shot = artifact("registry-console.png")?;
     let client = registry.client.clone();
-    let lines = drive("check-registry.js", &format!("{}/console", registry.http), &shot, || {
+    let lines = drive("check-registry.js", &format!("{}/console", registry.http), &shot, &[], || {
         let (mut c, req) = (client.clone(), alias("2", "better on the hold-out"));
         async move { c.set_alias(req).await.map(drop).map_err(anyhow::Error::from) }
     })

@@ -127,6 +127,12 @@ pub async fn serve_plain(listener: TcpListener, app: axum::Router, stop: &Stop) 
     axum::serve(listener, app).with_graceful_shutdown(stop.fired()).await
 }
 
+/// Compares two secrets in time that depends on their length only, not on
+/// where they first differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,10 @@
 //! of MLflow records every request line).
 //!
 //!     cargo build --release --bins && \
-//!     target/release/bench-fleet [replicas, comma-separated: 1,2,20] [changes: 10] [registries: 2]
+//!     target/release/bench-fleet [replicas, comma-separated: 1,2,20] [changes: 10] [registries: 2] [simulated replicas]
+//!
+//! With a fourth argument it also runs that many simulated replicas (what
+//! inference asks the registry on a change, without loading the model).
 
 use std::time::Duration;
 
@@ -29,7 +32,100 @@ async fn main() -> anyhow::Result<()> {
     for n in sizes {
         println!("{}", run(n, registries, changes).await?);
     }
+    if let Some(simulated) = args.get(4).map(|s| s.parse::<usize>()).transpose()? {
+        println!();
+        println!(
+            "| simulated replicas | registries | changes | last replica p50 | last replica max | MLflow requests per change (p50 / max) |"
+        );
+        println!("|---|---|---|---|---|---|");
+        println!("{}", simulate(simulated, registries, changes).await?);
+    }
     Ok(())
+}
+
+/// `n` replicas that do what inference does on a change — hear it on
+/// `WatchModels`, resolve through `ResolveServing`, list and read the
+/// version's files with `ReadModelFile` — without loading the model, so that
+/// the registry's side is measured at a fleet size one machine cannot run.
+async fn simulate(n: usize, registries: usize, changes: usize) -> anyhow::Result<String> {
+    use ferry_proto::registry::v1::{
+        ChangeKind, ListModelFilesRequest, ReadModelFileRequest, ResolveServingRequest, WatchModelsRequest,
+        model_registry_client::ModelRegistryClient,
+    };
+    let dir = tempfile::tempdir()?;
+    let mut fleet = Fleet::start(dir.path(), registries, 0, 2000).await?;
+    let mut versions = Vec::new();
+    for k in 0..changes {
+        versions.push(fleet.register_iris(0.1 + 0.05 * k as f64).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String, std::time::Instant)>();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let url = fleet.registries[i % registries].url.clone();
+        let (model, tx) = (fleet.model.clone(), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = ModelRegistryClient::connect(url).await?;
+            let req = WatchModelsRequest { names: vec![model.clone()], ..Default::default() };
+            let mut stream = client.watch_models(req).await?.into_inner();
+            while let Some(change) = stream.message().await? {
+                if change.kind() != ChangeKind::AliasSet || change.alias != "champion" {
+                    continue;
+                }
+                let req = ResolveServingRequest { name: model.clone(), selectors: vec!["@champion".into()] };
+                let resolved = client.resolve_serving(req).await?.into_inner();
+                let version = resolved.resolved[0].version.as_ref().map(|v| v.version.clone()).unwrap_or_default();
+                let list =
+                    ListModelFilesRequest { name: model.clone(), version: version.clone(), folder: String::new() };
+                client.list_model_files(list).await?;
+                for path in ["MLmodel", "model.onnx"] {
+                    let read = ReadModelFileRequest {
+                        name: model.clone(),
+                        version: version.clone(),
+                        path: path.into(),
+                        offset: 0,
+                    };
+                    let mut chunks = client.read_model_file(read).await?.into_inner();
+                    while chunks.message().await?.is_some() {}
+                }
+                let _ = tx.send((i, version, std::time::Instant::now()));
+            }
+            anyhow::Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut last, mut per_change) = (vec![], vec![]);
+    for version in &versions {
+        let mark = fleet.tap.mark();
+        let moved = fleet.move_champion(version).await?;
+        let mut done = 0;
+        let mut slowest = Duration::ZERO;
+        while done < n {
+            let (_, v, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .context("simulated replicas to read the new version")?
+                .context("simulated replicas stopped")?;
+            if &v == version {
+                done += 1;
+                slowest = slowest.max(at.saturating_duration_since(moved));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let cost = fleet.tap.since(mark);
+        per_change.push(cost.files + cost.other);
+        last.push(slowest);
+    }
+    for t in tasks {
+        t.abort();
+    }
+    per_change.sort_unstable();
+    Ok(format!(
+        "| {n} | {registries} | {changes} | {} ms | {} ms | {} / {} |",
+        percentile(&last, 50.0).as_millis(),
+        percentile(&last, 100.0).as_millis(),
+        per_change[per_change.len() / 2],
+        per_change[per_change.len() - 1]
+    ))
 }
 
 async fn run(replicas: usize, registries: usize, changes: usize) -> anyhow::Result<String> {

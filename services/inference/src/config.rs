@@ -36,6 +36,12 @@ pub struct Config {
     /// drive rollouts) is a write, and reads need it when the registry protects them.
     #[arg(long, env = "FERRY_REGISTRY_TOKEN", hide_env_values = true)]
     pub registry_token: Option<ferry_telemetry::Secret>,
+    /// API keys callers must present on every prediction and metadata call (gRPC and
+    /// HTTP), `name=key` or `key`, comma-separated (16 characters or more), as
+    /// `Authorization: Bearer <key>` or `x-api-key: <key>`. Health checks, /openapi.json
+    /// and the console's page stay open. Unset: the prediction APIs are open (a warning says so).
+    #[arg(long, env = "FERRY_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<ferry_telemetry::Secret>,
     /// Prometheus /metrics listen address (a separate port).
     #[arg(long, env = "FERRY_INFERENCE_METRICS_ADDR", default_value = "127.0.0.1:9091")]
     pub metrics_addr: SocketAddr,

@@ -24,6 +24,9 @@ pub enum ServeError {
     /// The model failed while computing on valid-looking inputs.
     #[error("model execution failed: {0}")]
     Model(String),
+    /// API keys are required here and the request has none, or not a valid one.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// A bug or a broken invariant in Ferry.
     #[error("internal error: {0}")]
     Internal(String),
@@ -31,7 +34,7 @@ pub enum ServeError {
 
 impl ServeError {
     /// Every `kind()`, in a fixed order (metrics keep one counter per kind).
-    pub const KINDS: [&'static str; 8] = [
+    pub const KINDS: [&'static str; 9] = [
         "not_found",
         "unavailable",
         "invalid_argument",
@@ -39,6 +42,7 @@ impl ServeError {
         "overloaded",
         "deadline_exceeded",
         "model",
+        "unauthenticated",
         "internal",
     ];
 
@@ -56,6 +60,7 @@ impl ServeError {
             ServeError::Overloaded(_) => "overloaded",
             ServeError::DeadlineExceeded(_) => "deadline_exceeded",
             ServeError::Model(_) => "model",
+            ServeError::Unauthenticated(_) => "unauthenticated",
             ServeError::Internal(_) => "internal",
         }
     }

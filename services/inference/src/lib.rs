@@ -7,8 +7,11 @@ pub mod config;
 mod delivery;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod grpc;
 mod http;
+mod keys;
 pub mod memory;
 mod metrics;
 mod models_file;
@@ -16,7 +19,7 @@ pub mod remote;
 pub mod serving;
 pub mod spec;
 pub mod tensor;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 mod testing;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -78,6 +81,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         }
     }
     let models = Arc::new(Models::new(specs).map_err(anyhow::Error::msg)?);
+    let keys = match &cfg.api_keys {
+        Some(k) => keys::ApiKeys::parse(k.expose()).map_err(anyhow::Error::msg)?,
+        None => keys::ApiKeys::default(),
+    };
+    if keys.is_open() {
+        tracing::warn!(
+            "no FERRY_API_KEYS: the prediction APIs (gRPC and HTTP) answer anyone who reaches their ports; \
+             set keys unless a network policy or a gateway in front decides who may call"
+        );
+    } else {
+        info!(?keys, "API keys required on the prediction APIs");
+    }
     let mlflow = ferry_mlflow::Client::new(cfg.mlflow.config()).context("MLflow client")?;
     let grpc_listener = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
     let http_listener = TcpListener::bind(cfg.http_addr).await.with_context(|| format!("binding {}", cfg.http_addr))?;
@@ -125,14 +140,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     // gRPC-Web for browsers on the same port (HTTP/1.1 accepted).
     let grpc_server = ferry_server::grpc_server(Plane::Data).accept_http1(true).layer(browser::GrpcBrowserLayer);
     let grpc = ferry_server::with_common_services(grpc_server, health)?
-        .add_service(grpc::inference_server(Arc::clone(&models), cfg.max_request_bytes))
-        .add_service(grpc::oip_server(Arc::clone(&models), cfg.max_request_bytes))
+        .add_service(grpc::with_keys(grpc::inference_server(Arc::clone(&models), cfg.max_request_bytes), keys.clone()))
+        .add_service(grpc::with_keys(grpc::oip_server(Arc::clone(&models), cfg.max_request_bytes), keys.clone()))
         .serve_with_incoming_shutdown(ferry_telemetry::net::nodelay_incoming(grpc_listener), stop.fired());
-    let app = tower::ServiceBuilder::new().layer(browser::HttpBrowserLayer).service(http::router(
-        Arc::clone(&models),
-        cfg.rest_output.clone(),
-        cfg.max_request_bytes,
-    ));
+    let router = http::router(Arc::clone(&models), cfg.rest_output.clone(), cfg.max_request_bytes);
+    let app = tower::ServiceBuilder::new().layer(browser::HttpBrowserLayer).service(http::with_keys(router, keys));
     let http = ferry_server::serve_http(http_listener, Plane::Data, app, &stop);
     let metrics = ferry_server::serve_plain(
         metrics_listener,

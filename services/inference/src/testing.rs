@@ -2,6 +2,9 @@
 //! runner behind a real engine, slots and leases, so that the gRPC services
 //! and the HTTP router are tested without ONNX Runtime or MLflow.
 
+// Built for the fuzz targets too (feature `fuzzing`), which use only part of it.
+#![cfg_attr(not(test), allow(dead_code))]
+
 use std::{
     path::PathBuf,
     sync::{

@@ -174,9 +174,7 @@ impl Auth {
     }
 }
 
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub(crate) use ferry_server::constant_time_eq;
 
 #[cfg(test)]
 mod tests {

@@ -82,16 +82,19 @@ def _target(url: str) -> str:
 
 
 class Ferry:
-    """Both services' clients. ``token`` (default: ``$FERRY_REGISTRY_TOKEN``) is sent to the registry."""
+    """Both services' clients. ``token`` (default: ``$FERRY_REGISTRY_TOKEN``) is sent to the registry;
+    ``api_key`` (default: ``$FERRY_API_KEY``) to the inference service, when it requires keys."""
 
     def __init__(self, registry: str = "127.0.0.1:50051", inference: str = "127.0.0.1:50052",
-                 token: Optional[str] = None, timeout: float = 60.0):
+                 token: Optional[str] = None, timeout: float = 60.0, api_key: Optional[str] = None):
         self._registry_channel = grpc.insecure_channel(_target(registry))
         self._inference_channel = grpc.insecure_channel(_target(inference))
         self.registry = rgrpc.ModelRegistryStub(self._registry_channel)
         self.inference = igrpc.InferenceStub(self._inference_channel)
         token = token if token is not None else os.environ.get("FERRY_REGISTRY_TOKEN")
         self._auth = [("authorization", f"Bearer {token}")] if token else []
+        api_key = api_key if api_key is not None else os.environ.get("FERRY_API_KEY")
+        self._key = [("x-api-key", api_key)] if api_key else []
         self.timeout = timeout
 
     def close(self) -> None:
@@ -197,7 +200,7 @@ class Ferry:
         tensors = [_tensor(n, np.asarray(a)) for n, a in named.items()]
         req = ipb.PredictRequest(model=name, version=version, inputs=tensors, outputs=list(outputs))
         try:
-            resp, call = self.inference.Predict.with_call(req, timeout=self.timeout)
+            resp, call = self.inference.Predict.with_call(req, timeout=self.timeout, metadata=self._key)
         except grpc.RpcError as e:
             raise FerryError(f"predicting with {name!r}", e) from None
         meta = {k: v for k, v in (call.initial_metadata() or ()) if isinstance(v, str)}

@@ -80,7 +80,7 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// An engine over any runners (fakes, in tests of what holds an engine),
     /// one worker thread each, without batching or inline runs.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn with_runners<R: Runner>(signature: Signature, runners: Vec<R>, stats: Arc<ExecStats>) -> Self {
         let batcher = Batcher::start("test-model", runners, None, BatchPolicy::OFF, Arc::clone(&stats))
             .expect("starting test worker threads");

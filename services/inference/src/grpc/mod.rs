@@ -16,8 +16,13 @@ use ferry_proto::{
     inference::v1::inference_server::InferenceServer, oip::grpc_inference_service_server::GrpcInferenceServiceServer,
 };
 
+use tonic::service::interceptor::InterceptedService;
+
 pub(crate) use self::{inference::InferenceService, oip::OipService};
-use crate::serving::{Models, RequestHeaders};
+use crate::{
+    keys::ApiKeys,
+    serving::{Models, RequestHeaders},
+};
 
 /// Routing reads gRPC metadata the way HTTP adapters read headers.
 impl RequestHeaders for tonic::metadata::MetadataMap {
@@ -49,4 +54,23 @@ pub(crate) fn oip_server(models: Arc<Models>, max_request_bytes: usize) -> GrpcI
     GrpcInferenceServiceServer::new(OipService { models })
         .max_decoding_message_size(max_request_bytes)
         .max_encoding_message_size(usize::MAX)
+}
+
+/// A service behind the API-key check (`keys.rs`); health and reflection
+/// are other services, so probes never need a key.
+pub(crate) fn with_keys<S>(service: S, keys: ApiKeys) -> InterceptedService<S, KeyCheck> {
+    InterceptedService::new(service, KeyCheck(keys))
+}
+
+/// Refuses a call without a valid API key, before any method runs.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyCheck(ApiKeys);
+
+impl tonic::service::Interceptor for KeyCheck {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let md = req.metadata();
+        let header = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
+        self.0.check(header("authorization"), header("x-api-key")).map_err(status::status)?;
+        Ok(req)
+    }
 }

@@ -14,6 +14,7 @@ pub(crate) fn status(e: ServeError) -> Status {
         ServeError::VersionMismatch(_) => Code::FailedPrecondition,
         ServeError::Overloaded(_) => Code::ResourceExhausted,
         ServeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        ServeError::Unauthenticated(_) => Code::Unauthenticated,
         ServeError::Internal(_) => Code::Internal,
     };
     let mut s = Status::new(code, e.to_string());

@@ -23,10 +23,15 @@ impl IntoResponse for ApiError {
             ServeError::VersionMismatch(_) => StatusCode::CONFLICT,
             ServeError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ServeError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            ServeError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ServeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let retry = matches!(self.0, ServeError::Overloaded(_) | ServeError::Unavailable(_));
+        let challenge = matches!(self.0, ServeError::Unauthenticated(_));
         let mut resp = (status, Json(json!({ "error": self.0.to_string() }))).into_response();
+        if challenge {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if retry {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -66,6 +71,7 @@ impl From<ServeError> for ScoringApiError {
             ServeError::VersionMismatch(_) => (StatusCode::CONFLICT, "INVALID_STATE"),
             ServeError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "REQUEST_LIMIT_EXCEEDED"),
             ServeError::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED"),
+            ServeError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
             ServeError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
         };
         let retry = matches!(e, ServeError::Overloaded(_) | ServeError::Unavailable(_));

@@ -25,7 +25,10 @@ use axum::{
 use serde_json::{Value, json};
 
 pub(crate) use self::error::ApiError;
-use crate::serving::{Models, RequestHeaders, SlotState};
+use crate::{
+    keys::{self, ApiKeys},
+    serving::{Models, RequestHeaders, SlotState},
+};
 
 /// Routing reads request headers by their lowercase names.
 impl RequestHeaders for axum::http::HeaderMap {
@@ -66,6 +69,35 @@ pub(crate) fn router(models: Arc<Models>, rest_output: Option<String>, max_reque
         .with_state(AppState { models: Arc::clone(&models), rest_output })
         .merge(oip::routes().with_state(models))
         .layer(DefaultBodyLimit::max(max_request_bytes))
+}
+
+/// The router behind the API-key check (`keys.rs`): every route but the open
+/// ones (probes, the OpenAPI document, the console's page) and CORS preflights.
+pub(crate) fn with_keys(router: Router, keys: ApiKeys) -> Router {
+    if keys.is_open() {
+        return router;
+    }
+    router.layer(axum::middleware::from_fn_with_state(keys, require_key))
+}
+
+async fn require_key(
+    State(keys): State<ApiKeys>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(refused) = refusal(&keys, &req) {
+        return ApiError(refused).into_response();
+    }
+    next.run(req).await
+}
+
+/// Why a request may not pass the key check, if it may not.
+fn refusal(keys: &ApiKeys, req: &axum::extract::Request) -> Option<crate::error::ServeError> {
+    if keys::open_path(req.uri().path()) || req.method() == axum::http::Method::OPTIONS {
+        return None;
+    }
+    let header = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok());
+    keys.check(header("authorization"), header("x-api-key")).err()
 }
 
 /// The OpenAPI document of this REST API (checked against the server in CI).
