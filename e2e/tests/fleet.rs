@@ -57,6 +57,19 @@ async fn a_promotion_reaches_the_whole_fleet_at_a_bounded_cost_to_mlflow() -> an
         lines.join("\n")
     );
     ensure!(cost.files <= 2 * 3, "each registry reads a file from MLflow once: {cost:?}\n{}", lines.join("\n"));
+    // The registries' own account: each file of the two versions served so far read from
+    // MLflow once per registry (2 versions × 2 files × 2 registries), served to every replica.
+    let (mut downloads, mut reads) = (0u64, 0u64);
+    for r in &fleet.registries {
+        let text = reqwest::get(&r.metrics).await?.text().await?;
+        let value = |name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok()).unwrap_or_default()
+        };
+        downloads += value("ferry_registry_model_file_downloads_total ");
+        reads += value("ferry_registry_model_file_reads_total ");
+    }
+    eprintln!("registries: {downloads} files from MLflow, {reads} served to replicas");
+    ensure!(downloads <= 2 * 2 * 2 && reads >= 2 * n as u64, "downloads {downloads}, reads {reads}");
     // MLflow's webhook reaches registry 0 only; registry 1 had it passed on.
     let metrics = reqwest::get(&fleet.registries[1].metrics).await?.text().await?;
     ensure!(
