@@ -80,6 +80,13 @@ async fn models_logged_by_the_python_client_serve() -> anyhow::Result<()> {
     let log = std::fs::read_to_string(&inference.proc.log)?;
     ensure!(!log.contains("verified against"), "an untagged version was logged as verified");
     ensure!(log.contains("content not verified"), "no word that the content went unverified");
+    // Every kind came through the registry's copy, not a fallback to MLflow.
+    ensure!(log.contains("(through the registry)"), "the versions were read through the registry");
+    ensure!(
+        !log.contains("fetching through the registry failed"),
+        "a fallback hid a failure:\n{}",
+        inference.proc.log_tail()
+    );
 
     // An sklearn model: refused, naming its flavors; the last ONNX version keeps serving.
     let sk = by_kind("sklearn")?;
