@@ -39,6 +39,15 @@ struct Cli {
     /// API key for the inference service, when it requires one (its FERRY_API_KEYS).
     #[arg(long, env = "FERRY_API_KEY", hide_env_values = true, global = true)]
     api_key: Option<String>,
+    /// PEM CA certificates that https:// services are verified against, instead of the system's.
+    #[arg(long, env = "FERRY_TLS_CA", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for services that require one (mutual TLS), with --tls-client-key.
+    #[arg(long, env = "FERRY_TLS_CLIENT_CERT", global = true, requires = "tls_client_key")]
+    tls_client_cert: Option<PathBuf>,
+    /// PEM private key of --tls-client-cert.
+    #[arg(long, env = "FERRY_TLS_CLIENT_KEY", global = true, requires = "tls_client_cert")]
+    tls_client_key: Option<PathBuf>,
     /// How `models`, `versions`, `show`, `health` and `serving` print: a table, or JSON lines.
     #[arg(long, value_enum, default_value = "table", global = true)]
     output: output::Output,
@@ -68,8 +77,8 @@ impl tonic::service::Interceptor for ApiKey {
 type Inference = InferenceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, ApiKey>>;
 
 /// The inference service's client, with the API key when one is configured.
-async fn inference(url: &str, key: Option<&str>) -> anyhow::Result<Inference> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?.connect().await?;
+async fn inference(to: &Services, key: Option<&str>) -> anyhow::Result<Inference> {
+    let channel = to.channel(&to.inference).await?;
     let mut value = key.map(str::parse).transpose().context("the API key is not a valid header value")?;
     if let Some(v) = value.as_mut() {
         tonic::metadata::MetadataValue::set_sensitive(v, true);
@@ -269,12 +278,34 @@ fn stage_name(s: Stage) -> &'static str {
     }
 }
 
+/// Where the services are and how to connect to them.
+struct Services {
+    registry: String,
+    inference: String,
+    tls: ferry_tls::ClientTls,
+}
+
+impl Services {
+    fn of(cli: &Cli) -> anyhow::Result<Self> {
+        let identity = cli.tls_client_cert.as_deref().zip(cli.tls_client_key.as_deref());
+        let tls = ferry_tls::ClientTls::from_files(cli.tls_ca.as_deref(), identity)?;
+        Ok(Self { registry: cli.registry.clone(), inference: cli.inference.clone(), tls })
+    }
+
+    /// A connection to the service at `url`: TLS when it is `https://`.
+    async fn channel(&self, url: &str) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(self.tls.endpoint(url)?.connect_timeout(std::time::Duration::from_secs(5)).connect().await?)
+    }
+}
+
+/// The registry's client.
+async fn registry(to: &Services) -> anyhow::Result<ModelRegistryClient<tonic::transport::Channel>> {
+    Ok(ModelRegistryClient::new(to.channel(&to.registry).await?))
+}
+
 /// A service's gRPC health, or why it cannot be read.
-async fn health(url: &str) -> anyhow::Result<String> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(std::time::Duration::from_secs(3))
-        .connect()
-        .await?;
+async fn health(to: &Services, url: &str) -> anyhow::Result<String> {
+    let channel = to.channel(url).await?;
     let status = tonic_health::pb::health_client::HealthClient::new(channel)
         .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
         .await?
@@ -407,10 +438,33 @@ fn describe(e: &anyhow::Error, service: &str, url: &str) -> String {
             | Code::Internal
             | Code::DataLoss => String::new(),
         };
+        // A refused client certificate (TLS 1.3) shows only once the call is sent.
+        let mut cause = String::new();
+        let mut source = std::error::Error::source(s);
+        while let Some(e) = source {
+            cause = format!("{cause}: {e}");
+            source = e.source();
+        }
+        // A status the server sent has no source; one made from a broken connection does.
+        let hint = if url.starts_with("https://") && !cause.is_empty() {
+            "; the connection broke after the TLS handshake: if the server requires a client certificate \
+             (mutual TLS), pass --tls-client-cert and --tls-client-key with one its CA signed"
+                .to_owned()
+        } else {
+            hint
+        };
         return format!("{service} at {url}: {} ({:?}){hint}", s.message(), s.code());
     }
     if e.downcast_ref::<tonic::transport::Error>().is_some() {
-        return format!("cannot reach the {service} at {url} ({e:#}); is it running?");
+        let chain = format!("{e:#}");
+        let hint = if chain.contains("certificate") || chain.contains("Certificate") {
+            "its certificate is not trusted here, or it requires a client certificate: see --tls-ca and --tls-client-cert"
+        } else if chain.contains("InvalidContentType") || chain.contains("corrupt message") {
+            "it may speak TLS: use an https:// URL"
+        } else {
+            "is it running?"
+        };
+        return format!("cannot reach the {service} at {url} ({chain}); {hint}");
     }
     format!("{e:#}")
 }
@@ -498,6 +552,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let to = Services::of(&cli)?;
     match cli.cmd {
         Cmd::Register { name, file, description, tags, metrics, params } => {
             // The graph and its external data files, hashed as the registry will.
@@ -566,7 +621,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             });
-            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let mut client = registry(&to).await?;
             let resp = client
                 .register_model(authed(cli.token.as_deref(), futures::stream::iter([first]).chain(chunks))?)
                 .await?
@@ -579,7 +634,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Stage { name, version, stage, archive_existing, reason } => {
             let stage = parse_stage(&stage)?;
-            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let mut client = registry(&to).await?;
             let req = TransitionStageRequest {
                 name,
                 version,
@@ -601,7 +656,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(s)) => rollback_request::Target::Stage(parse_stage(&s)?.into()),
                 (None, None) => bail!("name --alias or --stage"),
             };
-            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let mut client = registry(&to).await?;
             let req = RollbackRequest { name, target: Some(target), reason };
             let r = client.rollback(authed(cli.token.as_deref(), req)?).await?.into_inner();
             let v = r.version.unwrap_or_default();
@@ -612,7 +667,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Models => {
-            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let mut client = registry(&to).await?;
             let req = ListModelsRequest { page_size: 1000, ..Default::default() };
             let models = client.list_models(authed(cli.token.as_deref(), req)?).await?.into_inner().models;
             let rows: Vec<Vec<String>> = models
@@ -627,14 +682,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", output::rows(cli.output, &["NAME", "ALIASES", "LATEST BY STAGE"], &rows));
         }
         Cmd::Versions { name } => {
-            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let mut client = registry(&to).await?;
             let req = ListVersionsRequest { name, page_size: 1000, ..Default::default() };
             let versions = client.list_versions(authed(cli.token.as_deref(), req)?).await?.into_inner().versions;
             let rows: Vec<Vec<String>> = versions.iter().map(version_row).collect();
             println!("{}", output::rows(cli.output, VERSION_HEADERS, &rows));
         }
         Cmd::Show { model } => {
-            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let mut client = registry(&to).await?;
             let v = match model.parse::<ferry_mlflow::ModelRef>() {
                 Ok(r) => {
                     let selector = match r.selector {
@@ -661,10 +716,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Health => {
             let mut rows = Vec::new();
             for (service, url) in [("registry", cli.registry.clone()), ("inference", cli.inference.clone())] {
-                let state = health(&url).await.unwrap_or_else(|e| format!("UNREACHABLE ({e:#})"));
+                let state = health(&to, &url).await.unwrap_or_else(|e| format!("UNREACHABLE ({e:#})"));
                 rows.push(vec![service.to_owned(), url, state, String::new()]);
             }
-            if let Ok(mut client) = inference(&cli.inference, cli.api_key.as_deref()).await
+            if let Ok(mut client) = inference(&to, cli.api_key.as_deref()).await
                 && let Ok(list) = client.list_models(ListServedRequest {}).await
             {
                 for m in list.into_inner().models {
@@ -675,7 +730,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", output::rows(cli.output, &["WHAT", "WHERE", "STATE", "LAST ERROR"], &rows));
         }
         Cmd::Serving => {
-            let mut client = inference(&cli.inference, cli.api_key.as_deref()).await?;
+            let mut client = inference(&to, cli.api_key.as_deref()).await?;
             let models = client.list_models(ListServedRequest {}).await?.into_inner().models;
             let mut rows = Vec::new();
             for m in models {
@@ -710,7 +765,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", output::rows(cli.output, &headers, &rows));
         }
         Cmd::History { name } => {
-            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let mut client = registry(&to).await?;
             let moves = client.list_moves(authed(cli.token.as_deref(), ListMovesRequest { name })?).await?.into_inner();
             for m in moves.moves {
                 let at = m.at.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000).unwrap_or_default();
@@ -722,7 +777,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Alias { name, alias, version, reason } => {
-            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let mut client = registry(&to).await?;
             let v = client
                 .set_alias(authed(cli.token.as_deref(), SetAliasRequest { name, alias, version, reason })?)
                 .await?
@@ -732,7 +787,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::json!({"name": v.name, "version": v.version, "aliases": v.aliases}));
         }
         Cmd::Policy { action } => {
-            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let mut client = registry(&to).await?;
             let token = cli.token.as_deref();
             let policy = match action {
                 PolicyCmd::Get { name } => {
@@ -789,14 +844,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", output::rows(cli.output, &["CURRENT", "NAME", "REGISTRY", "INFERENCE", "TOKEN"], &rows));
         }
         Cmd::Rollout { action: RolloutCmd::Status { name } } => {
-            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let mut client = registry(&to).await?;
             let req = authed(cli.token.as_deref(), GetTrafficPolicyRequest { name: name.clone() })?;
             let policy = client.get_traffic_policy(req).await?.into_inner().policy.unwrap_or_default();
             let headers = ["MODEL", "VARIANT", "VERSION", "WEIGHT", "PLAN", "LAST DECISION", "FIGURES", "REASON"];
             println!("{}", output::rows(cli.output, &headers, &[rollout_row(&name, &policy)]));
         }
         Cmd::Watch { names } => {
-            let mut client = ModelRegistryClient::connect(cli.registry).await?;
+            let mut client = registry(&to).await?;
             let mut stream = client
                 .watch_models(authed(cli.token.as_deref(), WatchModelsRequest { names, ..Default::default() })?)
                 .await?
@@ -829,7 +884,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Predict { model, input, data, json } => {
-            let mut client = inference(&cli.inference, cli.api_key.as_deref()).await?;
+            let mut client = inference(&to, cli.api_key.as_deref()).await?;
             // The signature types the inputs: any dtype the model takes.
             let status = client
                 .get_model_metadata(GetModelMetadataRequest { model: model.clone() })

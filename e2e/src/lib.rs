@@ -198,6 +198,15 @@ pub struct MlflowOptions {
     /// themselves (`--default-artifact-root … --no-serve-artifacts`).
     pub default_artifact_root: Option<String>,
     pub env: Vec<(String, String)>,
+    /// Serve HTTPS with this certificate (uvicorn's own TLS); clients verify it with `ca`.
+    pub tls: Option<MlflowTls>,
+}
+
+/// MLflow's certificate, and the CA that signed it.
+#[derive(Debug, Clone)]
+pub struct MlflowTls {
+    pub server: ferry_tls::testing::Pair,
+    pub ca: PathBuf,
 }
 
 impl MlflowOptions {
@@ -227,8 +236,9 @@ impl Mlflow {
         for _ in 1..=3 {
             let port = free_port();
             let mut proc = Self::spawn(dir, &opts, port)?;
-            let url = format!("http://127.0.0.1:{port}");
-            if Self::healthy(&mut proc, &url).await? {
+            let scheme = if opts.tls.is_some() { "https" } else { "http" };
+            let url = format!("{scheme}://127.0.0.1:{port}");
+            if Self::healthy(&mut proc, &url, &opts).await? {
                 return Ok(Self { url, proc, dir: dir.to_owned(), opts, port });
             }
             let _ = proc.terminate(Duration::from_secs(10));
@@ -252,6 +262,11 @@ impl Mlflow {
                 .arg("--artifacts-destination")
                 .arg(opts.artifacts_destination.clone().unwrap_or_else(|| dir.join("artifacts").display().to_string())),
         };
+        if let Some(tls) = &opts.tls {
+            let uvicorn =
+                format!("--ssl-certfile {} --ssl-keyfile {}", tls.server.cert.display(), tls.server.key.display());
+            cmd.arg("--uvicorn-opts").arg(uvicorn);
+        }
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
@@ -259,9 +274,13 @@ impl Mlflow {
     }
 
     /// Waits for `/health`; `false` when another process took the port first.
-    async fn healthy(proc: &mut Proc, url: &str) -> anyhow::Result<bool> {
+    async fn healthy(proc: &mut Proc, url: &str, opts: &MlflowOptions) -> anyhow::Result<bool> {
         let health = format!("{url}/health");
-        let http = reqwest::Client::new();
+        let tls = match &opts.tls {
+            Some(t) => ferry_tls::ClientTls::from_files(Some(&t.ca), None)?,
+            None => ferry_tls::ClientTls::default(),
+        };
+        let http = tls.http(reqwest::Client::builder())?.build()?;
         let deadline = std::time::Instant::now() + Duration::from_secs(180);
         loop {
             if http.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
@@ -293,7 +312,7 @@ impl Mlflow {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             self.proc = Self::spawn(&self.dir, &self.opts, self.port)?;
-            if Self::healthy(&mut self.proc, &self.url).await? {
+            if Self::healthy(&mut self.proc, &self.url, &self.opts).await? {
                 return Ok(());
             }
             // The old server's socket can linger a moment.

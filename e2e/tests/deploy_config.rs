@@ -91,6 +91,43 @@ fn deployment_files_use_the_variables_the_binaries_read() -> anyhow::Result<()> 
         }
     }
 
+    // The TLS component: its patches set variables the binaries read, replace
+    // each probe whole (one handler each: gRPC probes cannot speak TLS), and
+    // mount only Secrets its certificates write.
+    let certs = yaml("deploy/k8s/components/tls/certificates.yaml")?;
+    let secrets: Vec<&str> = certs
+        .iter()
+        .filter(|d| d["kind"] == "Certificate")
+        .map(|d| d["spec"]["secretName"].as_str().context("secretName"))
+        .collect::<anyhow::Result<_>>()?;
+    for file in ["registry-patch.yaml", "inference-patch.yaml", "mlflow-patch.yaml"] {
+        let path = format!("deploy/k8s/components/tls/{file}");
+        for doc in yaml(&path)? {
+            let spec = &doc["spec"]["template"]["spec"];
+            for c in spec["containers"].as_array().context("containers")? {
+                let name = c["name"].as_str().unwrap_or_default();
+                if name != "mlflow" {
+                    checked += check(&path, name, &names(&c["env"], "name"), known(name))?;
+                }
+                for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+                    let Some(p) = c[probe].as_object() else { continue };
+                    ensure!(
+                        p.get("$patch") == Some(&Value::from("replace")),
+                        "{path}: {probe} must replace the base's"
+                    );
+                    let handlers =
+                        ["grpc", "httpGet", "tcpSocket", "exec"].iter().filter(|h| p.contains_key(**h)).count();
+                    ensure!(handlers == 1 && p["httpGet"]["scheme"] == "HTTPS", "{path}: {probe} over HTTPS");
+                }
+            }
+            for v in spec["volumes"].as_array().context("volumes")? {
+                if let Some(secret) = v["secret"]["secretName"].as_str() {
+                    ensure!(secrets.contains(&secret), "{path}: Secret {secret} is written by no Certificate");
+                }
+            }
+        }
+    }
+
     // App Platform.
     let app = yaml("deploy/digitalocean/app.yaml")?.remove(0);
     for s in app["services"].as_array().context("services")? {

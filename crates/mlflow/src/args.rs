@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use url::Url;
 
@@ -29,6 +29,14 @@ pub struct MlflowArgs {
     /// Extra attempts for MLflow calls that fail with 5xx or no connection.
     #[arg(long = "mlflow-retries", env = "FERRY_MLFLOW_RETRIES", default_value_t = 3)]
     pub retries: u32,
+    /// PEM CA bundle an https:// MLflow's certificate is verified against,
+    /// instead of the system's roots (a private CA).
+    #[arg(long = "mlflow-ca", env = "MLFLOW_TRACKING_SERVER_CERT_PATH")]
+    pub ca: Option<PathBuf>,
+    /// PEM file holding the client certificate and its key, for an MLflow
+    /// behind a proxy that asks for one.
+    #[arg(long = "mlflow-client-cert", env = "MLFLOW_TRACKING_CLIENT_CERT_PATH")]
+    pub client_cert: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for MlflowArgs {
@@ -38,6 +46,8 @@ impl std::fmt::Debug for MlflowArgs {
             .field("auth", &self.auth())
             .field("timeout_ms", &self.timeout_ms)
             .field("retries", &self.retries)
+            .field("ca", &self.ca)
+            .field("client_cert", &self.client_cert)
             .finish()
     }
 }
@@ -51,12 +61,15 @@ impl MlflowArgs {
         }
     }
 
-    pub fn config(&self) -> Config {
+    /// The client configuration; fails when a certificate file named here cannot be read.
+    pub fn config(&self) -> Result<Config, ferry_tls::TlsError> {
         let mut cfg = Config::new(self.url.clone());
+        let identity = self.client_cert.as_deref().map(|both| (both, both));
+        cfg.tls = ferry_tls::ClientTls::from_files(self.ca.as_deref(), identity)?;
         cfg.auth = self.auth();
         cfg.timeout = Duration::from_millis(self.timeout_ms);
         cfg.transfer_timeout = Duration::from_secs(self.transfer_timeout_s);
         cfg.retries = self.retries;
-        cfg
+        Ok(cfg)
     }
 }

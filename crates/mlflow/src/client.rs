@@ -53,6 +53,8 @@ pub struct Config {
     pub transfer_timeout: Duration,
     /// Extra attempts for idempotent calls that fail with 5xx or no connection.
     pub retries: u32,
+    /// Trust anchors and client certificate for an https:// MLflow.
+    pub tls: ferry_tls::ClientTls,
 }
 
 impl Config {
@@ -63,6 +65,7 @@ impl Config {
             timeout: Duration::from_secs(10),
             transfer_timeout: Duration::from_secs(600),
             retries: 3,
+            tls: ferry_tls::ClientTls::default(),
         }
     }
 }
@@ -71,7 +74,8 @@ impl Config {
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
-    cfg: Config,
+    // Shared: the client is cloned into every task that calls MLflow.
+    cfg: Arc<Config>,
     calls: Arc<CallMetrics>,
 }
 
@@ -116,12 +120,12 @@ impl Client {
             let path = format!("{}/", cfg.base_url.path());
             cfg.base_url.set_path(&path);
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
+        let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).tcp_nodelay(true);
+        let http = (cfg.tls.http(builder))
+            .map_err(|e| Error::Protocol(format!("MLflow TLS settings: {e}")))?
             .build()
             .map_err(|e| Error::Protocol(format!("building HTTP client: {e}")))?;
-        Ok(Self { http, cfg, calls: Arc::default() })
+        Ok(Self { http, cfg: Arc::new(cfg), calls: Arc::default() })
     }
 
     /// Appends the `ferry_mlflow_*` Prometheus families: calls by endpoint and

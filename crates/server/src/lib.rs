@@ -2,13 +2,19 @@
 //! `run()` reads as the list of what it serves: one stop signal that every
 //! listener and background task follows, gRPC health that follows a
 //! readiness flag, reflection (v1 and v1alpha, for grpcurl and Postman),
-//! and the HTTP stack's request id and tracing span.
+//! and the HTTP stack's request id and tracing span; and the listener every
+//! port is served from, plain or TLS.
+
+mod listen;
+
+pub use ferry_tls::{Port, ServerTls};
+pub use listen::{Conn, HANDSHAKE_TIMEOUT, Listener};
 
 use std::{convert::Infallible, future::Future};
 
-use axum::{extract::Request, response::Response, serve::ListenerExt};
+use axum::{extract::Request, response::Response};
 use ferry_telemetry::Plane;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::sync::watch;
 use tonic::transport::server::Router;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -97,7 +103,7 @@ pub fn with_common_services<L: Clone>(
 /// Serves `app` on `listener` with a request id (the caller's `x-request-id`
 /// or a new one, echoed back) and a request span on every request, until
 /// `stop` fires; requests in flight then finish.
-pub async fn serve_http<S>(listener: TcpListener, plane: Plane, app: S, stop: &Stop) -> std::io::Result<()>
+pub async fn serve_http<S>(listener: Listener, plane: Plane, app: S, stop: &Stop) -> std::io::Result<()>
 where
     S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
@@ -117,14 +123,23 @@ where
         .layer(echo_id)
         .layer(trace)
         .service(app);
-    axum::serve(listener.tap_io(ferry_telemetry::net::set_nodelay), axum::ServiceExt::<Request>::into_make_service(app))
+    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(app))
         .with_graceful_shutdown(stop.fired())
         .await
 }
 
 /// Serves a plain router (metrics) until `stop` fires.
-pub async fn serve_plain(listener: TcpListener, app: axum::Router, stop: &Stop) -> std::io::Result<()> {
+pub async fn serve_plain(listener: Listener, app: axum::Router, stop: &Stop) -> std::io::Result<()> {
     axum::serve(listener, app).with_graceful_shutdown(stop.fired()).await
+}
+
+/// What the listeners speak, for the start-up line.
+pub fn describe_tls(tls: Option<&ServerTls>) -> &'static str {
+    match tls {
+        None => "off",
+        Some(t) if t.requires_client_certificate() => "on, client certificates required on gRPC",
+        Some(_) => "on",
+    }
 }
 
 /// Compares two secrets in time that depends on their length only, not on
@@ -135,6 +150,8 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[tokio::test]
@@ -158,13 +175,13 @@ mod tests {
         let (reporter, health) = tonic_health::server::health_reporter();
         let (ready_tx, ready) = watch::channel(false);
         follow_health(reporter, vec!["x.Svc"], ready).await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = Listener::bind("127.0.0.1:0".parse().unwrap(), None, Port::Grpc).await.unwrap();
+        let addr = listener.local_addr();
         let (trigger, stop) = stop_signal();
         let server = tokio::spawn(
             with_common_services(grpc_server(Plane::Data), health)
                 .unwrap()
-                .serve_with_incoming_shutdown(ferry_telemetry::net::nodelay_incoming(listener), stop.fired()),
+                .serve_with_incoming_shutdown(listener.incoming(), stop.fired()),
         );
         let channel =
             tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
@@ -194,5 +211,88 @@ mod tests {
         drop(client);
         trigger.stop();
         server.await.unwrap().unwrap();
+    }
+
+    /// A gRPC health server and an HTTP server on TLS listeners, until `stop`.
+    async fn tls_servers(tls: &Arc<ServerTls>, stop: &Stop) -> (String, String) {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        follow_health(reporter, vec![], watch::channel(true).1).await;
+        let grpc = Listener::bind("127.0.0.1:0".parse().unwrap(), Some(tls), Port::Grpc).await.unwrap();
+        let http = Listener::bind("127.0.0.1:0".parse().unwrap(), Some(tls), Port::Http).await.unwrap();
+        let urls = (
+            format!("https://localhost:{}", grpc.local_addr().port()),
+            format!("https://localhost:{}", http.local_addr().port()),
+        );
+        let server = with_common_services(grpc_server(Plane::Control), health).unwrap();
+        tokio::spawn(server.serve_with_incoming_shutdown(grpc.incoming(), stop.fired()));
+        let app = axum::Router::new().route("/hello", axum::routing::get(|| async { "hello" }));
+        let stop = stop.clone();
+        tokio::spawn(async move { serve_plain(http, app, &stop).await });
+        urls
+    }
+
+    async fn check(tls: &ferry_tls::ClientTls, url: &str) -> Result<i32, String> {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let channel = tls.endpoint(url).unwrap().connect().await.map_err(|e| format!("{e:?}"))?;
+        let reply = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await;
+        reply.map(|r| r.into_inner().status).map_err(|s| format!("{s:?}"))
+    }
+
+    #[tokio::test]
+    async fn tls_listeners_serve_grpc_and_http_to_clients_that_trust_the_ca() {
+        use ferry_tls::{ClientTls, ServerTlsArgs, testing::Ca};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(dir.path(), "ferry").unwrap();
+        let server = ca.server("server").unwrap();
+        let args = ServerTlsArgs { tls_cert: Some(server.cert), tls_key: Some(server.key), tls_client_ca: None };
+        let tls = ServerTls::load(&args).unwrap().unwrap();
+        let (_trigger, stop) = stop_signal();
+        let (grpc, http) = tls_servers(&tls, &stop).await;
+
+        // A client that never starts its handshake holds up nobody.
+        let _silent =
+            tokio::net::TcpStream::connect(grpc.trim_start_matches("https://").replace("localhost", "127.0.0.1"))
+                .await
+                .unwrap();
+        let trusting = ClientTls::from_files(Some(&ca.cert), None).unwrap();
+        assert_eq!(check(&trusting, &grpc).await.unwrap(), 1, "SERVING");
+        let web = trusting.http(reqwest::Client::builder()).unwrap().build().unwrap();
+        assert_eq!(web.get(format!("{http}/hello")).send().await.unwrap().text().await.unwrap(), "hello");
+
+        // Not trusting the CA, or speaking plaintext to a TLS port: refused.
+        let err = check(&ClientTls::default(), &grpc).await.unwrap_err();
+        assert!(err.contains("certificate") || err.contains("Certificate"), "{err}");
+        let plain = grpc.replace("https://", "http://");
+        assert!(check(&ClientTls::default(), &plain).await.is_err());
+        let plain_http = reqwest::get(format!("{}/hello", http.replace("https://", "http://"))).await;
+        assert!(plain_http.is_err(), "{plain_http:?}");
+    }
+
+    #[tokio::test]
+    async fn with_a_client_ca_grpc_requires_a_client_certificate_and_http_does_not() {
+        use ferry_tls::{ClientTls, ServerTlsArgs, testing::Ca};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(dir.path(), "ferry").unwrap();
+        let rogue = Ca::new(dir.path(), "rogue").unwrap();
+        let server = ca.server("server").unwrap();
+        let args = ServerTlsArgs {
+            tls_cert: Some(server.cert),
+            tls_key: Some(server.key),
+            tls_client_ca: Some(ca.cert.clone()),
+        };
+        let tls = ServerTls::load(&args).unwrap().unwrap();
+        let (_trigger, stop) = stop_signal();
+        let (grpc, http) = tls_servers(&tls, &stop).await;
+
+        let inference = ca.client("inference").unwrap();
+        let with_cert = ClientTls::from_files(Some(&ca.cert), Some((&inference.cert, &inference.key))).unwrap();
+        assert_eq!(check(&with_cert, &grpc).await.unwrap(), 1);
+        let without = ClientTls::from_files(Some(&ca.cert), None).unwrap();
+        assert!(check(&without, &grpc).await.is_err());
+        let impostor = rogue.client("impostor").unwrap();
+        let forged = ClientTls::from_files(Some(&ca.cert), Some((&impostor.cert, &impostor.key))).unwrap();
+        assert!(check(&forged, &grpc).await.is_err());
+        let web = without.http(reqwest::Client::builder()).unwrap().build().unwrap();
+        assert_eq!(web.get(format!("{http}/hello")).send().await.unwrap().text().await.unwrap(), "hello");
     }
 }

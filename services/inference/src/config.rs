@@ -46,6 +46,12 @@ pub struct Config {
     #[arg(long, env = "FERRY_INFERENCE_METRICS_ADDR", default_value = "127.0.0.1:9091")]
     pub metrics_addr: SocketAddr,
     #[command(flatten)]
+    pub tls: ferry_tls::ServerTlsArgs,
+    /// How https:// registries and remote OIP servers are verified (FERRY_TLS_CA) and the
+    /// client certificate presented to them (mutual TLS).
+    #[command(flatten)]
+    pub client_tls: ferry_tls::ClientTlsArgs,
+    #[command(flatten)]
     pub mlflow: MlflowArgs,
     /// Path of libonnxruntime.so (the one from the onnxruntime Python wheel works).
     #[arg(long, env = "ORT_DYLIB_PATH")]

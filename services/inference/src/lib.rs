@@ -28,8 +28,8 @@ use anyhow::Context;
 use ferry_proto::{
     inference::v1::inference_server::InferenceServer, oip::grpc_inference_service_server::GrpcInferenceServiceServer,
 };
+use ferry_server::Port;
 use ferry_telemetry::Plane;
-use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tracing::info;
 
@@ -93,11 +93,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     } else {
         info!(?keys, "API keys required on the prediction APIs");
     }
-    let mlflow = ferry_mlflow::Client::new(cfg.mlflow.config()).context("MLflow client")?;
-    let grpc_listener = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
-    let http_listener = TcpListener::bind(cfg.http_addr).await.with_context(|| format!("binding {}", cfg.http_addr))?;
+    let mlflow = ferry_mlflow::Client::new(cfg.mlflow.config()?).context("MLflow client")?;
+    let client_tls = ferry_tls::ClientTls::load(&cfg.client_tls)?;
+    let tls = ferry_server::ServerTls::load(&cfg.tls)?;
+    let bind = |addr, port| ferry_server::Listener::bind(addr, tls.as_ref(), port);
+    let grpc_listener = bind(cfg.grpc_addr, Port::Grpc).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
+    let http_listener = bind(cfg.http_addr, Port::Http).await.with_context(|| format!("binding {}", cfg.http_addr))?;
     let metrics_listener =
-        TcpListener::bind(cfg.metrics_addr).await.with_context(|| format!("binding {}", cfg.metrics_addr))?;
+        bind(cfg.metrics_addr, Port::Http).await.with_context(|| format!("binding {}", cfg.metrics_addr))?;
 
     // Shutdown: readiness false first, keep serving for the drain delay, then
     // stop accepting and let in-flight requests finish (bounded below).
@@ -119,6 +122,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         DeliveryConfig {
             registry_url: cfg.registry_url.clone(),
             registry_token: cfg.registry_token.clone(),
+            tls: client_tls,
             work_dir: cfg.model_dir.clone(),
             max_model_bytes: cfg.max_model_bytes,
             download_stall: Duration::from_millis(cfg.download_stall_ms.max(1)),
@@ -136,13 +140,19 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     ];
     ferry_server::follow_health(reporter, services, models.ready()).await;
 
-    info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, models = ?cfg.models.iter().map(ToString::to_string).collect::<Vec<_>>(), "ferry-inference listening");
+    info!(
+        grpc = %grpc_listener.local_addr(),
+        http = %http_listener.local_addr(),
+        models = ?cfg.models.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        tls = ferry_server::describe_tls(tls.as_deref()),
+        "ferry-inference listening"
+    );
     // gRPC-Web for browsers on the same port (HTTP/1.1 accepted).
     let grpc_server = ferry_server::grpc_server(Plane::Data).accept_http1(true).layer(browser::GrpcBrowserLayer);
     let grpc = ferry_server::with_common_services(grpc_server, health)?
         .add_service(grpc::with_keys(grpc::inference_server(Arc::clone(&models), cfg.max_request_bytes), keys.clone()))
         .add_service(grpc::with_keys(grpc::oip_server(Arc::clone(&models), cfg.max_request_bytes), keys.clone()))
-        .serve_with_incoming_shutdown(ferry_telemetry::net::nodelay_incoming(grpc_listener), stop.fired());
+        .serve_with_incoming_shutdown(grpc_listener.incoming(), stop.fired());
     let router = http::router(Arc::clone(&models), cfg.rest_output.clone(), cfg.max_request_bytes);
     let app = tower::ServiceBuilder::new().layer(browser::HttpBrowserLayer).service(http::with_keys(router, keys));
     let http = ferry_server::serve_http(http_listener, Plane::Data, app, &stop);

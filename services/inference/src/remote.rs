@@ -37,8 +37,8 @@ impl RemoteModel {
     }
 
     /// Connects and reads the remote model's signature.
-    pub async fn connect(endpoint: &str, name: &str) -> Result<(Self, Signature), String> {
-        let channel = Channel::from_shared(endpoint.to_owned())
+    pub async fn connect(tls: &ferry_tls::ClientTls, endpoint: &str, name: &str) -> Result<(Self, Signature), String> {
+        let channel = (tls.endpoint(endpoint))
             .map_err(|e| format!("bad remote endpoint {endpoint:?}: {e}"))?
             .connect_timeout(std::time::Duration::from_secs(5))
             .connect()

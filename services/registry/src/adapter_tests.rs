@@ -134,6 +134,7 @@ async fn http(f: &Fixture, req: http::Request<Body>) -> (StatusCode, String) {
         webhooks: None,
         peers: None,
         traffic: Arc::default(),
+        ready: tokio::sync::watch::channel(true).1,
     });
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status();
@@ -297,6 +298,7 @@ async fn hostile_webhook_deliveries_are_refused_without_effect() {
         webhooks: Some(verifier),
         peers: None,
         traffic: Arc::default(),
+        ready: tokio::sync::watch::channel(true).1,
     });
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
     let body = r#"{"entity":"model_version_alias","action":"created"}"#;
@@ -356,6 +358,7 @@ async fn a_peers_traffic_report_counts_only_when_signed_with_the_shared_secret()
         webhooks: Some(Arc::new(crate::webhook::Verifier::new("hook-secret", Duration::from_secs(300)))),
         peers: None,
         traffic: Arc::clone(&traffic),
+        ready: tokio::sync::watch::channel(true).1,
     });
     let report = ferry_proto::registry::v1::ReportTrafficRequest {
         replica: "replica-1".into(),
@@ -382,4 +385,22 @@ async fn a_peers_traffic_report_counts_only_when_signed_with_the_shared_secret()
     let signed = app.clone().oneshot(post("p2", b"hook-secret")).await.unwrap();
     assert_eq!(signed.status(), StatusCode::OK);
     assert_eq!(traffic.figures("m", "canary").requests, 7, "a peer's report counts as the replica's own");
+}
+
+#[tokio::test]
+async fn readyz_follows_whether_mlflow_answers() {
+    let f = fixture(Mlflow::Empty).await;
+    let (ready_tx, ready) = tokio::sync::watch::channel(false);
+    let app = crate::http::router(crate::http::Routes {
+        registry: f.registry.clone(),
+        auth: auth(),
+        webhooks: None,
+        peers: None,
+        traffic: Arc::default(),
+        ready,
+    });
+    let get = || http::Request::get("/readyz").body(Body::empty()).unwrap();
+    assert_eq!(app.clone().oneshot(get()).await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+    ready_tx.send_replace(true);
+    assert_eq!(app.oneshot(get()).await.unwrap().status(), StatusCode::OK);
 }

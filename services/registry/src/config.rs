@@ -81,5 +81,10 @@ pub struct Config {
     #[arg(long, env = "FERRY_REGISTRY_PEERS")]
     pub peers: Option<String>,
     #[command(flatten)]
+    pub tls: ferry_tls::ServerTlsArgs,
+    /// How this registry verifies its peers when they serve TLS (FERRY_TLS_CA).
+    #[command(flatten)]
+    pub client_tls: ferry_tls::ClientTlsArgs,
+    #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }

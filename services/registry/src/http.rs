@@ -37,6 +37,9 @@ pub(crate) struct Routes {
     pub(crate) webhooks: Option<Arc<Verifier>>,
     pub(crate) peers: Option<webhook::Peers>,
     pub(crate) traffic: Arc<crate::rollout::Traffic>,
+    /// Whether MLflow answers: what gRPC health reports, for HTTP probes
+    /// (Kubernetes' gRPC probes cannot speak TLS).
+    pub(crate) ready: tokio::sync::watch::Receiver<bool>,
 }
 
 type AppState = Routes;
@@ -52,8 +55,18 @@ pub(crate) fn router(routes: Routes) -> Router {
         .route("/v1/peers/traffic", post(peer_traffic).layer(DefaultBodyLimit::max(PEER_TRAFFIC_MAX_BYTES)))
         .route("/set-model-stage", put(set_model_stage))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .with_state(routes)
         .merge(crate::console::routes(registry, auth))
+}
+
+/// 200 while MLflow answers, else 503: the registry can do nothing without it.
+async fn readyz(State(routes): State<AppState>) -> (StatusCode, &'static str) {
+    if *routes.ready.borrow() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "MLflow is not reachable")
+    }
 }
 
 /// The one mapping from registry errors to HTTP statuses.

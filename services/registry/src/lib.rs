@@ -24,8 +24,9 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use ferry_proto::registry::v1::model_registry_server::ModelRegistryServer;
+use ferry_server::Port;
 use ferry_telemetry::Plane;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::sync::watch;
 use tracing::info;
 
 pub use crate::config::Config;
@@ -33,11 +34,14 @@ use crate::hub::Hub;
 
 /// Runs the service until `shutdown` resolves.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let mlflow = ferry_mlflow::Client::new(cfg.mlflow.config()).context("MLflow client")?;
-    let listener = TcpListener::bind(cfg.grpc_addr).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
-    let http_listener = TcpListener::bind(cfg.http_addr).await.with_context(|| format!("binding {}", cfg.http_addr))?;
+    let mlflow = ferry_mlflow::Client::new(cfg.mlflow.config()?).context("MLflow client")?;
+    let client_tls = ferry_tls::ClientTls::load(&cfg.client_tls)?;
+    let tls = ferry_server::ServerTls::load(&cfg.tls)?;
+    let bind = |addr, port| ferry_server::Listener::bind(addr, tls.as_ref(), port);
+    let listener = bind(cfg.grpc_addr, Port::Grpc).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
+    let http_listener = bind(cfg.http_addr, Port::Http).await.with_context(|| format!("binding {}", cfg.http_addr))?;
     let metrics_listener =
-        TcpListener::bind(cfg.metrics_addr).await.with_context(|| format!("binding {}", cfg.metrics_addr))?;
+        bind(cfg.metrics_addr, Port::Http).await.with_context(|| format!("binding {}", cfg.metrics_addr))?;
 
     let hub = Hub::new(cfg.history, 4096);
     let (healthy_tx, healthy) = watch::channel(false);
@@ -47,7 +51,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     // Health follows MLflow reachability: without it the registry can do nothing.
     let (reporter, health) = tonic_health::server::health_reporter();
     let services = vec![<ModelRegistryServer<grpc::RegistryService> as tonic::server::NamedService>::NAME];
-    ferry_server::follow_health(reporter, services, healthy).await;
+    ferry_server::follow_health(reporter, services, healthy.clone()).await;
 
     // Rollouts are decided here, once for the fleet, from the replicas' reports.
     let traffic = Arc::new(rollout::Traffic::default());
@@ -121,7 +125,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
 
     let secret = cfg.webhook_secret.as_ref().map(ferry_telemetry::Secret::expose);
-    let peers = cfg.peers.as_deref().and_then(|list| webhook::Peers::parse(list, secret));
+    let peers = cfg
+        .peers
+        .as_deref()
+        .and_then(|list| webhook::Peers::parse(list, secret, tls.is_some().then(|| client_tls.clone())));
     if let (Some(p), Some(list)) = (&peers, &cfg.peers) {
         info!(peers = %list, "verified webhook deliveries are passed on to the registry peers");
         if !p.shares_traffic() {
@@ -137,7 +144,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         shutdown.await;
         trigger.stop();
     });
-    info!(grpc = %listener.local_addr()?, http = %http_listener.local_addr()?, mlflow = %cfg.mlflow.url, "ferry-registry listening");
+    info!(
+        grpc = %listener.local_addr(),
+        http = %http_listener.local_addr(),
+        mlflow = %cfg.mlflow.url,
+        tls = ferry_server::describe_tls(tls.as_deref()),
+        "ferry-registry listening"
+    );
     let grpc = ferry_server::with_common_services(ferry_server::grpc_server(Plane::Control), health)?
         .add_service(
             ModelRegistryServer::new(grpc::RegistryService {
@@ -149,11 +162,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             })
             .max_decoding_message_size(8 << 20),
         )
-        .serve_with_incoming_shutdown(ferry_telemetry::net::nodelay_incoming(listener), stop.fired());
+        .serve_with_incoming_shutdown(listener.incoming(), stop.fired());
     let http = ferry_server::serve_http(
         http_listener,
         Plane::Control,
-        http::router(http::Routes { registry, auth, webhooks: verifier, peers, traffic }),
+        http::router(http::Routes { registry, auth, webhooks: verifier, peers, traffic, ready: healthy }),
         &stop,
     );
     let metrics = ferry_server::serve_plain(metrics_listener, metrics::router(metrics_sources), &stop);

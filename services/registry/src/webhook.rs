@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -114,9 +114,16 @@ pub struct Peers {
     /// name resolves to every ready replica).
     targets: Vec<String>,
     http: reqwest::Client,
+    /// With TLS (peers serve what this registry serves), the client for each
+    /// peer address: it connects to that address and verifies the certificate
+    /// against the target's name (a pod IP is in no certificate).
+    tls: Option<(ferry_tls::ClientTls, PeerClients)>,
     /// Signs traffic reports passed on; without it they are not shared.
     secret: Option<Vec<u8>>,
 }
+
+/// One HTTPS client per peer address, each verifying the peers' name.
+type PeerClients = Arc<Mutex<HashMap<std::net::SocketAddr, reqwest::Client>>>;
 
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,12 +135,36 @@ impl std::fmt::Debug for Peers {
 pub const PEER_HEADERS: [&str; 3] = ["x-ferry-peer-id", "x-ferry-peer-timestamp", "x-ferry-peer-signature"];
 
 impl Peers {
-    pub fn parse(list: &str, secret: Option<&str>) -> Option<Self> {
+    /// `tls`: the peers serve TLS (as this registry does) and are verified with it.
+    pub fn parse(list: &str, secret: Option<&str>, tls: Option<ferry_tls::ClientTls>) -> Option<Self> {
         let targets: Vec<String> =
             list.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
         let secret = secret.filter(|s| !s.is_empty()).map(|s| s.as_bytes().to_vec());
-        (!targets.is_empty()).then_some(Self { targets, http, secret })
+        let tls = tls.map(|t| (t, Arc::default()));
+        (!targets.is_empty()).then_some(Self { targets, http, tls, secret })
+    }
+
+    /// The URL and client for one resolved address of `target` (`host:port`).
+    fn client(
+        &self,
+        target: &str,
+        addr: std::net::SocketAddr,
+        path: &str,
+    ) -> Result<(String, reqwest::Client), String> {
+        let Some((tls, clients)) = &self.tls else { return Ok((format!("http://{addr}{path}"), self.http.clone())) };
+        let host = target.rsplit_once(':').map_or(target, |(h, _)| h).trim_matches(['[', ']']);
+        let mut clients = clients.lock().unwrap_or_else(|e| e.into_inner());
+        let client = match clients.get(&addr) {
+            Some(c) => c.clone(),
+            None => {
+                let builder = reqwest::Client::builder().timeout(Duration::from_secs(2)).resolve(host, addr);
+                let c = tls.http(builder).map_err(|e| e.to_string())?.build().map_err(|e| e.to_string())?;
+                clients.insert(addr, c.clone());
+                c
+            }
+        };
+        Ok((format!("https://{target}{path}"), client))
     }
 
     /// Whether traffic reports are shared (a secret to sign them with).
@@ -160,14 +191,18 @@ impl Peers {
 
     fn post(&self, path: &'static str, headers: Vec<(&'static str, String)>, body: bytes::Bytes) {
         for target in self.targets.clone() {
-            let (http, headers, body) = (self.http.clone(), headers.clone(), body.clone());
+            let (peers, headers, body) = (self.clone(), headers.clone(), body.clone());
             tokio::spawn(async move {
                 let addrs = match tokio::net::lookup_host(target.as_str()).await {
                     Ok(a) => a.collect::<Vec<_>>(),
                     Err(e) => return warn!(peer = %target, error = %e, "cannot resolve a registry peer"),
                 };
                 for addr in addrs {
-                    let mut req = http.post(format!("http://{addr}{path}"));
+                    let (url, http) = match peers.client(&target, addr, path) {
+                        Ok(c) => c,
+                        Err(e) => return warn!(peer = %target, error = %e, "cannot set up TLS to a registry peer"),
+                    };
+                    let mut req = http.post(url);
                     for (k, v) in &headers {
                         req = req.header(*k, v);
                     }
@@ -243,5 +278,44 @@ mod tests {
             v.verify(None, Some("1000"), Some(&old), body, 1000),
             Err(Rejection::MissingHeader("X-MLflow-Delivery-Id"))
         );
+    }
+
+    /// Peers serving TLS are reached by name (the certificate's) at each
+    /// address the name resolves to, and verified against the configured CA.
+    #[tokio::test]
+    async fn passes_deliveries_on_to_tls_peers_verified_by_name() {
+        use ferry_tls::{ClientTls, Port, ServerTls, ServerTlsArgs, testing::Ca};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(dir.path(), "ferry").unwrap();
+        let rogue = Ca::new(dir.path(), "rogue").unwrap();
+        let server = ca.server("peer").unwrap();
+        let args = ServerTlsArgs { tls_cert: Some(server.cert), tls_key: Some(server.key), tls_client_ca: None };
+        let tls = ServerTls::load(&args).unwrap().unwrap();
+        let listener =
+            ferry_server::Listener::bind("127.0.0.1:0".parse().unwrap(), Some(&tls), Port::Http).await.unwrap();
+        let port = listener.local_addr().port();
+        let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+        let app = axum::Router::new().route(
+            "/webhooks/mlflow",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let forwarded = headers.get(FORWARDED).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                got_tx.send((forwarded, body)).unwrap();
+                async { "ok" }
+            }),
+        );
+        let (_trigger, stop) = ferry_server::stop_signal();
+        tokio::spawn(async move { ferry_server::serve_plain(listener, app, &stop).await });
+
+        let target = format!("localhost:{port}");
+        let trusting = ClientTls::from_files(Some(&ca.cert), None).unwrap();
+        let peers = Peers::parse(&target, Some("s"), Some(trusting)).unwrap();
+        peers.forward(vec![], bytes::Bytes::from_static(b"delivery"));
+        let (forwarded, body) = tokio::time::timeout(Duration::from_secs(10), got.recv()).await.unwrap().unwrap();
+        assert_eq!((forwarded.as_str(), body.as_str()), ("1", "delivery"));
+
+        // A peer whose certificate the CA did not sign gets nothing.
+        let untrusting = ClientTls::from_files(Some(&rogue.cert), None).unwrap();
+        Peers::parse(&target, Some("s"), Some(untrusting)).unwrap().forward(vec![], bytes::Bytes::from_static(b"x"));
+        assert!(tokio::time::timeout(Duration::from_millis(500), got.recv()).await.is_err());
     }
 }

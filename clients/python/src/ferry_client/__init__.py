@@ -77,18 +77,38 @@ class Prediction:
         return self.outputs[name]
 
 
-def _target(url: str) -> str:
-    return url.removeprefix("http://").removeprefix("grpc://")
+def _read(path: Optional[str]) -> Optional[bytes]:
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _channel(url: str, tls: Optional[grpc.ChannelCredentials]) -> grpc.Channel:
+    """``https://host:port`` is TLS (verified with ``tls``); ``host:port`` and ``http://`` are plaintext."""
+    if url.startswith("https://"):
+        return grpc.secure_channel(url.removeprefix("https://"), tls or grpc.ssl_channel_credentials())
+    return grpc.insecure_channel(url.removeprefix("http://").removeprefix("grpc://"))
 
 
 class Ferry:
     """Both services' clients. ``token`` (default: ``$FERRY_REGISTRY_TOKEN``) is sent to the registry;
-    ``api_key`` (default: ``$FERRY_API_KEY``) to the inference service, when it requires keys."""
+    ``api_key`` (default: ``$FERRY_API_KEY``) to the inference service, when it requires keys.
+    ``https://`` URLs speak TLS, verified against ``tls_ca`` (default: ``$FERRY_TLS_CA``, else the
+    system's roots), presenting ``tls_client_cert``/``tls_client_key`` (default: ``$FERRY_TLS_CLIENT_CERT``
+    and ``$FERRY_TLS_CLIENT_KEY``) to services that require a client certificate."""
 
     def __init__(self, registry: str = "127.0.0.1:50051", inference: str = "127.0.0.1:50052",
-                 token: Optional[str] = None, timeout: float = 60.0, api_key: Optional[str] = None):
-        self._registry_channel = grpc.insecure_channel(_target(registry))
-        self._inference_channel = grpc.insecure_channel(_target(inference))
+                 token: Optional[str] = None, timeout: float = 60.0, api_key: Optional[str] = None,
+                 tls_ca: Optional[str] = None, tls_client_cert: Optional[str] = None,
+                 tls_client_key: Optional[str] = None):
+        env = os.environ.get
+        tls = grpc.ssl_channel_credentials(
+            root_certificates=_read(tls_ca or env("FERRY_TLS_CA")),
+            private_key=_read(tls_client_key or env("FERRY_TLS_CLIENT_KEY")),
+            certificate_chain=_read(tls_client_cert or env("FERRY_TLS_CLIENT_CERT")))
+        self._registry_channel = _channel(registry, tls)
+        self._inference_channel = _channel(inference, tls)
         self.registry = rgrpc.ModelRegistryStub(self._registry_channel)
         self.inference = igrpc.InferenceStub(self._inference_channel)
         token = token if token is not None else os.environ.get("FERRY_REGISTRY_TOKEN")

@@ -20,6 +20,7 @@ use super::Trigger;
 /// followed, while there is one: the loaders resolve through it.
 pub(super) async fn follow_registry(
     urls: Vec<String>,
+    tls: ferry_tls::ClientTls,
     token: super::BearerToken,
     triggers: HashMap<String, Arc<Trigger>>,
     models: Arc<crate::serving::Models>,
@@ -31,7 +32,7 @@ pub(super) async fn follow_registry(
     let mut backoff = Duration::from_millis(200);
     for url in urls.iter().cycle() {
         let attempt = async {
-            let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| e.to_string())?;
+            let endpoint = tls.endpoint(url).map_err(|e| e.to_string())?;
             let client = token.client(endpoint.connect().await.map_err(|e| e.to_string())?);
             let req = WatchModelsRequest { names: names.clone(), since_revision: since, epoch: epoch.clone() };
             let mut stream = client.clone().watch_models(req).await.map_err(|e| e.message().to_owned())?.into_inner();

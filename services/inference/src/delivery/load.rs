@@ -246,7 +246,7 @@ impl Loader {
         {
             return;
         }
-        match RemoteModel::connect(endpoint, remote_name).await {
+        match RemoteModel::connect(&self.cfg.tls, endpoint, remote_name).await {
             Ok((remote, signature)) => {
                 info!(version = %target.version, %endpoint, "now forwarding to the remote server");
                 self.models.install(

@@ -41,6 +41,9 @@ pub(crate) struct DeliveryConfig {
     /// The registry's gRPC URL; several, comma-separated, are tried in turn.
     pub(crate) registry_url: Option<String>,
     pub(crate) registry_token: Option<ferry_telemetry::Secret>,
+    /// How https:// registries and remote OIP servers are verified, and the
+    /// client certificate presented to them.
+    pub(crate) tls: ferry_tls::ClientTls,
     pub(crate) work_dir: PathBuf,
     /// Limit on the sum of one version's file sizes.
     pub(crate) max_model_bytes: u64,
@@ -86,8 +89,16 @@ pub(crate) fn spawn(
         let urls: Vec<String> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
         tasks.spawn(report::report_traffic(connected.clone(), Arc::clone(&models), shutdown.clone()));
         tasks.spawn(
-            follow::follow_registry(urls, token, triggers, Arc::clone(&models), connected_tx, shutdown.clone())
-                .instrument(info_span!("registry_watch")),
+            follow::follow_registry(
+                urls,
+                cfg.tls.clone(),
+                token,
+                triggers,
+                Arc::clone(&models),
+                connected_tx,
+                shutdown.clone(),
+            )
+            .instrument(info_span!("registry_watch")),
         );
     }
     tokio::spawn(async move {

@@ -178,6 +178,14 @@ impl Stores {
         {
             builder = builder.with_region(region);
         }
+        // A private CA for the store, under the name boto3 (and so MLflow) reads.
+        if let Some(bundle) = std::env::var_os("AWS_CA_BUNDLE") {
+            let pem = std::fs::read(&bundle).map_err(|e| format!("AWS_CA_BUNDLE {}: {e}", bundle.display()))?;
+            let certs = object_store::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("AWS_CA_BUNDLE {}: {e}", bundle.display()))?;
+            let options = certs.into_iter().fold(object_store::ClientOptions::new(), |o, c| o.with_root_certificate(c));
+            builder = builder.with_client_options(options);
+        }
         if let Ok(endpoint) = std::env::var("MLFLOW_S3_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT_URL")) {
             builder = builder.with_allow_http(endpoint.starts_with("http://")).with_endpoint(endpoint);
         }
