@@ -236,21 +236,14 @@ async fn tls_on_every_port_and_mutual_tls_between_inference_and_registry() -> an
     eprintln!("alias move served over TLS after {:?}", moved.elapsed());
 
     // ferryctl verifies the servers and presents the operator's certificate.
-    let (ca_arg, cert, key) = (cafile.as_str(), operator.cert.to_str().unwrap(), operator.key.to_str().unwrap());
-    let out = ferryctl(&[
-        "--registry",
-        &registry.grpc,
-        "--inference",
-        &inference.grpc,
-        "--tls-ca",
-        ca_arg,
-        "--tls-client-cert",
-        cert,
-        "--tls-client-key",
-        key,
-        "versions",
-        MODEL,
-    ])?;
+    let versions = |id: Option<&Pair>| {
+        let mut args = vec!["--registry", &registry.grpc, "--tls-ca", &cafile];
+        if let Some(id) = id {
+            args.extend(["--tls-client-cert", id.cert.to_str().unwrap(), "--tls-client-key", id.key.to_str().unwrap()]);
+        }
+        ferryctl(&[args.as_slice(), &["versions", MODEL]].concat())
+    };
+    let out = versions(Some(&operator))?;
     let listed = String::from_utf8_lossy(&out.stdout);
     ensure!(
         out.status.success() && listed.contains("champion"),
@@ -259,23 +252,10 @@ async fn tls_on_every_port_and_mutual_tls_between_inference_and_registry() -> an
     );
 
     // Refused: no client certificate, one from another CA, an untrusted server, plaintext.
-    let out = ferryctl(&["--registry", &registry.grpc, "--tls-ca", ca_arg, "versions", MODEL])?;
+    let out = versions(None)?;
     let said = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success() && said.contains("--tls-client-cert"), "no client certificate: {said}");
-    let (cert, key) = (impostor.cert.to_str().unwrap(), impostor.key.to_str().unwrap());
-    let out = ferryctl(&[
-        "--registry",
-        &registry.grpc,
-        "--tls-ca",
-        ca_arg,
-        "--tls-client-cert",
-        cert,
-        "--tls-client-key",
-        key,
-        "versions",
-        MODEL,
-    ])?;
-    ensure!(!out.status.success(), "a certificate from another CA is refused");
+    ensure!(!versions(Some(&impostor))?.status.success(), "a certificate from another CA is refused");
     let out = ferryctl(&["--inference", &inference.grpc, "serving"])?;
     let said = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success() && said.contains("--tls-ca"), "a server the system does not trust: {said}");

@@ -8,7 +8,7 @@
 mod listen;
 
 pub use ferry_tls::{Port, ServerTls};
-pub use listen::{Conn, HANDSHAKE_TIMEOUT, Listener};
+pub use listen::{Conn, HANDSHAKE_TIMEOUT, Listener, Ports};
 
 use std::{convert::Infallible, future::Future};
 
@@ -131,15 +131,6 @@ where
 /// Serves a plain router (metrics) until `stop` fires.
 pub async fn serve_plain(listener: Listener, app: axum::Router, stop: &Stop) -> std::io::Result<()> {
     axum::serve(listener, app).with_graceful_shutdown(stop.fired()).await
-}
-
-/// What the listeners speak, for the start-up line.
-pub fn describe_tls(tls: Option<&ServerTls>) -> &'static str {
-    match tls {
-        None => "off",
-        Some(t) if t.requires_client_certificate() => "on, client certificates required on gRPC",
-        Some(_) => "on",
-    }
 }
 
 /// Compares two secrets in time that depends on their length only, not on

@@ -23,6 +23,47 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 /// How long a client may take to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A service's three ports, bound with the same TLS settings: gRPC (which
+/// asks for client certificates when configured to), HTTP and metrics.
+#[derive(Debug)]
+pub struct Ports {
+    pub grpc: Listener,
+    pub http: Listener,
+    pub metrics: Listener,
+    pub tls: Option<Arc<ServerTls>>,
+}
+
+impl Ports {
+    pub async fn bind(
+        tls: &ferry_tls::ServerTlsArgs,
+        grpc: SocketAddr,
+        http: SocketAddr,
+        metrics: SocketAddr,
+    ) -> io::Result<Self> {
+        let tls = ServerTls::load(tls).map_err(io::Error::other)?;
+        let bind = |addr: SocketAddr, port| {
+            let tls = tls.clone();
+            async move {
+                let bound = Listener::bind(addr, tls.as_ref(), port).await;
+                bound.map_err(|e| io::Error::new(e.kind(), format!("binding {addr}: {e}")))
+            }
+        };
+        let grpc = bind(grpc, Port::Grpc).await?;
+        let http = bind(http, Port::Http).await?;
+        let metrics = bind(metrics, Port::Http).await?;
+        Ok(Self { grpc, http, metrics, tls })
+    }
+
+    /// What the listeners speak, for the start-up line.
+    pub fn describe_tls(&self) -> &'static str {
+        match &self.tls {
+            None => "off",
+            Some(t) if t.requires_client_certificate() => "on, client certificates required on gRPC",
+            Some(_) => "on",
+        }
+    }
+}
+
 /// A bound listener, serving TLS when built with a certificate.
 #[derive(Debug)]
 pub struct Listener {

@@ -28,7 +28,6 @@ use anyhow::Context;
 use ferry_proto::{
     inference::v1::inference_server::InferenceServer, oip::grpc_inference_service_server::GrpcInferenceServiceServer,
 };
-use ferry_server::Port;
 use ferry_telemetry::Plane;
 use tonic::server::NamedService;
 use tracing::info;
@@ -95,12 +94,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     }
     let mlflow = ferry_mlflow::Client::new(cfg.mlflow.config()?).context("MLflow client")?;
     let client_tls = ferry_tls::ClientTls::load(&cfg.client_tls)?;
-    let tls = ferry_server::ServerTls::load(&cfg.tls)?;
-    let bind = |addr, port| ferry_server::Listener::bind(addr, tls.as_ref(), port);
-    let grpc_listener = bind(cfg.grpc_addr, Port::Grpc).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
-    let http_listener = bind(cfg.http_addr, Port::Http).await.with_context(|| format!("binding {}", cfg.http_addr))?;
-    let metrics_listener =
-        bind(cfg.metrics_addr, Port::Http).await.with_context(|| format!("binding {}", cfg.metrics_addr))?;
+    let ports = ferry_server::Ports::bind(&cfg.tls, cfg.grpc_addr, cfg.http_addr, cfg.metrics_addr).await?;
 
     // Shutdown: readiness false first, keep serving for the drain delay, then
     // stop accepting and let in-flight requests finish (bounded below).
@@ -141,10 +135,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     ferry_server::follow_health(reporter, services, models.ready()).await;
 
     info!(
-        grpc = %grpc_listener.local_addr(),
-        http = %http_listener.local_addr(),
+        grpc = %ports.grpc.local_addr(),
+        http = %ports.http.local_addr(),
         models = ?cfg.models.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        tls = ferry_server::describe_tls(tls.as_deref()),
+        tls = ports.describe_tls(),
         "ferry-inference listening"
     );
     // gRPC-Web for browsers on the same port (HTTP/1.1 accepted).
@@ -152,12 +146,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let grpc = ferry_server::with_common_services(grpc_server, health)?
         .add_service(grpc::with_keys(grpc::inference_server(Arc::clone(&models), cfg.max_request_bytes), keys.clone()))
         .add_service(grpc::with_keys(grpc::oip_server(Arc::clone(&models), cfg.max_request_bytes), keys.clone()))
-        .serve_with_incoming_shutdown(grpc_listener.incoming(), stop.fired());
+        .serve_with_incoming_shutdown(ports.grpc.incoming(), stop.fired());
     let router = http::router(Arc::clone(&models), cfg.rest_output.clone(), cfg.max_request_bytes);
     let app = tower::ServiceBuilder::new().layer(browser::HttpBrowserLayer).service(http::with_keys(router, keys));
-    let http = ferry_server::serve_http(http_listener, Plane::Data, app, &stop);
+    let http = ferry_server::serve_http(ports.http, Plane::Data, app, &stop);
     let metrics = ferry_server::serve_plain(
-        metrics_listener,
+        ports.metrics,
         metrics::router(metrics::Sources { models: Arc::clone(&models), mlflow }),
         &stop,
     );

@@ -24,7 +24,6 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use ferry_proto::registry::v1::model_registry_server::ModelRegistryServer;
-use ferry_server::Port;
 use ferry_telemetry::Plane;
 use tokio::sync::watch;
 use tracing::info;
@@ -36,12 +35,7 @@ use crate::hub::Hub;
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let mlflow = ferry_mlflow::Client::new(cfg.mlflow.config()?).context("MLflow client")?;
     let client_tls = ferry_tls::ClientTls::load(&cfg.client_tls)?;
-    let tls = ferry_server::ServerTls::load(&cfg.tls)?;
-    let bind = |addr, port| ferry_server::Listener::bind(addr, tls.as_ref(), port);
-    let listener = bind(cfg.grpc_addr, Port::Grpc).await.with_context(|| format!("binding {}", cfg.grpc_addr))?;
-    let http_listener = bind(cfg.http_addr, Port::Http).await.with_context(|| format!("binding {}", cfg.http_addr))?;
-    let metrics_listener =
-        bind(cfg.metrics_addr, Port::Http).await.with_context(|| format!("binding {}", cfg.metrics_addr))?;
+    let ports = ferry_server::Ports::bind(&cfg.tls, cfg.grpc_addr, cfg.http_addr, cfg.metrics_addr).await?;
 
     let hub = Hub::new(cfg.history, 4096);
     let (healthy_tx, healthy) = watch::channel(false);
@@ -128,7 +122,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
     let peers = cfg
         .peers
         .as_deref()
-        .and_then(|list| webhook::Peers::parse(list, secret, tls.is_some().then(|| client_tls.clone())));
+        .and_then(|list| webhook::Peers::parse(list, secret, ports.tls.is_some().then(|| client_tls.clone())));
     if let (Some(p), Some(list)) = (&peers, &cfg.peers) {
         info!(peers = %list, "verified webhook deliveries are passed on to the registry peers");
         if !p.shares_traffic() {
@@ -145,10 +139,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
         trigger.stop();
     });
     info!(
-        grpc = %listener.local_addr(),
-        http = %http_listener.local_addr(),
+        grpc = %ports.grpc.local_addr(),
+        http = %ports.http.local_addr(),
         mlflow = %cfg.mlflow.url,
-        tls = ferry_server::describe_tls(tls.as_deref()),
+        tls = ports.describe_tls(),
         "ferry-registry listening"
     );
     let grpc = ferry_server::with_common_services(ferry_server::grpc_server(Plane::Control), health)?
@@ -162,14 +156,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'stati
             })
             .max_decoding_message_size(8 << 20),
         )
-        .serve_with_incoming_shutdown(listener.incoming(), stop.fired());
+        .serve_with_incoming_shutdown(ports.grpc.incoming(), stop.fired());
     let http = ferry_server::serve_http(
-        http_listener,
+        ports.http,
         Plane::Control,
         http::router(http::Routes { registry, auth, webhooks: verifier, peers, traffic, ready: healthy }),
         &stop,
     );
-    let metrics = ferry_server::serve_plain(metrics_listener, metrics::router(metrics_sources), &stop);
+    let metrics = ferry_server::serve_plain(ports.metrics, metrics::router(metrics_sources), &stop);
     let (g, h, m) = tokio::join!(grpc, http, metrics);
     g.context("gRPC server")?;
     h.context("HTTP server")?;
