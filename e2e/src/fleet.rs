@@ -18,6 +18,17 @@ use anyhow::{Context, ensure};
 
 use crate::{Inference, Mlflow, MlflowOptions, Registry, predict_row, start_inference, start_registry};
 
+/// Replicas run as `deploy/k8s` runs them: ONNX Runtime's pool threads do not
+/// spin. Many processes share these cores; a spinning pool after each
+/// warm-up takes the CPU the other replicas need to load (BENCHMARKS.md,
+/// "Fleet delivery"). `FERRY_ORT_SPINNING` in the environment overrides it.
+fn replica_env() -> Vec<(&'static str, String)> {
+    match std::env::var("FERRY_ORT_SPINNING") {
+        Ok(_) => vec![],
+        Err(_) => vec![("FERRY_ORT_SPINNING", "false".to_owned())],
+    }
+}
+
 /// A TCP proxy in front of MLflow that records each HTTP request line
 /// (`GET /api/2.0/... HTTP/1.1`) going through it.
 #[derive(Debug, Clone)]
@@ -181,7 +192,7 @@ impl Fleet {
             let inf_dir = dir.join(format!("replica-{i}"));
             std::fs::create_dir_all(&inf_dir)?;
             let selector = format!("{model}@champion");
-            infs.push(start_inference(&inf_dir, &tap.url, Some(&urls.join(",")), &selector, &[]).await?);
+            infs.push(start_inference(&inf_dir, &tap.url, Some(&urls.join(",")), &selector, &replica_env()).await?);
         }
         let fleet = Self { mlflow, tap, registries: regs, replicas: infs, model, http, mlflow_dir: dir.to_owned() };
         for r in &fleet.replicas {

@@ -306,6 +306,55 @@ async fn inference_killed_mid_download_restarts_clean_on_the_right_version() -> 
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inference_killed_while_a_version_loads_keeps_serving_then_restarts_on_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let (mlflow, mut registry) = two_mlp_versions(d).await?;
+    // Version 3 answers as version 1 does, each call some 0.7 s later: its
+    // load (timing runs and warm-up on the new session) lasts seconds.
+    let slow = d.join("mlp-slow.onnx");
+    let (src, dst) = (d.join("mlp-1.onnx").display().to_string(), slow.display().to_string());
+    ferry_e2e::python_script("make_twin.py", &["--src", &src, "--dst", &dst, "--spin", "1000000"], &[])?;
+    register_file(&mut registry.client, "mlp", &slow).await?;
+    let row = mlp_row();
+    let first = start_inference(d, &mlflow.url, Some(&registry.url), "mlp@champion", &[]).await?;
+    let before = wait_serving(&first.client, "mlp", "1", &row, Duration::from_secs(60))
+        .await
+        .with_context(|| first.proc.log_tail())?;
+    let models = first.model_dir.clone();
+    let mut first = first;
+
+    // Promote version 3; once its files are in place it is loading and warming:
+    // version 1 still answers every call; then the process dies.
+    let callers = Callers::start_on(&first, "mlp", row.clone());
+    registry.client.set_alias(champion("3")).await?;
+    wait_for("version 3's files to be in place", Duration::from_secs(30), || async {
+        Ok(folders(&models, "v3-").first().cloned())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = first.client.clone();
+    let during = c.predict(ferry_e2e::predict_row("mlp", &row)).await?.into_inner();
+    ensure!(during.model_version == "1", "version 1 serves while 3 loads: {}", during.model_version);
+    let (answered, failed, error) = callers.finish().await?;
+    ensure!(failed == 0, "{failed} of {answered} predictions failed while version 3 loaded: {error:?}");
+    first.proc.kill();
+    eprintln!("killed while version 3 loaded; {answered} predictions answered by version 1 meanwhile");
+
+    // Restarted on the same folder: version 3, the promoted one, serves, from
+    // the files already in place (hashed again), with the same answers.
+    let dir_env = ("FERRY_MODEL_DIR", models.display().to_string());
+    let second = start_inference(d, &mlflow.url, Some(&registry.url), "mlp@champion", &[dir_env]).await?;
+    let after = wait_serving(&second.client, "mlp", "3", &row, Duration::from_secs(90))
+        .await
+        .with_context(|| second.proc.log_tail())?;
+    ensure!(after.outputs[0].float_data == before.outputs[0].float_data, "version 3 answers as version 1");
+    ensure!(folders(&models, ".staging-").is_empty(), "nothing half-written left");
+    ensure!(folders(&models, "v3-").len() == 1, "version 3 kept once: {:?}", folders(&models, "v3-"));
+    Ok(())
+}
+
 /// What the proxy in front of MLflow does to the one request it is armed for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {

@@ -8,7 +8,9 @@
 //!
 //! Sections: `inproc` (the ceiling), `headline` (the targets' comparisons,
 //! measured in interleaved rounds so that a machine's drift hits both sides
-//! alike; medians reported), `instructions` (instructions per request in the
+//! alike; medians reported), `wrk` (the REST comparison cross-checked with
+//! wrk, each generator's ceiling in the same round, and one core each with
+//! taskset), `instructions` (instructions per request in the
 //! server process, counted by callgrind: Ferry against do-nothing servers of
 //! each protocol and the in-process model call), `throughput` (tiny and medium model,
 //! c = 1/16/64/256, batch 1 and 32, REST /predict, gRPC Predict, OIP
@@ -21,6 +23,7 @@
 mod instructions;
 mod peers;
 mod routing;
+mod wrk;
 
 use std::{
     collections::BTreeMap,
@@ -51,7 +54,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "inproc,headline,instructions,throughput,peers,threads,swap,delivery,routing"
+        default_value = "inproc,headline,wrk,instructions,throughput,peers,threads,swap,delivery,routing"
     )]
     sections: Vec<String>,
     /// Interleaved rounds of the headline comparisons (the median is reported).
@@ -127,11 +130,18 @@ impl Suite {
         self.line(&format!("|{}", "---|".repeat(cols)));
     }
 
-    /// Starts a gateway process for one model, on a fresh port.
-    fn gateway(&self, m: &Model, intra: Option<usize>) -> anyhow::Result<Option<(Proc, String)>> {
+    /// Starts a gateway process for one model, on a fresh port, run by `wrapper` (e.g. `taskset -c 1`).
+    fn gateway(&self, m: &Model, intra: Option<usize>, wrapper: &[&str]) -> anyhow::Result<Option<(Proc, String)>> {
         let Some(dir) = &self.args.gateway else { return Ok(None) };
         let port = free_port();
-        let mut cmd = Command::new("node");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg("node");
+                c
+            }
+            None => Command::new("node"),
+        };
         cmd.arg(dir.join("server.js"))
             .env("MODEL_PATH", &m.file)
             .env("PORT", port.to_string())
@@ -182,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
     let mut suite = Suite { ort: ort_library()?, dir: d.clone(), md: String::new(), args };
     let want = |s: &str| suite.args.sections.iter().any(|x| x == s);
     let routing = want("routing");
+    let wrk_section = want("wrk");
     let (inproc, headline, counted, throughput, peers, threads, swap, delivery) = (
         want("inproc"),
         want("headline"),
@@ -262,8 +273,8 @@ async fn main() -> anyhow::Result<()> {
 
     if headline {
         let mut inf = start_ferry(vec![]).await?;
-        let gw = suite.gateway(&tiny, None)?;
-        let gw_medium = suite.gateway(&medium, None)?;
+        let gw = suite.gateway(&tiny, None, &[])?;
+        let gw_medium = suite.gateway(&medium, None, &[])?;
         let floor = format!("http://{}", ferry_load::floor::spawn()?);
         let grpc_floor = format!("http://{}", ferry_load::floor::spawn_grpc()?);
         let axum_floor = format!("http://{}", ferry_load::floor::spawn_axum()?);
@@ -356,6 +367,10 @@ async fn main() -> anyhow::Result<()> {
         inf.proc.terminate(Duration::from_secs(30))?;
     }
 
+    if wrk_section {
+        wrk::section(&mut suite, [&tiny, &medium], &mlflow.url, &registry.url).await?;
+    }
+
     if counted {
         instructions::section(&mut suite, &tiny, &mlflow.url, &registry.url).await?;
     }
@@ -368,7 +383,7 @@ async fn main() -> anyhow::Result<()> {
         let mut inf = start_ferry(vec![]).await?;
         let pid = Some(inf.proc.pid());
         for m in [&tiny, &medium] {
-            let gw = suite.gateway(m, None)?;
+            let gw = suite.gateway(m, None, &[])?;
             suite.table(
                 &format!("{} model, batch 1: Ferry vs the Node gateway", if m.width == 4 { "Tiny" } else { "Medium" }),
                 "| c | Ferry REST /predict req/s | p50 / p99 ms | gateway req/s | p50 / p99 ms | REST ratio | p99 ratio | Ferry gRPC Predict req/s | p50 / p99 ms | Ferry OIP ModelInfer req/s | p50 / p99 ms | CPU ms / 1k req (Ferry REST / gateway) |",
@@ -513,7 +528,7 @@ async fn main() -> anyhow::Result<()> {
         for (label, intra) in
             [("Node gateway, ONNX Runtime default threads", None), ("Node gateway, 1 intra-op thread", Some(1))]
         {
-            let Some((mut p, url)) = suite.gateway(&medium, intra)? else { break };
+            let Some((mut p, url)) = suite.gateway(&medium, intra, &[])? else { break };
             let cells = measure(&suite, &url, None)?;
             suite.line(&format!("| {label} | {cells} |"));
             p.terminate(Duration::from_secs(5))?;
