@@ -243,8 +243,14 @@ pub(crate) async fn section(
         return Ok(());
     }
     let pin = ["taskset", "-c", "1"];
-    let gateways: Vec<(Proc, String)> =
-        models.iter().map(|m| suite.gateway(m, None, &pin)).collect::<Result<Option<Vec<_>>, _>>()?.unwrap_or_default();
+    // onnxruntime-node sizes its pool by the machine, not the affinity: on one
+    // core the gateway's best is one intra-op thread (two thrash). Ferry sizes
+    // its threads by the affinity it is given.
+    let gateways: Vec<(Proc, String)> = models
+        .iter()
+        .map(|m| suite.gateway(m, Some(1), &pin))
+        .collect::<Result<Option<Vec<_>>, _>>()?
+        .unwrap_or_default();
     let wrapper: Vec<String> = pin.iter().map(|s| (*s).to_owned()).collect();
     let inf = ferry(suite, &wrapper, mlflow, registry).await?;
     let mut pinned: BTreeMap<(usize, usize), Point> = BTreeMap::new();
