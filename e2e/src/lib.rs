@@ -574,6 +574,8 @@ pub async fn start_registry(dir: &Path, mlflow_url: &str, extra: &[(&str, String
             ("FERRY_POLL_INTERVAL_MS", "300".to_owned()),
             // Tests that check auth pass a token in `extra`; the rest run open, on purpose.
             ("FERRY_ALLOW_UNAUTHENTICATED", "true".to_owned()),
+            // In the test's folder: a registry the test kills leaves no temporary folder behind.
+            ("FERRY_FILE_CACHE_DIR", dir.join(format!("registry-files-{grpc_port}")).display().to_string()),
         ];
         env.extend(extra.iter().cloned());
         let mut proc = ferry("ferry-registry", dir, &[], &env)?;

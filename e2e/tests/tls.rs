@@ -175,6 +175,7 @@ async fn tls_on_every_port_and_mutual_tls_between_inference_and_registry() -> an
         ("FERRY_WEBHOOK_SECRET", SECRET.to_owned()),
         // Long: the alias move below must arrive by webhook, not by a poll.
         ("FERRY_POLL_INTERVAL_MS", "60000".to_owned()),
+        ("FERRY_FILE_CACHE_DIR", d.join("registry-files").display().to_string()),
     ]);
     let registry = start("ferry-registry", d, &env, "REGISTRY", &as_operator).await?;
 

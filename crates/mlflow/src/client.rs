@@ -128,6 +128,14 @@ impl Client {
         Ok(Self { http, cfg: Arc::new(cfg), calls: Arc::default() })
     }
 
+    /// The same client, making one attempt per call: for a caller with a
+    /// better fallback than waiting out the retries' backoff.
+    pub fn single_attempt(&self) -> Self {
+        let mut cfg = (*self.cfg).clone();
+        cfg.retries = 0;
+        Self { http: self.http.clone(), cfg: Arc::new(cfg), calls: Arc::clone(&self.calls) }
+    }
+
     /// Appends the `ferry_mlflow_*` Prometheus families: calls by endpoint and
     /// outcome, and their latency.
     pub fn render_metrics(&self, out: &mut String) {

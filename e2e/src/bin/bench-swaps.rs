@@ -1,7 +1,8 @@
 //! Memory and latency over repeated hot swaps: 50 promotions alternating
 //! between two versions of a ~5M-parameter MLP, with the inference process's
-//! RSS sampled after each swap; also cold start (process start → ready) and
-//! promotion → first answer from the new version.
+//! RSS sampled after each swap; also promotion → first answer from the new
+//! version, and cold start (process start → ready): with a download, from the
+//! local files, and from them with MLflow and the registry down.
 //!
 //!     cargo build --release --bins && target/release/bench-swaps [swaps]
 
@@ -36,17 +37,7 @@ async fn main() -> anyhow::Result<()> {
     promote(&mut registry.client, "mlp", "1").await?;
     let row = vec![0.1f32; 512];
 
-    let started = Instant::now();
-    let inference = start_inference(d, &mlflow.url, Some(&registry.url), "mlp:Production", &[]).await?;
-    let http = reqwest::Client::new();
-    loop {
-        let ok = http.get(format!("{}/v2/health/ready", inference.http)).send().await.is_ok_and(|r| r.status() == 200);
-        if ok {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let cold = started.elapsed();
+    let (inference, cold) = cold_start(d, &mlflow.url, &registry.url, &[]).await?;
     let pid = inference.proc.pid();
     let rss_loaded = rss_kib(pid)?;
 
@@ -82,5 +73,55 @@ async fn main() -> anyhow::Result<()> {
         pct(&mut latency, 0.5).as_secs_f64() * 1e3,
         pct(&mut latency, 0.99).as_secs_f64() * 1e3
     );
+
+    // Cold starts, five each: with a download (an empty model folder), from
+    // the files already on disk, and from them with MLflow and the registry down.
+    let model_dir = inference.model_dir.clone();
+    drop(inference);
+    let kept = ("FERRY_MODEL_DIR", model_dir.display().to_string());
+    let mut rows: Vec<(&str, Vec<Duration>)> = Vec::new();
+    for (what, cached) in [("download, verify, load, warm", false), ("from the local files: verify, load, warm", true)]
+    {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let extra: Vec<(&str, String)> = if cached { vec![kept.clone()] } else { vec![] };
+            times.push(cold_start(d, &mlflow.url, &registry.url, &extra).await?.1);
+        }
+        rows.push((what, times));
+    }
+    let (mut mlflow, mut registry) = (mlflow, registry);
+    mlflow.kill();
+    registry.kill();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        times.push(cold_start(d, &mlflow.url, &registry.url, std::slice::from_ref(&kept)).await?.1);
+    }
+    rows.push(("from the local files with MLflow and the registry down", times));
+    println!();
+    println!("| cold start: process start → /v2/health/ready | runs | median |");
+    println!("|---|---|---|");
+    for (what, mut times) in rows {
+        let cells: Vec<String> = times.iter().map(|t| format!("{:.0}", t.as_secs_f64() * 1e3)).collect();
+        println!("| {what} | {} ms | **{:.0} ms** |", cells.join(", "), pct(&mut times, 0.5).as_secs_f64() * 1e3);
+    }
     Ok(())
+}
+
+/// Starts inference serving `mlp:Production` and times process start → ready.
+async fn cold_start(
+    d: &std::path::Path,
+    mlflow: &str,
+    registry: &str,
+    extra: &[(&str, String)],
+) -> anyhow::Result<(ferry_e2e::Inference, Duration)> {
+    let started = Instant::now();
+    let inference = start_inference(d, mlflow, Some(registry), "mlp:Production", extra).await?;
+    let http = reqwest::Client::new();
+    loop {
+        let ok = http.get(format!("{}/v2/health/ready", inference.http)).send().await.is_ok_and(|r| r.status() == 200);
+        if ok {
+            return Ok((inference, started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

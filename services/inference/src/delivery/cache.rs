@@ -103,6 +103,13 @@ impl ModelCache {
         }
     }
 
+    /// Whether a version `selector` served is recorded (its files not checked).
+    pub(super) async fn has_served(&self, selector: &str) -> bool {
+        let Ok(bytes) = tokio::fs::read(self.root.join(SERVED)).await else { return false };
+        serde_json::from_slice::<std::collections::BTreeMap<String, String>>(&bytes)
+            .is_ok_and(|s| s.contains_key(selector))
+    }
+
     /// The version `selector` served last, if its files are still intact:
     /// what a restart serves while MLflow cannot be reached.
     pub(super) async fn last_served(&self, selector: &str) -> Option<(String, Fetched)> {
