@@ -114,6 +114,23 @@ impl Point {
         self.ferry.iter().zip(&self.gateway).map(|(f, g)| f.rps / g.rps).collect()
     }
 
+    /// The columns both tables share: Ferry and gateway req/s, the ratio by
+    /// round and its median, CPU per 1k requests each and their ratio, errors.
+    fn columns(&self) -> String {
+        let ratios = self.ratios();
+        let f_cpu = median(self.ferry.iter().filter_map(|r| r.cpu_ms_per_1k).collect());
+        let g_cpu = median(self.gateway.iter().filter_map(|r| r.cpu_ms_per_1k).collect());
+        let errors: u64 = self.ferry.iter().chain(&self.gateway).map(|r| r.errors).sum();
+        format!(
+            "{} | {} | {} | **{:.2}×** | {f_cpu:.0} / {g_cpu:.0} | {:.2}× | {errors}",
+            cell(median(self.ferry.iter().map(|r| r.rps).collect())),
+            cell(median(self.gateway.iter().map(|r| r.rps).collect())),
+            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", "),
+            median(ratios.clone()),
+            f_cpu / g_cpu,
+        )
+    }
+
     /// Rounds in which either server reached 90 % of the generator's ceiling.
     fn bound_rounds(&self) -> usize {
         (0..self.ferry.len())
@@ -205,32 +222,21 @@ pub(crate) async fn section(
         &format!(
             "REST /predict, two generators: wrk -t1 and ferry-load, {rounds} interleaved rounds of {secs} s per point, each generator's ceiling (a do-nothing HTTP/1.1 server) in the same round"
         ),
-        "| model | c | generator | ceiling req/s | Ferry req/s | gateway req/s | Ferry ÷ gateway by round | median | Ferry ÷ gateway p99 | CPU ms / 1k req, Ferry / gateway | CPU ratio | errors | verdict |",
+        "| model | c | generator | ceiling req/s | Ferry req/s | gateway req/s | Ferry ÷ gateway by round | median | CPU ms / 1k req, Ferry / gateway | CPU ratio | errors | Ferry ÷ gateway p99 | verdict |",
     );
     for ((mi, c, generator), p) in &points {
-        let ratios = p.ratios();
-        let bound = p.bound_rounds();
-        let f_cpu = median(p.ferry.iter().filter_map(|r| r.cpu_ms_per_1k).collect());
-        let g_cpu = median(p.gateway.iter().filter_map(|r| r.cpu_ms_per_1k).collect());
+        let (bound, rounds) = (p.bound_rounds(), p.ferry.len());
         let p99 = median(p.ferry.iter().zip(&p.gateway).map(|(f, g)| f.p99_us / g.p99_us).collect());
-        let errors: u64 = p.ferry.iter().chain(&p.gateway).map(|r| r.errors).sum();
-        let verdict = if bound * 2 > ratios.len() {
-            format!("**generator-bound** ({bound} of {} rounds within 90 % of the ceiling)", ratios.len())
+        let verdict = if bound * 2 > rounds {
+            format!("**generator-bound** ({bound} of {rounds} rounds within 90 % of the ceiling)")
         } else if bound > 0 {
-            format!("{bound} of {} rounds generator-bound", ratios.len())
+            format!("{bound} of {rounds} rounds generator-bound")
         } else {
             "server-bound".to_owned()
         };
-        suite.line(&format!(
-            "| {} | {c} | {generator} | {} | {} | {} | {} | **{:.2}×** | {p99:.2}× | {f_cpu:.0} / {g_cpu:.0} | {:.2}× | {errors} | {verdict} |",
-            models[*mi].name,
-            cell(median(p.ceiling.clone())),
-            cell(median(p.ferry.iter().map(|r| r.rps).collect())),
-            cell(median(p.gateway.iter().map(|r| r.rps).collect())),
-            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", "),
-            median(ratios.clone()),
-            f_cpu / g_cpu,
-        ));
+        let name = models[*mi].name;
+        let ceiling = cell(median(p.ceiling.clone()));
+        suite.line(&format!("| {name} | {c} | {generator} | {ceiling} | {} | {p99:.2}× | {verdict} |", p.columns()));
     }
     for (mut p, _) in gateways {
         p.terminate(Duration::from_secs(5))?;
@@ -275,19 +281,7 @@ pub(crate) async fn section(
         "| model | c | Ferry req/s | gateway req/s | Ferry ÷ gateway by round | median | CPU ms / 1k req, Ferry / gateway | CPU ratio | errors |",
     );
     for ((mi, c), p) in &pinned {
-        let ratios = p.ratios();
-        let f_cpu = median(p.ferry.iter().filter_map(|r| r.cpu_ms_per_1k).collect());
-        let g_cpu = median(p.gateway.iter().filter_map(|r| r.cpu_ms_per_1k).collect());
-        let errors: u64 = p.ferry.iter().chain(&p.gateway).map(|r| r.errors).sum();
-        suite.line(&format!(
-            "| {} | {c} | {} | {} | {} | **{:.2}×** | {f_cpu:.0} / {g_cpu:.0} | {:.2}× | {errors} |",
-            models[*mi].name,
-            cell(median(p.ferry.iter().map(|r| r.rps).collect())),
-            cell(median(p.gateway.iter().map(|r| r.rps).collect())),
-            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", "),
-            median(ratios.clone()),
-            f_cpu / g_cpu,
-        ));
+        suite.line(&format!("| {} | {c} | {} |", models[*mi].name, p.columns()));
     }
     for (mut p, _) in gateways {
         p.terminate(Duration::from_secs(5))?;
