@@ -231,12 +231,11 @@ mod tests {
 
     #[tokio::test]
     async fn tls_listeners_serve_grpc_and_http_to_clients_that_trust_the_ca() {
-        use ferry_tls::{ClientTls, ServerTlsArgs, testing::Ca};
+        use ferry_tls::{ClientTls, testing::Ca};
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new(dir.path(), "ferry").unwrap();
         let server = ca.server("server").unwrap();
-        let args = ServerTlsArgs { tls_cert: Some(server.cert), tls_key: Some(server.key), tls_client_ca: None };
-        let tls = ServerTls::load(&args).unwrap().unwrap();
+        let tls = ServerTls::load(&server.server_args(None)).unwrap().unwrap();
         let (_trigger, stop) = stop_signal();
         let (grpc, http) = tls_servers(&tls, &stop).await;
 
@@ -261,17 +260,12 @@ mod tests {
 
     #[tokio::test]
     async fn with_a_client_ca_grpc_requires_a_client_certificate_and_http_does_not() {
-        use ferry_tls::{ClientTls, ServerTlsArgs, testing::Ca};
+        use ferry_tls::{ClientTls, testing::Ca};
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new(dir.path(), "ferry").unwrap();
         let rogue = Ca::new(dir.path(), "rogue").unwrap();
         let server = ca.server("server").unwrap();
-        let args = ServerTlsArgs {
-            tls_cert: Some(server.cert),
-            tls_key: Some(server.key),
-            tls_client_ca: Some(ca.cert.clone()),
-        };
-        let tls = ServerTls::load(&args).unwrap().unwrap();
+        let tls = ServerTls::load(&server.server_args(Some(&ca))).unwrap().unwrap();
         let (_trigger, stop) = stop_signal();
         let (grpc, http) = tls_servers(&tls, &stop).await;
 

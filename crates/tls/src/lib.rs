@@ -198,8 +198,12 @@ fn spawn_reload(tls: Weak<ServerTls>) {
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| TlsError::file("TLS certificate file", path, e))?
+    certificates_in(&read("TLS certificate file", path)?, path)
+}
+
+/// The certificates in `pem`, read from `path` (named in errors).
+fn certificates_in(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::file("TLS certificate file", path, e))?;
     if certs.is_empty() {
@@ -209,8 +213,12 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    roots_in(&read("TLS CA file", path)?, path)
+}
+
+fn roots_in(pem: &[u8], path: &Path) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
-    for cert in certificates(path)? {
+    for cert in certificates_in(pem, path)? {
         store.add(cert).map_err(|e| TlsError::file("TLS CA file", path, e))?;
     }
     Ok(store)
@@ -251,18 +259,22 @@ impl ClientTls {
     /// Trust `ca` (PEM, instead of the system's roots) and present `identity`
     /// (certificate, key; both may be the same PEM file holding the two).
     pub fn from_files(ca: Option<&Path>, identity: Option<(&Path, &Path)>) -> Result<Self, TlsError> {
+        // Each file read once, checked here so that a bad one fails at start-up.
         let ca = match ca {
             Some(path) => {
-                roots(path)?;
-                Some(read("TLS CA file", path)?)
+                let pem = read("TLS CA file", path)?;
+                roots_in(&pem, path)?;
+                Some(pem)
             }
             None => None,
         };
         let identity = match identity {
-            Some((cert, key)) => {
-                certificates(cert)?;
-                PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::file("TLS client key", key, e))?;
-                Some((read("TLS client certificate", cert)?, read("TLS client key", key)?))
+            Some((cert_path, key_path)) => {
+                let cert = read("TLS client certificate", cert_path)?;
+                certificates_in(&cert, cert_path)?;
+                let key = if key_path == cert_path { cert.clone() } else { read("TLS client key", key_path)? };
+                PrivateKeyDer::from_pem_slice(&key).map_err(|e| TlsError::file("TLS client key", key_path, e))?;
+                Some((cert, key))
             }
             None => None,
         };

@@ -15,6 +15,18 @@ pub struct Pair {
     pub key: PathBuf,
 }
 
+impl Pair {
+    /// A server's TLS settings with this certificate, requiring client
+    /// certificates signed by `client_ca` when given.
+    pub fn server_args(&self, client_ca: Option<&Ca>) -> crate::ServerTlsArgs {
+        crate::ServerTlsArgs {
+            tls_cert: Some(self.cert.clone()),
+            tls_key: Some(self.key.clone()),
+            tls_client_ca: client_ca.map(|c| c.cert.clone()),
+        }
+    }
+}
+
 /// A CA, as files, that signs server and client certificates.
 pub struct Ca {
     pub cert: PathBuf,

@@ -9,14 +9,6 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, rustls::ClientConfig};
 use super::*;
 use crate::testing::{Ca, Pair};
 
-fn server_args(pair: &Pair, client_ca: Option<&Ca>) -> ServerTlsArgs {
-    ServerTlsArgs {
-        tls_cert: Some(pair.cert.clone()),
-        tls_key: Some(pair.key.clone()),
-        tls_client_ca: client_ca.map(|c| c.cert.clone()),
-    }
-}
-
 fn client_config(trust: &Ca, identity: Option<&Pair>) -> ClientConfig {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let b = ClientConfig::builder_with_provider(provider)
@@ -70,7 +62,7 @@ async fn a_client_trusting_the_ca_talks_to_the_server_on_every_port() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "ferry").unwrap();
     let server = ca.server("server").unwrap();
-    let tls = ServerTls::load(&server_args(&server, None)).unwrap().unwrap();
+    let tls = ServerTls::load(&server.server_args(None)).unwrap().unwrap();
     for port in [Port::Grpc, Port::Http] {
         assert_eq!(exchange(tls.config(port), client_config(&ca, None)).await.unwrap(), der(&server));
     }
@@ -83,7 +75,7 @@ async fn a_client_ca_makes_the_grpc_port_require_a_certificate_it_signed() {
     let ca = Ca::new(dir.path(), "ferry").unwrap();
     let rogue = Ca::new(dir.path(), "rogue").unwrap();
     let server = ca.server("server").unwrap();
-    let tls = ServerTls::load(&server_args(&server, Some(&ca))).unwrap().unwrap();
+    let tls = ServerTls::load(&server.server_args(Some(&ca))).unwrap().unwrap();
     assert!(tls.requires_client_certificate());
     let inference = ca.client("inference").unwrap();
     let impostor = rogue.client("impostor").unwrap();
@@ -102,7 +94,7 @@ async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_n
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "ferry").unwrap();
     let first = ca.server("server").unwrap();
-    let tls = ServerTls::load(&server_args(&first, None)).unwrap().unwrap();
+    let tls = ServerTls::load(&first.server_args(None)).unwrap().unwrap();
     let before = der(&first);
     assert!(!tls.reload_if_changed().unwrap(), "nothing changed yet");
 
@@ -144,7 +136,7 @@ async fn http_clients_trust_the_configured_ca_only() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "ferry").unwrap();
     let server = ca.server("server").unwrap();
-    let tls = ServerTls::load(&server_args(&server, None)).unwrap().unwrap();
+    let tls = ServerTls::load(&server.server_args(None)).unwrap().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://localhost:{}/", listener.local_addr().unwrap().port());
     let config = tls.config(Port::Http);

@@ -127,15 +127,20 @@ fn authorized<T>(msg: T) -> tonic::Request<T> {
     req
 }
 
-async fn http(f: &Fixture, req: http::Request<Body>) -> (StatusCode, String) {
-    let app = crate::http::router(crate::http::Routes {
+/// The HTTP routes over the fixture: no webhook secret, no peers, ready.
+fn routes(f: &Fixture) -> crate::http::Routes {
+    crate::http::Routes {
         registry: f.registry.clone(),
         auth: auth(),
         webhooks: None,
         peers: None,
         traffic: Arc::default(),
         ready: tokio::sync::watch::channel(true).1,
-    });
+    }
+}
+
+async fn http(f: &Fixture, req: http::Request<Body>) -> (StatusCode, String) {
+    let app = crate::http::router(routes(f));
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status();
     let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
@@ -292,14 +297,7 @@ async fn mlflow_too_slow_is_deadline_exceeded_within_the_per_call_timeout() {
 async fn hostile_webhook_deliveries_are_refused_without_effect() {
     let f = fixture(Mlflow::Empty).await;
     let verifier = Arc::new(crate::webhook::Verifier::new("hook-secret", Duration::from_secs(300)));
-    let app = crate::http::router(crate::http::Routes {
-        registry: f.registry.clone(),
-        auth: auth(),
-        webhooks: Some(verifier),
-        peers: None,
-        traffic: Arc::default(),
-        ready: tokio::sync::watch::channel(true).1,
-    });
+    let app = crate::http::router(crate::http::Routes { webhooks: Some(verifier), ..routes(&f) });
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
     let body = r#"{"entity":"model_version_alias","action":"created"}"#;
     let deliver = |id: &str, ts: &str, sig: Option<String>, body: Vec<u8>| {
@@ -353,12 +351,9 @@ async fn a_peers_traffic_report_counts_only_when_signed_with_the_shared_secret()
     let f = fixture(Mlflow::Empty).await;
     let traffic = Arc::new(crate::rollout::Traffic::default());
     let app = crate::http::router(crate::http::Routes {
-        registry: f.registry.clone(),
-        auth: auth(),
         webhooks: Some(Arc::new(crate::webhook::Verifier::new("hook-secret", Duration::from_secs(300)))),
-        peers: None,
         traffic: Arc::clone(&traffic),
-        ready: tokio::sync::watch::channel(true).1,
+        ..routes(&f)
     });
     let report = ferry_proto::registry::v1::ReportTrafficRequest {
         replica: "replica-1".into(),
@@ -391,14 +386,7 @@ async fn a_peers_traffic_report_counts_only_when_signed_with_the_shared_secret()
 async fn readyz_follows_whether_mlflow_answers() {
     let f = fixture(Mlflow::Empty).await;
     let (ready_tx, ready) = tokio::sync::watch::channel(false);
-    let app = crate::http::router(crate::http::Routes {
-        registry: f.registry.clone(),
-        auth: auth(),
-        webhooks: None,
-        peers: None,
-        traffic: Arc::default(),
-        ready,
-    });
+    let app = crate::http::router(crate::http::Routes { ready, ..routes(&f) });
     let get = || http::Request::get("/readyz").body(Body::empty()).unwrap();
     assert_eq!(app.clone().oneshot(get()).await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
     ready_tx.send_replace(true);

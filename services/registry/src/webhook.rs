@@ -122,6 +122,9 @@ pub struct Peers {
     secret: Option<Vec<u8>>,
 }
 
+/// Peer addresses whose HTTPS clients are kept (far more than replicas).
+const MAX_PEER_CLIENTS: usize = 64;
+
 /// One HTTPS client per peer address, each verifying the peers' name.
 type PeerClients = Arc<Mutex<HashMap<std::net::SocketAddr, reqwest::Client>>>;
 
@@ -160,6 +163,10 @@ impl Peers {
             None => {
                 let builder = reqwest::Client::builder().timeout(Duration::from_secs(2)).resolve(host, addr);
                 let c = tls.http(builder).map_err(|e| e.to_string())?.build().map_err(|e| e.to_string())?;
+                // Pod addresses change with every rollout: forget old ones rather than grow.
+                if clients.len() >= MAX_PEER_CLIENTS {
+                    clients.clear();
+                }
                 clients.insert(addr, c.clone());
                 c
             }
@@ -284,13 +291,12 @@ mod tests {
     /// address the name resolves to, and verified against the configured CA.
     #[tokio::test]
     async fn passes_deliveries_on_to_tls_peers_verified_by_name() {
-        use ferry_tls::{ClientTls, Port, ServerTls, ServerTlsArgs, testing::Ca};
+        use ferry_tls::{ClientTls, Port, ServerTls, testing::Ca};
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new(dir.path(), "ferry").unwrap();
         let rogue = Ca::new(dir.path(), "rogue").unwrap();
         let server = ca.server("peer").unwrap();
-        let args = ServerTlsArgs { tls_cert: Some(server.cert), tls_key: Some(server.key), tls_client_ca: None };
-        let tls = ServerTls::load(&args).unwrap().unwrap();
+        let tls = ServerTls::load(&server.server_args(None)).unwrap().unwrap();
         let listener =
             ferry_server::Listener::bind("127.0.0.1:0".parse().unwrap(), Some(&tls), Port::Http).await.unwrap();
         let port = listener.local_addr().port();
