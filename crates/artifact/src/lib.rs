@@ -10,10 +10,12 @@
 //! ([`ModelDigest`]).
 
 mod digest;
+mod initializers;
 mod mlmodel;
 mod onnx;
 
 pub use digest::{FileDigest, ModelDigest, hash_file};
+pub use initializers::{Initializer, initializers};
 pub use mlmodel::{MlModel, NotOnnx};
 pub use onnx::{external_data, validate_relative_path};
 

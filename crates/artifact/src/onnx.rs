@@ -49,11 +49,10 @@ const MAX_ENTRY: u64 = 4096;
 /// file's directory, in first-use order and each once; every location is
 /// checked to stay inside that directory.
 pub fn external_data<R: Read + Seek>(reader: R) -> io::Result<Vec<String>> {
-    let mut w = Wire { r: BufReader::with_capacity(1 << 16, reader), pos: 0, found: Vec::new() };
-    let end = w.r.seek(SeekFrom::End(0))?;
-    w.r.seek(SeekFrom::Start(0))?;
-    w.walk(Kind::Model, end, 0, &mut Tensor::default())?;
-    Ok(w.found)
+    let (mut w, end) = Wire::new(reader)?;
+    let mut found = Vec::new();
+    w.walk(Kind::Model, end, 0, &mut Tensor::default(), &mut found)?;
+    Ok(found)
 }
 
 #[derive(Default)]
@@ -62,17 +61,64 @@ struct Tensor {
     external: bool,
 }
 
-struct Wire<R> {
+/// A protobuf reader over a seekable stream: what is not wanted is seeked past.
+pub(crate) struct Wire<R> {
     r: BufReader<R>,
     pos: u64,
-    found: Vec<String>,
 }
 
-fn invalid(msg: impl Into<String>) -> io::Error {
+pub(crate) fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("not a valid ONNX file: {}", msg.into()))
 }
 
 impl<R: Read + Seek> Wire<R> {
+    /// The reader at the start of the stream, and the stream's length.
+    pub(crate) fn new(reader: R) -> io::Result<(Self, u64)> {
+        let mut w = Wire { r: BufReader::with_capacity(1 << 16, reader), pos: 0 };
+        let end = w.r.seek(SeekFrom::End(0))?;
+        w.r.seek(SeekFrom::Start(0))?;
+        Ok((w, end))
+    }
+
+    pub(crate) fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// The next field's number and wire type.
+    pub(crate) fn tag(&mut self) -> io::Result<(u64, u64)> {
+        let tag = self.varint()?;
+        Ok((tag >> 3, tag & 7))
+    }
+
+    /// The end of a length-delimited field that starts here, inside `end`.
+    pub(crate) fn child_end(&mut self, end: u64) -> io::Result<u64> {
+        let len = self.varint()?;
+        self.pos.checked_add(len).filter(|e| *e <= end).ok_or_else(|| invalid("truncated"))
+    }
+
+    /// Skips a field's value of wire type `wire` (its tag already read).
+    pub(crate) fn skip_value(&mut self, wire: u64, end: u64) -> io::Result<()> {
+        match wire {
+            0 => self.varint().map(drop),
+            1 => self.skip(8),
+            5 => self.skip(4),
+            2 => {
+                let e = self.child_end(end)?;
+                self.skip(e - self.pos)
+            }
+            w => Err(invalid(format!("unsupported wire type {w}"))),
+        }
+    }
+
+    /// Reads `n` bytes.
+    pub(crate) fn bytes(&mut self, n: u64) -> io::Result<Vec<u8>> {
+        let len = usize::try_from(n).map_err(|_| invalid("field too long"))?;
+        let mut buf = vec![0u8; len];
+        self.r.read_exact(&mut buf)?;
+        self.pos += n;
+        Ok(buf)
+    }
+
     fn byte(&mut self) -> io::Result<u8> {
         let mut b = [0u8];
         self.r.read_exact(&mut b)?;
@@ -80,7 +126,7 @@ impl<R: Read + Seek> Wire<R> {
         Ok(b[0])
     }
 
-    fn varint(&mut self) -> io::Result<u64> {
+    pub(crate) fn varint(&mut self) -> io::Result<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -92,26 +138,33 @@ impl<R: Read + Seek> Wire<R> {
         Err(invalid("varint too long"))
     }
 
-    fn skip(&mut self, n: u64) -> io::Result<()> {
+    pub(crate) fn skip(&mut self, n: u64) -> io::Result<()> {
         let n = i64::try_from(n).map_err(|_| invalid("field too long"))?;
         self.r.seek_relative(n)?;
         self.pos += n as u64;
         Ok(())
     }
 
-    fn string(&mut self, n: u64) -> io::Result<String> {
+    pub(crate) fn string(&mut self, n: u64) -> io::Result<String> {
         if n > MAX_ENTRY {
-            return Err(invalid("external data entry too long"));
+            return Err(invalid("a name or external data entry is too long"));
         }
         let mut buf = vec![0u8; n as usize];
         self.r.read_exact(&mut buf)?;
         self.pos += n;
-        String::from_utf8(buf).map_err(|_| invalid("external data entry is not UTF-8"))
+        String::from_utf8(buf).map_err(|_| invalid("a name or external data entry is not UTF-8"))
     }
 
     /// Reads one message of `kind` that ends at byte `end`; `tensor`
     /// collects an enclosing tensor's external data fields.
-    fn walk(&mut self, kind: Kind, end: u64, depth: usize, tensor: &mut Tensor) -> io::Result<()> {
+    fn walk(
+        &mut self,
+        kind: Kind,
+        end: u64,
+        depth: usize,
+        tensor: &mut Tensor,
+        found: &mut Vec<String>,
+    ) -> io::Result<()> {
         if depth > MAX_DEPTH {
             return Err(invalid("nested too deeply"));
         }
@@ -135,19 +188,21 @@ impl<R: Read + Seek> Wire<R> {
                     match (kind, kind.child(field)) {
                         (Kind::Entry, _) if field == 1 => key = Some(self.string(len)?),
                         (Kind::Entry, _) if field == 2 => value = Some(self.string(len)?),
-                        (Kind::Tensor, Some(Kind::Entry)) => self.walk(Kind::Entry, child_end, depth + 1, tensor)?,
+                        (Kind::Tensor, Some(Kind::Entry)) => {
+                            self.walk(Kind::Entry, child_end, depth + 1, tensor, found)?;
+                        }
                         (_, Some(Kind::Tensor)) => {
                             let mut t = Tensor::default();
-                            self.walk(Kind::Tensor, child_end, depth + 1, &mut t)?;
+                            self.walk(Kind::Tensor, child_end, depth + 1, &mut t, found)?;
                             if let (true, Some(loc)) = (t.external, t.location) {
                                 let loc = validate_relative_path(&loc)
                                     .map_err(|e| invalid(format!("external data location {loc:?}: {e}")))?;
-                                if !self.found.contains(&loc) {
-                                    self.found.push(loc);
+                                if !found.contains(&loc) {
+                                    found.push(loc);
                                 }
                             }
                         }
-                        (_, Some(child)) => self.walk(child, child_end, depth + 1, &mut Tensor::default())?,
+                        (_, Some(child)) => self.walk(child, child_end, depth + 1, &mut Tensor::default(), found)?,
                         _ => self.skip(len)?,
                     }
                 }

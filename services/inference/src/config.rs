@@ -69,8 +69,9 @@ pub struct Config {
     pub intra_threads: usize,
     /// Single-threaded sessions per batchable model that compute batches side
     /// by side while requests queue up; the multi-threaded session serves
-    /// when they do not (lowest latency alone). Each holds a copy of the
-    /// weights: default one per core for model files up to 64 MiB; 0 = off.
+    /// when they do not (lowest latency alone). They share the version's
+    /// weights: default one per core for models up to 64 MiB (ONNX file and
+    /// external data); 0 = off.
     #[arg(long, env = "FERRY_THROUGHPUT_SESSIONS")]
     pub throughput_sessions: Option<usize>,
     /// ONNX Runtime inter-op threads per session.

@@ -174,10 +174,11 @@ impl Loader {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "now serving"
                 );
-                // The last holder frees the old sessions; give the memory back to the OS.
-                if old.is_some_and(|o| Arc::strong_count(&o) == 1) {
-                    tokio::task::spawn_blocking(crate::memory::trim);
-                }
+                // Loading's buffers (the parsed model, the weights read once) are
+                // freed by now: give them back to the OS. The old version's
+                // workers do the same for its sessions once its last request is done.
+                drop(old);
+                tokio::task::spawn_blocking(crate::memory::trim);
                 if let Some(Backend::Local { dir, .. }) = slot.current().as_ref().map(|m| &m.backend) {
                     self.cache.mark_served(&slot.spec.selector.to_string(), dir).await;
                 }
@@ -200,6 +201,7 @@ impl Loader {
             Ok(model) => {
                 warn!(%error, version, "MLflow cannot be reached: serving the version last served, from the local cache");
                 self.models.install_in(slot, model, None);
+                tokio::task::spawn_blocking(crate::memory::trim);
             }
             Err(e) => {
                 let _ = tokio::fs::remove_dir_all(&dir).await;

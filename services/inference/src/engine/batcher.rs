@@ -22,7 +22,7 @@ use std::{
     collections::VecDeque,
     sync::{
         Arc, Condvar, Mutex, MutexGuard,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -155,6 +155,8 @@ struct Shared {
     wake: Condvar,
     stats: Arc<ExecStats>,
     policy: BatchPolicy,
+    /// Workers still running; the last one out has dropped every session.
+    workers: AtomicUsize,
 }
 
 impl Shared {
@@ -180,13 +182,21 @@ impl Batcher {
         policy: BatchPolicy,
         stats: Arc<ExecStats>,
     ) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), wake: Condvar::new(), stats, policy });
+        let workers = AtomicUsize::new(runners.len());
+        let shared =
+            Arc::new(Shared { queue: Mutex::new(Queue::default()), wake: Condvar::new(), stats, policy, workers });
         let wide = wide.map(|w| Arc::new(Mutex::new(w)));
         for (i, runner) in runners.into_iter().enumerate() {
             let (shared, wide) = (Arc::clone(&shared), wide.clone());
-            std::thread::Builder::new()
-                .name(format!("{thread_name}-{i}"))
-                .spawn(move || work(&shared, runner, wide.as_deref()))?;
+            std::thread::Builder::new().name(format!("{thread_name}-{i}")).spawn(move || {
+                work(&shared, runner, wide.as_deref());
+                drop(wide);
+                // The version's sessions are gone: give their memory back to the OS
+                // (the C allocator keeps freed pages otherwise; memory.rs).
+                if shared.workers.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    crate::memory::trim();
+                }
+            })?;
         }
         Ok(Self { shared })
     }

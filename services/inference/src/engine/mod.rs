@@ -38,8 +38,10 @@ pub struct SessionOptions {
     /// Single-threaded sessions that run batches side by side while requests
     /// queue up, the (one) multi-threaded session serving otherwise; 0 turns
     /// this off. Used only for batchable models with more than one intra-op
-    /// thread. Each holds its own copy of the weights, so by default (`None`)
-    /// only models up to `THROUGHPUT_DEFAULT_MAX_BYTES` get one per core.
+    /// thread. A version's sessions share its weights (one copy beside the
+    /// packed forms, ~2x the file); by default (`None`) models up to
+    /// `THROUGHPUT_DEFAULT_MAX_BYTES` get one per core, larger ones one
+    /// session, which holds only the packed forms (~1x).
     pub throughput_sessions: Option<usize>,
     pub inter_threads: usize,
     pub optimization_level: u8,

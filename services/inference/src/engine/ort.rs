@@ -8,8 +8,11 @@ use std::{
 };
 
 use ::ort::{
-    session::{Session, builder::GraphOptimizationLevel},
-    value::{DynValue, Tensor, TensorElementType, ValueType},
+    session::{
+        Session,
+        builder::{GraphOptimizationLevel, PrepackedWeights},
+    },
+    value::{DynValue, PrimitiveTensorElementType, Tensor, TensorElementType, ValueType},
 };
 
 use super::{
@@ -75,8 +78,21 @@ impl Runtime {
             2 => GraphOptimizationLevel::Level2,
             _ => GraphOptimizationLevel::All,
         };
+        let small = model_bytes(file) <= THROUGHPUT_DEFAULT_MAX_BYTES;
+        // Where a version gets several sessions, every one is handed the same
+        // weight tensors, and the same packed forms of them, instead of its own
+        // copies. A lone session is better off alone: ONNX Runtime frees a weight
+        // it has packed unless the weight is shared (1x the file, not 2x).
+        let several = small || opts.sessions > 1 || opts.throughput_sessions.is_some_and(|n| n > 0);
+        let shared = if several { shared_weights(file) } else { Vec::new() };
+        let prepacked = PrepackedWeights::new();
         let build = |intra_threads: usize| {
-            Session::builder(&self.env)
+            let mut builder = Session::builder(&self.env).map_err(|e| e.to_string())?;
+            for (name, value) in &shared {
+                builder = builder.with_initializer(name, Arc::clone(value)).map_err(|e| e.to_string())?;
+            }
+            builder
+                .with_prepacked_weights(&prepacked)
                 .map_err(|e| e.to_string())?
                 .with_intra_threads(intra_threads)
                 .map_err(|e| e.to_string())?
@@ -121,10 +137,7 @@ impl Runtime {
         } else {
             None
         };
-        let wanted = opts.throughput_sessions.unwrap_or_else(|| {
-            let small = std::fs::metadata(file).is_ok_and(|m| m.len() <= THROUGHPUT_DEFAULT_MAX_BYTES);
-            if small { cores() } else { 0 }
-        });
+        let wanted = opts.throughput_sessions.unwrap_or(if small { cores() } else { 0 });
         let throughput = inline.is_none() && batch.enabled() && wanted > 0 && opts.intra_threads > 1;
         let (wide_sessions, narrow_sessions) = if throughput { (1, wanted) } else { (opts.sessions.max(1), 0) };
         for _ in 1..wide_sessions {
@@ -150,8 +163,67 @@ fn spec(name: &str, ty: &ValueType) -> Result<TensorSpec, String> {
     }
 }
 
-/// Largest model file that gets throughput sessions by default: each holds its
-/// own copy of the weights (about twice the file size in RSS, measured).
+/// The model's size on disk: the ONNX file and its external data files
+/// (`mlflow.onnx.log_model` keeps nearly all the weights in those).
+fn model_bytes(file: &Path) -> u64 {
+    let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let external = std::fs::File::open(file).and_then(ferry_artifact::external_data).unwrap_or_default();
+    len(file) + external.iter().map(|name| len(&dir.join(name))).sum::<u64>()
+}
+
+/// Initializers below this stay with ONNX Runtime, one copy per session:
+/// sharing them saves little and costs a call per session each.
+const SHARE_MIN_BYTES: u64 = 4096;
+
+/// The model's large weights as tensors every session of the version uses.
+/// A file this cannot read shares nothing; ONNX Runtime reports what is wrong with it.
+fn shared_weights(file: &Path) -> Vec<(String, Arc<DynValue>)> {
+    let found = match ferry_artifact::initializers(file, SHARE_MIN_BYTES) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::debug!(file = %file.display(), error = %e, "weights not shared between sessions");
+            return Vec::new();
+        }
+    };
+    found.into_iter().filter_map(|t| Some((t.name.clone(), Arc::new(weight(&t)?)))).collect()
+}
+
+/// One initializer as a tensor; `None` for element types left to ONNX Runtime
+/// or bytes that do not match the shape.
+fn weight(t: &ferry_artifact::Initializer) -> Option<DynValue> {
+    fn typed<T: PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static, const N: usize>(
+        t: &ferry_artifact::Initializer,
+        from_le: fn([u8; N]) -> T,
+    ) -> Option<DynValue> {
+        let elements = t.dims.iter().try_fold(1usize, |n, d| n.checked_mul(usize::try_from(*d).ok()?))?;
+        if elements.checked_mul(N)? != t.data.len() {
+            return None;
+        }
+        let values: Vec<T> = t.data.chunks_exact(N).filter_map(|c| c.try_into().ok().map(from_le)).collect();
+        Tensor::from_array((t.dims.clone(), values)).ok().map(Tensor::into_dyn)
+    }
+    // TensorProto.DataType; float16 and friends stay with ONNX Runtime.
+    match t.data_type {
+        1 => typed(t, f32::from_le_bytes),
+        2 => typed(t, u8::from_le_bytes),
+        3 => typed(t, i8::from_le_bytes),
+        4 => typed(t, u16::from_le_bytes),
+        5 => typed(t, i16::from_le_bytes),
+        6 => typed(t, i32::from_le_bytes),
+        7 => typed(t, i64::from_le_bytes),
+        9 => typed(t, |[b]: [u8; 1]| b != 0),
+        11 => typed(t, f64::from_le_bytes),
+        12 => typed(t, u32::from_le_bytes),
+        13 => typed(t, u64::from_le_bytes),
+        _ => None,
+    }
+}
+
+/// Largest model file that gets throughput sessions by default. They share
+/// the weights, but sharing keeps the original of each packed weight beside
+/// the packed form: a version's RSS is ~2x the file for any number of
+/// sessions, against ~1x for one session alone (measured, BENCHMARKS.md).
 const THROUGHPUT_DEFAULT_MAX_BYTES: u64 = 64 << 20;
 
 /// One ONNX Runtime session, owned by one worker thread (no lock on the hot path).
