@@ -99,9 +99,11 @@ pub struct Config {
     /// lone request gets every core; without, waking the pool for each step
     /// of the graph cost more than it saved (a 2-thread session ran a batch-1
     /// MLP no faster than 1 thread), but spinning threads compete with other
-    /// work: turn it off under a CPU quota (BENCHMARKS.md, threads).
-    #[arg(long, env = "FERRY_ORT_SPINNING", default_value_t = true, action = clap::ArgAction::Set)]
-    pub ort_spinning: bool,
+    /// work: turn it off under a CPU quota (BENCHMARKS.md, threads). Unset:
+    /// on while the process serves no more models than it has cores, off
+    /// beyond, where the models' pools would spin against each other.
+    #[arg(long, env = "FERRY_ORT_SPINNING", action = clap::ArgAction::Set)]
+    pub ort_spinning: Option<bool>,
     /// Warm-up runs on zero inputs before a new version is swapped in.
     #[arg(long, env = "FERRY_WARMUP_RUNS", default_value_t = 1)]
     pub warmup_runs: usize,

@@ -42,6 +42,8 @@ pub struct Scenario {
     pub target: Target,
     /// `http://host:port` of the server (unused in process).
     pub url: String,
+    /// One model, or several separated by commas: each caller sends to them in
+    /// turn, starting at its own offset, so that every model gets traffic.
     pub model: String,
     pub input: String,
     /// Features per row.
@@ -223,7 +225,8 @@ struct Connector {
     addr: Option<SocketAddr>,
     host: String,
     body: Bytes,
-    path: String,
+    /// The request path for each model.
+    paths: Vec<String>,
 }
 
 impl Connector {
@@ -231,24 +234,29 @@ impl Connector {
         let data = rows(s.width, s.batch);
         let uri: http::Uri = s.url.parse().with_context(|| format!("parsing {}", s.url))?;
         let host = uri.authority().map(|a| a.to_string()).context("the URL needs host:port")?;
-        let (body, path) = match s.target {
+        let models = s.models();
+        if models.is_empty() && matches!(s.target, Target::Grpc | Target::Oip | Target::Rest | Target::RestV2) {
+            bail!("name a model to call");
+        }
+        let (body, paths) = match s.target {
             Target::Rest => {
                 if s.batch != 1 {
                     bail!("REST /predict takes one row per request; use rest-v2 for batches");
                 }
-                (serde_json::to_vec(&serde_json::json!({ "data": data }))?, format!("/predict?model={}", s.model))
+                let paths = models.iter().map(|m| format!("/predict?model={m}")).collect();
+                (serde_json::to_vec(&serde_json::json!({ "data": data }))?, paths)
             }
             Target::RestV2 => (
                 serde_json::to_vec(&serde_json::json!({ "inputs": [{
                     "name": s.input, "shape": [s.batch, s.width], "datatype": "FP32", "data": data
                 }]}))?,
-                format!("/v2/models/{}/infer", s.model),
+                models.iter().map(|m| format!("/v2/models/{m}/infer")).collect(),
             ),
             Target::Invocations => {
                 let rows: Vec<&[f32]> = data.chunks(s.width.max(1)).collect();
-                (serde_json::to_vec(&serde_json::json!({ "inputs": rows }))?, "/invocations".to_owned())
+                (serde_json::to_vec(&serde_json::json!({ "inputs": rows }))?, vec!["/invocations".to_owned()])
             }
-            Target::Grpc | Target::Oip | Target::InProcess => (Vec::new(), String::new()),
+            Target::Grpc | Target::Oip | Target::InProcess => (Vec::new(), Vec::new()),
         };
         // Every target but the in-process one talks to one resolved address.
         let addr = match s.target {
@@ -263,7 +271,7 @@ impl Connector {
                 channels.push(GrpcCall::connect(addr).await.with_context(|| format!("connecting to {}", s.url))?);
             }
         }
-        Ok(Self { scenario: s.clone(), channels, addr, host, body: Bytes::from(body), path })
+        Ok(Self { scenario: s.clone(), channels, addr, host, body: Bytes::from(body), paths })
     }
 
     async fn client(&self, i: usize) -> anyhow::Result<Client> {
@@ -274,43 +282,49 @@ impl Connector {
             Target::Rest | Target::RestV2 | Target::Invocations => {
                 let stream = tokio::net::TcpStream::connect(self.addr.context("no address")?).await?;
                 stream.set_nodelay(true)?;
-                let mut request = format!(
-                    "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                    self.path,
-                    self.host,
-                    self.body.len()
-                )
-                .into_bytes();
-                request.extend_from_slice(&self.body);
-                Client::Http { conn: RawHttp { stream, request, buf: Vec::with_capacity(4096) } }
+                let requests = self
+                    .paths
+                    .iter()
+                    .map(|path| {
+                        let mut request = format!(
+                            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                            self.host,
+                            self.body.len()
+                        )
+                        .into_bytes();
+                        request.extend_from_slice(&self.body);
+                        request
+                    })
+                    .collect();
+                Client::Http { conn: RawHttp { stream, requests, next: i, buf: Vec::with_capacity(4096) } }
             }
             Target::Grpc => {
-                let request = pb::PredictRequest {
-                    model: s.model.clone(),
+                let requests = s.models().into_iter().map(|model| pb::PredictRequest {
+                    model,
                     inputs: vec![pb::Tensor {
                         name: s.input.clone(),
                         dtype: pb::DataType::Float32.into(),
-                        shape,
-                        float_data: data,
+                        shape: shape.clone(),
+                        float_data: data.clone(),
                         ..Default::default()
                     }],
                     ..Default::default()
-                };
-                Client::Grpc(GrpcCall::new(self.channel(i), &self.host, GrpcCall::PREDICT, &request)?)
+                });
+                Client::Grpc(GrpcCall::new(self.channel(i), &self.host, GrpcCall::PREDICT, requests, i)?)
             }
             Target::Oip => {
-                let request = oip::ModelInferRequest {
-                    model_name: s.model.clone(),
+                let requests = s.models().into_iter().map(|model_name| oip::ModelInferRequest {
+                    model_name,
                     inputs: vec![oip::model_infer_request::InferInputTensor {
                         name: s.input.clone(),
                         datatype: "FP32".into(),
-                        shape,
+                        shape: shape.clone(),
                         ..Default::default()
                     }],
                     raw_input_contents: vec![data.iter().flat_map(|v| v.to_le_bytes()).collect()],
                     ..Default::default()
-                };
-                Client::Grpc(GrpcCall::new(self.channel(i), &self.host, GrpcCall::MODEL_INFER, &request)?)
+                });
+                Client::Grpc(GrpcCall::new(self.channel(i), &self.host, GrpcCall::MODEL_INFER, requests, i)?)
             }
             Target::InProcess => bail!("in-process runs have no client"),
         })
@@ -328,7 +342,9 @@ impl Connector {
 struct GrpcCall {
     send: h2::client::SendRequest<Bytes>,
     uri: http::Uri,
-    body: Bytes,
+    /// One framed message per model, sent in turn.
+    bodies: Vec<Bytes>,
+    next: usize,
 }
 
 impl GrpcCall {
@@ -350,20 +366,25 @@ impl GrpcCall {
         Ok(send)
     }
 
-    fn new(
+    fn new<M: prost::Message>(
         send: h2::client::SendRequest<Bytes>,
         authority: &str,
         path: &str,
-        message: &impl prost::Message,
+        messages: impl Iterator<Item = M>,
+        first: usize,
     ) -> anyhow::Result<Self> {
         // gRPC framing: uncompressed flag, big-endian length, the message.
-        let len = message.encoded_len();
-        let mut body = Vec::with_capacity(5 + len);
-        body.push(0);
-        body.extend_from_slice(&u32::try_from(len)?.to_be_bytes());
-        message.encode(&mut body)?;
+        let frame = |message: M| -> anyhow::Result<Bytes> {
+            let len = message.encoded_len();
+            let mut body = Vec::with_capacity(5 + len);
+            body.push(0);
+            body.extend_from_slice(&u32::try_from(len)?.to_be_bytes());
+            message.encode(&mut body)?;
+            Ok(Bytes::from(body))
+        };
+        let bodies = messages.map(frame).collect::<anyhow::Result<Vec<_>>>()?;
         let uri = format!("http://{authority}{path}").parse()?;
-        Ok(Self { send, uri, body: Bytes::from(body) })
+        Ok(Self { send, uri, bodies, next: first })
     }
 
     async fn call(&mut self) -> Result<(), String> {
@@ -375,7 +396,8 @@ impl GrpcCall {
             .map_err(|e| e.to_string())?;
         let mut send = self.send.clone().ready().await.map_err(h2_err)?;
         let (response, mut stream) = send.send_request(request, false).map_err(h2_err)?;
-        stream.send_data(self.body.clone(), true).map_err(h2_err)?;
+        self.next = (self.next + 1) % self.bodies.len();
+        stream.send_data(self.bodies[self.next].clone(), true).map_err(h2_err)?;
         let (head, mut body) = response.await.map_err(h2_err)?.into_parts();
         let mut received = 0;
         while let Some(chunk) = body.data().await {
@@ -402,14 +424,17 @@ impl GrpcCall {
 
 struct RawHttp {
     stream: tokio::net::TcpStream,
-    request: Vec<u8>,
+    /// One prepared request per model, sent in turn.
+    requests: Vec<Vec<u8>>,
+    next: usize,
     buf: Vec<u8>,
 }
 
 impl RawHttp {
     async fn call(&mut self) -> Result<(), String> {
         use tokio::io::AsyncWriteExt;
-        self.stream.write_all(&self.request).await.map_err(|e| e.to_string())?;
+        self.next = (self.next + 1) % self.requests.len();
+        self.stream.write_all(&self.requests[self.next]).await.map_err(|e| e.to_string())?;
         self.buf.clear();
         // Read the head, then exactly the body it announces.
         let (head_len, status, body_len) = loop {
@@ -513,6 +538,13 @@ fn rss_mb(pid: u32) -> Option<f64> {
 }
 
 /// Runs one scenario: warm-up (not recorded), then the measured window.
+impl Scenario {
+    /// The models called, in turn.
+    pub fn models(&self) -> Vec<String> {
+        self.model.split(',').map(str::trim).filter(|m| !m.is_empty()).map(str::to_owned).collect()
+    }
+}
+
 pub async fn run(s: &Scenario) -> anyhow::Result<Report> {
     if s.target == Target::InProcess {
         let s = s.clone();
@@ -753,6 +785,42 @@ mod tests {
         let a = rows(512, 1);
         assert_eq!(a, rows(512, 1));
         assert!(a.iter().all(|v| (0.0..1.0).contains(v)) && a[0] != a[1]);
+    }
+
+    #[tokio::test]
+    async fn callers_send_to_every_model_in_turn() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A server that answers every request and notes its path.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, u32>::new()));
+        let noted = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let noted = Arc::clone(&noted);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        for path in text.split("POST ").skip(1).filter_map(|r| r.split(' ').next()) {
+                            *noted.lock().unwrap().entry(path.to_owned()).or_default() += 1;
+                            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").await;
+                        }
+                    }
+                });
+            }
+        });
+        let mut s = floor_scenario(Target::Rest, addr);
+        s.model = "a, b,c".into();
+        let r = run(&s).await.unwrap();
+        assert_eq!(r.errors, 0);
+        let seen = seen.lock().unwrap().clone();
+        let paths: Vec<&str> = seen.keys().map(String::as_str).collect();
+        assert_eq!(paths, ["/predict?model=a", "/predict?model=b", "/predict?model=c"]);
+        let (least, most) = (seen.values().min().unwrap(), seen.values().max().unwrap());
+        assert!(most - least <= 2, "not in turn: {seen:?}");
+        s.model = " , ".into();
+        assert!(run(&s).await.unwrap_err().to_string().contains("name a model"));
     }
 
     fn floor_scenario(target: Target, addr: SocketAddr) -> Scenario {

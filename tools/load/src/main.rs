@@ -23,6 +23,7 @@ struct Args {
     /// Server base URL (gRPC or HTTP).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// A model, or several separated by commas (each caller sends to them in turn).
     #[arg(long, default_value = "iris")]
     model: String,
     /// Model input name.

@@ -18,9 +18,11 @@
 //! Ferry registered, against Ferry's REST), `threads` (ONNX Runtime thread settings, with
 //! and without a competing CPU load), `swap` (p99 per second around a hot swap
 //! under load), `delivery` (alias moved in MLflow → first answer from the new
-//! version, with and without webhooks).
+//! version, with and without webhooks), `routing` (what a traffic policy
+//! costs a request), `many` (200 small and 20 medium models in one process).
 
 mod instructions;
+mod many;
 mod peers;
 mod routing;
 mod wrk;
@@ -54,7 +56,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "inproc,headline,wrk,instructions,throughput,peers,threads,swap,delivery,routing"
+        default_value = "inproc,headline,wrk,instructions,throughput,peers,threads,swap,delivery,routing,many"
     )]
     sections: Vec<String>,
     /// Interleaved rounds of the headline comparisons (the median is reported).
@@ -63,6 +65,12 @@ struct Args {
     /// Measured seconds per point within a headline round.
     #[arg(long, default_value_t = 3.0)]
     round_duration: f64,
+    /// Copies of the tiny model served by one process in the `many` section.
+    #[arg(long, default_value_t = 200)]
+    many_small: usize,
+    /// Copies of the medium model served by one process in the `many` section.
+    #[arg(long, default_value_t = 20)]
+    many_medium: usize,
     /// Where the markdown results go (also printed).
     #[arg(long, default_value = "bench/results/latest.md")]
     out: PathBuf,
@@ -192,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
     let mut suite = Suite { ort: ort_library()?, dir: d.clone(), md: String::new(), args };
     let want = |s: &str| suite.args.sections.iter().any(|x| x == s);
     let routing = want("routing");
+    let many_section = want("many");
     let wrk_section = want("wrk");
     let (inproc, headline, counted, throughput, peers, threads, swap, delivery) = (
         want("inproc"),
@@ -377,6 +386,10 @@ async fn main() -> anyhow::Result<()> {
 
     if routing {
         routing::section(&mut suite, &tiny, &mlflow.url, &registry.url, registry.client.clone()).await?;
+    }
+
+    if many_section {
+        many::section(&mut suite, [&tiny, &medium], &mlflow.url, &registry.url, registry.client.clone()).await?;
     }
 
     if throughput {
