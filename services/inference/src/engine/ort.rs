@@ -84,11 +84,11 @@ impl Runtime {
         // copies. A lone session is better off alone: ONNX Runtime frees a weight
         // it has packed unless the weight is shared (1x the file, not 2x).
         let several = small || opts.sessions > 1 || opts.throughput_sessions.is_some_and(|n| n > 0);
-        let shared = if several { shared_weights(file) } else { Vec::new() };
+        let mut shared = if several { shared_weights(file) } else { Vec::new() };
         let prepacked = PrepackedWeights::new();
-        let build = |intra_threads: usize| {
+        let build = |shared: &[(String, Arc<DynValue>)], intra_threads: usize| {
             let mut builder = Session::builder(&self.env).map_err(|e| e.to_string())?;
-            for (name, value) in &shared {
+            for (name, value) in shared {
                 builder = builder.with_initializer(name, Arc::clone(value)).map_err(|e| e.to_string())?;
             }
             builder
@@ -107,7 +107,17 @@ impl Runtime {
                 .commit_from_file(file)
                 .map_err(|e| format!("ONNX Runtime rejected the model: {e}"))
         };
-        let first = build(opts.intra_threads)?;
+        let first = match build(&shared, opts.intra_threads) {
+            Ok(first) => first,
+            // Whatever ONNX Runtime makes of a weight handed in, the model as
+            // stored must still load: each session then reads its own.
+            Err(e) if !shared.is_empty() => {
+                tracing::warn!(error = %e, "ONNX Runtime refused the shared weights; each session loads its own");
+                shared.clear();
+                build(&shared, opts.intra_threads)?
+            }
+            Err(e) => return Err(e),
+        };
         let signature = Signature {
             inputs: first.inputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?,
             outputs: first.outputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?,
@@ -132,7 +142,7 @@ impl Runtime {
         let inline = if fastest < opts.inline_below {
             let n = cores();
             // A cheap model gains nothing from a thread pool; it runs on the caller's thread.
-            let runners = (0..n).map(|_| build(1).map(runner)).collect::<Result<Vec<_>, _>>()?;
+            let runners = (0..n).map(|_| build(&shared, 1).map(runner)).collect::<Result<Vec<_>, _>>()?;
             Some(Inline::new(runners, batch.max_rows))
         } else {
             None
@@ -141,9 +151,9 @@ impl Runtime {
         let throughput = inline.is_none() && batch.enabled() && wanted > 0 && opts.intra_threads > 1;
         let (wide_sessions, narrow_sessions) = if throughput { (1, wanted) } else { (opts.sessions.max(1), 0) };
         for _ in 1..wide_sessions {
-            runners.push(runner(build(opts.intra_threads)?));
+            runners.push(runner(build(&shared, opts.intra_threads)?));
         }
-        let narrow = (0..narrow_sessions).map(|_| build(1).map(runner)).collect::<Result<Vec<_>, _>>()?;
+        let narrow = (0..narrow_sessions).map(|_| build(&shared, 1).map(runner)).collect::<Result<Vec<_>, _>>()?;
         let (workers, wide) = if throughput { (narrow, runners.pop()) } else { (runners, None) };
         let batcher = Batcher::start(thread_name, workers, wide, batch, Arc::clone(&stats))
             .map_err(|e| format!("starting the model's worker threads: {e}"))?;
