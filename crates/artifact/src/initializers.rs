@@ -177,25 +177,8 @@ fn tensor<R: Read + Seek>(w: &mut Wire<R>, end: u64, min_bytes: u64, dir: &Path)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::onnx::tests::{field, varint};
 
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-    fn field(n: u64, body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        varint(n << 3 | 2, &mut out);
-        varint(body.len() as u64, &mut out);
-        out.extend_from_slice(body);
-        out
-    }
     fn num(n: u64, v: u64) -> Vec<u8> {
         let mut out = Vec::new();
         varint(n << 3, &mut out);

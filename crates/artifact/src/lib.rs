@@ -7,7 +7,8 @@
 //! questions delivery and registration both ask, without a runtime or a
 //! network: which file is the ONNX model ([`MlModel`]), which other files it
 //! needs ([`external_data`]), and what one digest covers them all
-//! ([`ModelDigest`]).
+//! ([`ModelDigest`]). It also reads a model's large weights once
+//! ([`initializers`]), so that the sessions serving a version can share them.
 
 mod digest;
 mod initializers;

@@ -235,11 +235,11 @@ pub fn validate_relative_path(p: &str) -> Result<String, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Cursor;
 
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
+    pub(crate) fn varint(mut v: u64, out: &mut Vec<u8>) {
         loop {
             let b = (v & 0x7f) as u8;
             v >>= 7;
@@ -250,7 +250,8 @@ mod tests {
             out.push(b | 0x80);
         }
     }
-    fn field(n: u64, body: &[u8]) -> Vec<u8> {
+    /// A length-delimited protobuf field.
+    pub(crate) fn field(n: u64, body: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         varint(n << 3 | 2, &mut out);
         varint(body.len() as u64, &mut out);
