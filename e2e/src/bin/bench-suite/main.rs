@@ -98,6 +98,8 @@ fn load(s: Scenario) -> anyhow::Result<Report> {
 struct Suite {
     args: Args,
     md: String,
+    /// When each section started, for the run's time table.
+    sections: Vec<(&'static str, Instant)>,
     dir: PathBuf,
     ort: PathBuf,
 }
@@ -121,6 +123,22 @@ impl Suite {
             intra_threads: 1,
             server_pid: None,
         }
+    }
+
+    fn started(&mut self, section: &'static str) {
+        self.sections.push((section, Instant::now()));
+    }
+
+    /// How long each section took: `bench/run.sh` is meant to finish within 30 minutes.
+    fn timings(&mut self) {
+        let ends: Vec<Instant> = self.sections.iter().skip(1).map(|s| s.1).chain([Instant::now()]).collect();
+        let took: Vec<String> = self
+            .sections
+            .iter()
+            .zip(ends)
+            .map(|((name, start), end)| format!("{name} {:.0} s", (end - *start).as_secs_f64()))
+            .collect();
+        self.line(&format!("\nSections' times: {}.", took.join(", ")));
     }
 
     fn line(&mut self, s: &str) {
@@ -197,7 +215,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let tmp = tempfile::tempdir()?;
     let d = tmp.path().to_owned();
-    let mut suite = Suite { ort: ort_library()?, dir: d.clone(), md: String::new(), args };
+    let mut suite = Suite { ort: ort_library()?, dir: d.clone(), md: String::new(), args, sections: Vec::new() };
     let want = |s: &str| suite.args.sections.iter().any(|x| x == s);
     let routing = want("routing");
     let many_section = want("many");
@@ -232,6 +250,7 @@ async fn main() -> anyhow::Result<()> {
     // The medium model's best in-process setting: (rows/s, batch, sessions, intra-op threads).
     let mut best_medium = (0.0, 128, 2, 1);
     if inproc {
+        suite.started("inproc");
         suite.table(
             "In-process ONNX Runtime (the ceiling: no network, no server)",
             "| model | batch | threads × intra-op | infer/s | p50 ms | p99 ms |",
@@ -281,6 +300,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     if headline {
+        suite.started("headline");
         let mut inf = start_ferry(vec![]).await?;
         let gw = suite.gateway(&tiny, None, &[])?;
         let gw_medium = suite.gateway(&medium, None, &[])?;
@@ -377,22 +397,27 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if wrk_section {
+        suite.started("wrk");
         wrk::section(&mut suite, [&tiny, &medium], &mlflow.url, &registry.url).await?;
     }
 
     if counted {
+        suite.started("instructions");
         instructions::section(&mut suite, &tiny, &mlflow.url, &registry.url).await?;
     }
 
     if routing {
+        suite.started("routing");
         routing::section(&mut suite, &tiny, &mlflow.url, &registry.url, registry.client.clone()).await?;
     }
 
     if many_section {
+        suite.started("many");
         many::section(&mut suite, [&tiny, &medium], &mlflow.url, &registry.url, registry.client.clone()).await?;
     }
 
     if throughput {
+        suite.started("throughput");
         let mut inf = start_ferry(vec![]).await?;
         let pid = Some(inf.proc.pid());
         for m in [&tiny, &medium] {
@@ -483,12 +508,14 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if peers {
+        suite.started("peers");
         let mut inf = start_ferry(vec![]).await?;
         peers::section(&mut suite, [&tiny, &medium], &inf, &mlflow.url).await?;
         inf.proc.terminate(Duration::from_secs(30))?;
     }
 
     if threads {
+        suite.started("threads");
         suite.table(
             "ONNX Runtime thread settings, medium model, REST /predict batch 1: idle machine, then one core kept busy by another process; last column: client batches of 32 rows (OIP gRPC ModelInfer), idle",
             "| system and setting | c=1 req/s | c=1 p99 ms | c=64 req/s | c=64 p99 ms | busy c=1 req/s | busy c=1 p99 ms | busy c=64 req/s | busy c=64 p99 ms | batch-32 c=64 rows/s |",
@@ -549,6 +576,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if swap {
+        suite.started("swap");
         // Two versions of the tiny model; REST c=16 for 8 s with a promotion at 3 s.
         let v2 = d.join("tiny-2.onnx");
         train_iris(&v2, 0.05)?;
@@ -580,12 +608,14 @@ async fn main() -> anyhow::Result<()> {
     drop(registry);
 
     if delivery {
+        suite.started("delivery");
         delivery_latency(&mut suite, &tiny).await?;
     }
 
     if let Some(parent) = suite.args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
+    suite.timings();
     std::fs::write(&suite.args.out, &suite.md).with_context(|| format!("writing {}", suite.args.out.display()))?;
     eprintln!("results written to {}", suite.args.out.display());
     drop(mlflow);
