@@ -30,4 +30,5 @@ if [ -n "$gateway_src" ]; then
   (cd "$scratch" && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund >/dev/null)
   args+=(--gateway "$scratch")
 fi
-exec "$ROOT/target/release/bench-suite" "${args[@]}"
+# Wherever cargo puts its output (CARGO_TARGET_DIR, or target/ here).
+exec "${CARGO_TARGET_DIR:-$ROOT/target}/release/bench-suite" "${args[@]}"
