@@ -37,6 +37,14 @@ pub fn venv() -> PathBuf {
 }
 
 /// libonnxruntime from the venv's onnxruntime wheel (or ORT_DYLIB_PATH).
+/// A process's resident memory (`VmRSS`), in MiB.
+pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    let kib: f64 = line.split_whitespace().nth(1).context("VmRSS value")?.parse()?;
+    Ok(kib / 1024.0)
+}
+
 pub fn ort_library() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         return Ok(PathBuf::from(p));

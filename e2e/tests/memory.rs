@@ -4,14 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use ferry_e2e::{Mlflow, make_mlp, promote, register_file, start_inference, start_registry, wait_serving};
-
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    let kib: f64 = line.split_whitespace().nth(1).context("VmRSS value")?.parse()?;
-    Ok(kib / 1024.0)
-}
+use ferry_e2e::{Mlflow, make_mlp, promote, register_file, rss_mib, start_inference, start_registry, wait_serving};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_sessions_share_one_copy_of_the_weights() -> anyhow::Result<()> {

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferry_e2e::{Inference, promote, register_file, start_inference};
+use ferry_e2e::{Inference, promote, register_file, rss_mib, start_inference};
 use ferry_load::{Report, Target};
 use ferry_proto::registry::v1::model_registry_client::ModelRegistryClient;
 use tokio::task::JoinSet;
@@ -19,12 +19,6 @@ use crate::{Model, Suite, load, ms};
 
 /// Registrations in flight at once.
 const REGISTER_AT_ONCE: usize = 4;
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok());
-    kib.unwrap_or(0.0) / 1024.0
-}
 
 /// Registers `names` from `m.file`, each as version 1 in Production.
 async fn register_all(client: &ModelRegistryClient<Channel>, m: &Model, names: &[String]) -> anyhow::Result<()> {
@@ -91,10 +85,10 @@ pub(crate) async fn section(
 
         let (mut one, _) = start_ready(suite, mlflow, registry_url, &names[..1], &[]).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let rss_one = rss_mib(one.proc.pid());
+        let rss_one = rss_mib(one.proc.pid())?;
         let (mut all, ready) = start_ready(suite, mlflow, registry_url, &names, &[]).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let rss_all = rss_mib(all.proc.pid());
+        let rss_all = rss_mib(all.proc.pid())?;
 
         let scenario = |url: &str, model: String| {
             let mut s = suite.scenario(Target::Grpc, url, m, 1, 64);
