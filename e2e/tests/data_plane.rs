@@ -220,3 +220,50 @@ async fn hot_swaps_under_load_and_bad_versions() -> anyhow::Result<()> {
     ensure!((1..=3).contains(&kept), "{kept} model versions kept on disk");
     Ok(())
 }
+
+/// The service writes where it is told to (its model folder) and nowhere
+/// else: not even ONNX Runtime, whose official Linux builds keep a device id
+/// and a queue of usage events under `~/.cache/Microsoft` unless telemetry is
+/// turned off before they load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_written_to_the_home_folder() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let mlflow = Mlflow::start(d).await?;
+    let file = d.join("iris.onnx");
+    train_iris(&file, 1.0)?;
+    let mut registry = start_registry(d, &mlflow.url, &[]).await?;
+    register_file(&mut registry.client, "iris", &file).await?;
+    promote(&mut registry.client, "iris", "1").await?;
+    let home = d.join("home");
+    std::fs::create_dir(&home)?;
+    let env = [
+        ("HOME", home.display().to_string()),
+        ("XDG_CACHE_HOME", home.join(".cache").display().to_string()),
+        // Telemetry left on by the environment: the service turns it off itself.
+        ("ORT_DISABLE_TELEMETRY", "0".to_owned()),
+    ];
+    let inference = start_inference(d, &mlflow.url, Some(&registry.url), "iris:Production", &env).await?;
+    wait_serving(&inference.client, "iris", "1", &ROW, Duration::from_secs(60))
+        .await
+        .with_context(|| inference.proc.log_tail())?;
+    for _ in 0..20 {
+        inference.client.clone().predict(predict_row("iris", &ROW)).await?;
+    }
+    let written: Vec<_> = walk(&home)?;
+    ensure!(written.is_empty(), "the service wrote to its home folder: {written:?}");
+    Ok(())
+}
+
+/// Every path under `dir`.
+fn walk(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            found.extend(walk(&path)?);
+        }
+        found.push(path);
+    }
+    Ok(found)
+}

@@ -104,6 +104,13 @@ pub struct Config {
     /// beyond, where the models' pools would spin against each other.
     #[arg(long, env = "FERRY_ORT_SPINNING", action = clap::ArgAction::Set)]
     pub ort_spinning: Option<bool>,
+    /// Leave ONNX Runtime's own telemetry on. Its recent official Linux builds (1.31
+    /// on) report usage to Microsoft and keep a device id and an event cache
+    /// under `~/.cache/Microsoft`, outside the places Ferry is configured to
+    /// write. Off unless asked for: the process sets `ORT_DISABLE_TELEMETRY=1`
+    /// before ONNX Runtime loads.
+    #[arg(long, env = "FERRY_ORT_TELEMETRY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub ort_telemetry: bool,
     /// Warm-up runs on zero inputs before a new version is swapped in.
     #[arg(long, env = "FERRY_WARMUP_RUNS", default_value_t = 1)]
     pub warmup_runs: usize,

@@ -42,7 +42,7 @@ use crate::{
 
 /// Runs the service until `shutdown` resolves, then drains and returns.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let runtime = Runtime::load(&cfg.ort_library).map_err(anyhow::Error::msg)?;
+    let runtime = Runtime::load(&cfg.ort_library, cfg.ort_telemetry).map_err(anyhow::Error::msg)?;
     let defaults = ModelSettings {
         session: SessionOptions {
             sessions: cfg.sessions,

@@ -688,7 +688,12 @@ fn in_process(s: &Scenario) -> anyhow::Result<Report> {
     static ENV: std::sync::OnceLock<Result<ort::environment::Environment, String>> = std::sync::OnceLock::new();
     let env = ENV
         .get_or_init(|| {
-            ort::init_from(lib).map_err(|e| e.to_string())?.with_name("ferry-load").build().map_err(|e| e.to_string())
+            ort::init_from(lib)
+                .map_err(|e| e.to_string())?
+                .with_name("ferry-load")
+                .with_telemetry(false)
+                .build()
+                .map_err(|e| e.to_string())
         })
         .as_ref()
         .map_err(|e| anyhow::anyhow!("loading ONNX Runtime from {}: {e}", lib.display()))?;

@@ -12,6 +12,11 @@ use anyhow::Context;
 use clap::Parser;
 use ferry_load::{Report, Scenario, Target};
 
+// The allocator ferry-inference uses, so that the do-nothing floors served
+// from here and the in-process ceiling pay for allocation what Ferry pays.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "ferry-load", version, about = "Load generator for Ferry (and peers) with exact latency percentiles")]
 struct Args {
@@ -79,6 +84,10 @@ enum Floor {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The in-process ceiling loads ONNX Runtime; keep its usage reporting (and
+    // the files it keeps under ~/.cache/Microsoft) off, as ferry-inference does.
+    // SAFETY: no other thread exists yet to read the environment concurrently.
+    unsafe { std::env::set_var("ORT_DISABLE_TELEMETRY", "1") };
     let a = Args::parse();
     if let Some(floor) = a.serve_floor {
         let addr = match floor {

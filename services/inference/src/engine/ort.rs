@@ -53,11 +53,13 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    /// Loads `libonnxruntime.so` from `library`.
-    pub fn load(library: &Path) -> Result<Self, String> {
+    /// Loads `libonnxruntime.so` from `library`; `telemetry`: whether ONNX
+    /// Runtime's own usage events stay on (Config::ort_telemetry).
+    pub fn load(library: &Path, telemetry: bool) -> Result<Self, String> {
         let env = ort::init_from(library)
             .map_err(|e| format!("loading ONNX Runtime from {}: {e}", library.display()))?
             .with_name("ferry")
+            .with_telemetry(telemetry)
             .build()
             .map_err(|e| format!("creating the ONNX Runtime environment: {e}"))?;
         Ok(Self { env })
