@@ -4,7 +4,7 @@
 use axum::{
     Json,
     body::Bytes,
-    extract::{Query, State},
+    extract::{RawQuery, State},
     http::HeaderMap,
     response::{IntoResponse, Response},
 };
@@ -21,10 +21,31 @@ use crate::{
     tensor::{DType, NamedTensor, TensorData},
 };
 
-#[derive(Debug, Deserialize)]
+/// `?model=…&output=…` of `/predict`; other keys are ignored.
+#[derive(Debug, Default)]
 pub(super) struct PredictQuery {
     model: Option<String>,
     output: Option<String>,
+}
+
+impl PredictQuery {
+    /// Decoded without serde: axum's `Query` cost 1.4k of the 21.2k
+    /// instructions Ferry added to a tiny model's request; this, 20.6k in
+    /// all (callgrind, BENCHMARKS.md).
+    fn parse(raw: Option<&str>) -> Result<Self, String> {
+        let mut q = Self::default();
+        for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+            let slot = match key.as_ref() {
+                "model" => &mut q.model,
+                "output" => &mut q.output,
+                _ => continue,
+            };
+            if slot.replace(value.into_owned()).is_some() {
+                return Err(format!("query parameter {key:?} is given more than once"));
+            }
+        }
+        Ok(q)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,11 +58,12 @@ struct PredictBody {
 #[tracing::instrument(target = "ferry::request", level = "debug", name = "http.predict", skip_all, fields(model))]
 pub(super) async fn predict(
     State(st): State<AppState>,
-    Query(q): Query<PredictQuery>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let bad = |m: String| ApiError(ServeError::InvalidArgument(m));
+    let q = PredictQuery::parse(query.as_deref()).map_err(bad)?;
     let body: PredictBody =
         serde_json::from_slice(&body).map_err(|e| bad(format!("body must be {{\"data\": [numbers...]}}: {e}")))?;
     if body.data.is_empty() {

@@ -68,6 +68,10 @@ async fn every_api_answers_with_the_version_that_served() {
     let r = send(&m, post("/predict", &row())).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body, json!({"modelVersion": "3", "prediction": [2.0, 4.0, 6.0, 8.0]}));
+    // The query is percent-decoded; keys /predict does not know are ignored.
+    let r = send(&m, post("/predict?model=d%6Fuble&output=y&unknown=1", &row())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["prediction"], json!([2.0, 4.0, 6.0, 8.0]));
     let r = send(&m, post("/v2/models/double/infer", &oip(&[1, 4]))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(
@@ -107,6 +111,7 @@ async fn input_that_does_not_fit_the_signature_is_400_naming_the_problem() {
         (post("/predict", &json!({"data": [1, 2, 3]})), "4"),
         (post("/predict", &json!({"rows": [1]})), "data"),
         (post("/predict", &json!({"data": []})), "at least one"),
+        (post("/predict?model=double&model=double", &row()), "more than once"),
         (post("/v2/models/double/infer", &oip(&[1, 3])), "x"),
         (
             post(
