@@ -15,8 +15,8 @@ use std::{
 
 use anyhow::{Context, ensure};
 use ferry_e2e::{
-    Mlflow, predict_row, promote, reference_predict, register_file, start_inference, start_registry, train_iris,
-    wait_for, wait_serving,
+    Mlflow, predict_row, promote, reference_predict, register_file, serve_iris, start_inference, start_registry,
+    train_iris, wait_for, wait_serving,
 };
 use ferry_proto::{
     inference::v1::{ListModelsRequest, ModelState},
@@ -229,12 +229,6 @@ async fn hot_swaps_under_load_and_bad_versions() -> anyhow::Result<()> {
 async fn nothing_is_written_to_the_home_folder() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    let mlflow = Mlflow::start(d).await?;
-    let file = d.join("iris.onnx");
-    train_iris(&file, 1.0)?;
-    let mut registry = start_registry(d, &mlflow.url, &[]).await?;
-    register_file(&mut registry.client, "iris", &file).await?;
-    promote(&mut registry.client, "iris", "1").await?;
     let home = d.join("home");
     std::fs::create_dir(&home)?;
     let env = [
@@ -243,12 +237,9 @@ async fn nothing_is_written_to_the_home_folder() -> anyhow::Result<()> {
         // Telemetry left on by the environment: the service turns it off itself.
         ("ORT_DISABLE_TELEMETRY", "0".to_owned()),
     ];
-    let inference = start_inference(d, &mlflow.url, Some(&registry.url), "iris:Production", &env).await?;
-    wait_serving(&inference.client, "iris", "1", &ROW, Duration::from_secs(60))
-        .await
-        .with_context(|| inference.proc.log_tail())?;
+    let stack = serve_iris(d, &env).await?;
     for _ in 0..20 {
-        inference.client.clone().predict(predict_row("iris", &ROW)).await?;
+        stack.inference.client.clone().predict(predict_row("iris", &ROW)).await?;
     }
     let written: Vec<_> = walk(&home)?;
     ensure!(written.is_empty(), "the service wrote to its home folder: {written:?}");
