@@ -2,6 +2,10 @@
 # FERRY_VENV: the project's Python venv (MLflow, trainer, ONNX Runtime library).
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export FERRY_VENV="${FERRY_VENV:-$ROOT/.venv}"
+# The venv's ONNX Runtime (MLflow, the trainer, tests' reference answers) keeps
+# a device id and a queue of usage events under ~/.cache/Microsoft and reports
+# them, unless told not to; ferry-inference turns it off for itself.
+export ORT_DISABLE_TELEMETRY="${ORT_DISABLE_TELEMETRY:-1}"
 
 ort_library() {
   local lib
