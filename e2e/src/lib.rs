@@ -36,7 +36,6 @@ pub fn venv() -> PathBuf {
     std::env::var_os("FERRY_VENV").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".venv"))
 }
 
-/// libonnxruntime from the venv's onnxruntime wheel (or ORT_DYLIB_PATH).
 /// A process's resident memory (`VmRSS`), in MiB.
 pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -45,6 +44,7 @@ pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kib / 1024.0)
 }
 
+/// libonnxruntime from the venv's onnxruntime wheel (or ORT_DYLIB_PATH).
 pub fn ort_library() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         return Ok(PathBuf::from(p));

@@ -12,8 +12,9 @@ use anyhow::Context;
 use clap::Parser;
 use ferry_load::{Report, Scenario, Target};
 
-// The allocator ferry-inference uses, so that the do-nothing floors served
-// from here and the in-process ceiling pay for allocation what Ferry pays.
+// mimalloc, which serves ferry-inference's small blocks (its `memory::Heap`),
+// so that the do-nothing floors served from here and the in-process ceiling
+// pay for a request's allocations what Ferry pays.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
