@@ -114,13 +114,11 @@ where
         .make_span_with(move |req: &http::Request<_>| {
             ferry_telemetry::server_span(plane, "http", req.uri().path(), req.headers())
         });
-    let (set_id, echo_id) = ferry_telemetry::request_id_layers();
     // Layers go around the router, not on it: `Router::layer` wraps every
     // route, and the wrapped route is cloned, boxed, for each request.
     let app = tower::ServiceBuilder::new()
         .map_response(|r: http::Response<_>| r.map(axum::body::Body::new))
-        .layer(set_id)
-        .layer(echo_id)
+        .layer(ferry_telemetry::RequestIdLayer)
         .layer(trace)
         .service(app);
     axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(app))

@@ -76,6 +76,10 @@ struct Args {
     /// Where the markdown results go (also printed).
     #[arg(long, default_value = "bench/results/latest.md")]
     out: PathBuf,
+    /// Keep the suite's working files (logs, callgrind counts for
+    /// `callgrind_annotate`) in this folder instead of a temporary one.
+    #[arg(long)]
+    keep: Option<PathBuf>,
 }
 
 /// One model of the suite.
@@ -216,7 +220,13 @@ fn burner() -> anyhow::Result<std::process::Child> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let tmp = tempfile::tempdir()?;
-    let d = tmp.path().to_owned();
+    let d = match &args.keep {
+        Some(k) => {
+            std::fs::create_dir_all(k)?;
+            std::path::absolute(k)?
+        }
+        None => tmp.path().to_owned(),
+    };
     let mut suite = Suite { ort: ort_library()?, dir: d.clone(), md: String::new(), args, sections: Vec::new() };
     let want = |s: &str| suite.args.sections.iter().any(|x| x == s);
     let routing = want("routing");

@@ -3,14 +3,13 @@
 
 use axum::{
     Json,
-    body::Bytes,
     extract::{Query, State},
     http::{StatusCode, header},
     response::IntoResponse,
 };
 use serde::Deserialize;
 
-use super::{AppState, error::ScoringApiError};
+use super::{AppState, Call, error::ScoringApiError};
 use crate::codec::mlflow::{self as mlflow_scoring, Format};
 
 #[derive(Debug, Deserialize)]
@@ -28,9 +27,9 @@ const MODEL_HEADER: &str = "x-ferry-model";
 pub(super) async fn invocations(
     State(st): State<AppState>,
     Query(q): Query<InvocationsQuery>,
-    headers: header::HeaderMap,
-    body: Bytes,
+    call: Call,
 ) -> Result<axum::response::Response, ScoringApiError> {
+    let Call { headers, body, .. } = call;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let format = Format::from_content_type(content_type).map_err(|message| ScoringApiError {
         status: StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -14,7 +14,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::ApiError;
+use super::{ApiError, Call};
 use crate::{
     codec::oip as common,
     error::ServeError,
@@ -24,7 +24,7 @@ use crate::{
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
-pub(crate) fn routes() -> Router<Arc<Models>> {
+pub(super) fn routes() -> Router<super::AppState> {
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
@@ -187,22 +187,16 @@ struct OutputJson {
     parameters: Map<String, Value>,
 }
 
-async fn infer(
-    State(m): State<Arc<Models>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    infer_in(&m, name, None, &headers, body).await
+async fn infer(State(m): State<Arc<Models>>, Path(name): Path<String>, call: Call) -> Result<Response, ApiError> {
+    infer_in(&m, name, None, &call.headers, call.body).await
 }
 
 async fn infer_v(
     State(m): State<Arc<Models>>,
     Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
+    call: Call,
 ) -> Result<Response, ApiError> {
-    infer_in(&m, name, Some(version), &headers, body).await
+    infer_in(&m, name, Some(version), &call.headers, call.body).await
 }
 
 fn bad(msg: String) -> ApiError {

@@ -3,9 +3,7 @@
 
 use axum::{
     Json,
-    body::Bytes,
-    extract::{RawQuery, State},
-    http::HeaderMap,
+    extract::State,
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
@@ -13,7 +11,7 @@ use serde_json::{Value, json};
 
 use ferry_proto::inference::v1 as pb;
 
-use super::{AppState, error::ApiError};
+use super::{AppState, Call, error::ApiError};
 use crate::{
     codec::pb::{dtype_to_pb, from_pb},
     error::ServeError,
@@ -56,14 +54,10 @@ struct PredictBody {
 /// `POST /predict {"data":[...]}` → `{"modelVersion","prediction"}`: one row of
 /// numbers into the model's single input, one output back (flattened).
 #[tracing::instrument(target = "ferry::request", level = "debug", name = "http.predict", skip_all, fields(model))]
-pub(super) async fn predict(
-    State(st): State<AppState>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub(super) async fn predict(State(st): State<AppState>, call: Call) -> Result<Response, ApiError> {
+    let Call { headers, uri, body } = call;
     let bad = |m: String| ApiError(ServeError::InvalidArgument(m));
-    let q = PredictQuery::parse(query.as_deref()).map_err(bad)?;
+    let q = PredictQuery::parse(uri.query()).map_err(bad)?;
     let body: PredictBody =
         serde_json::from_slice(&body).map_err(|e| bad(format!("body must be {{\"data\": [numbers...]}}: {e}")))?;
     if body.data.is_empty() {
@@ -173,11 +167,8 @@ struct PredictJson {
 
 /// `POST /v1/predict`: the protobuf JSON mapping of `ferry.inference.v1.Inference/Predict`,
 /// as grpc-gateway would expose it (camelCase fields, enum names, int64 as strings).
-pub(super) async fn predict_json(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub(super) async fn predict_json(State(st): State<AppState>, call: Call) -> Result<Response, ApiError> {
+    let Call { headers, body, .. } = call;
     let bad = |m: String| ApiError(ServeError::InvalidArgument(m));
     let req: PredictJson = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid Predict JSON: {e}")))?;
     let mut inputs = Vec::with_capacity(req.inputs.len());
