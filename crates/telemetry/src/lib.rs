@@ -155,6 +155,9 @@ fn sane_request_id(v: &[u8]) -> bool {
 }
 
 const REQUEST_ID: &str = "x-request-id";
+/// Parsed once: a name given as `&str` is parsed and checked on every
+/// lookup and insert, ~0.5k instructions each (callgrind).
+static REQUEST_ID_NAME: http::HeaderName = http::HeaderName::from_static(REQUEST_ID);
 
 /// Unique within the process and, by its time-and-pid prefix, across restarts.
 fn new_request_id() -> String {
@@ -194,7 +197,7 @@ fn new_request_id_into(buf: &mut [u8; REQUEST_ID_MAX]) -> &[u8] {
 /// The caller's `x-request-id` as a header value when it is a sane token
 /// (what [`request_id`] accepts), else a new one.
 fn request_id_value(headers: &http::HeaderMap) -> http::HeaderValue {
-    match headers.get(REQUEST_ID).filter(|v| sane_request_id(v.as_bytes())) {
+    match headers.get(&REQUEST_ID_NAME).filter(|v| sane_request_id(v.as_bytes())) {
         Some(v) => v.clone(),
         None => {
             let mut buf = [0; REQUEST_ID_MAX];
@@ -240,7 +243,7 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let id = request_id_value(req.headers());
-        req.headers_mut().insert(REQUEST_ID, id.clone());
+        req.headers_mut().insert(&REQUEST_ID_NAME, id.clone());
         RequestIdFuture { inner: self.inner.call(req), id: Some(id) }
     }
 }
@@ -264,7 +267,7 @@ where
         let this = self.project();
         let mut out = std::task::ready!(this.inner.poll(cx));
         if let (Ok(resp), Some(id)) = (&mut out, this.id.take()) {
-            resp.headers_mut().insert(REQUEST_ID, id);
+            resp.headers_mut().insert(&REQUEST_ID_NAME, id);
         }
         std::task::Poll::Ready(out)
     }

@@ -16,7 +16,7 @@ use ferry_proto::{
     inference::v1::inference_server::InferenceServer, oip::grpc_inference_service_server::GrpcInferenceServiceServer,
 };
 
-use tonic::service::interceptor::InterceptedService;
+use tonic::server::NamedService;
 
 pub(crate) use self::{inference::InferenceService, oip::OipService};
 use crate::{
@@ -58,19 +58,45 @@ pub(crate) fn oip_server(models: Arc<Models>, max_request_bytes: usize) -> GrpcI
 
 /// A service behind the API-key check (`keys.rs`); health and reflection
 /// are other services, so probes never need a key.
-pub(crate) fn with_keys<S>(service: S, keys: ApiKeys) -> InterceptedService<S, KeyCheck> {
-    InterceptedService::new(service, KeyCheck(keys))
+pub(crate) fn with_keys<S>(service: S, keys: ApiKeys) -> Keyed<S> {
+    Keyed { inner: service, keys }
 }
 
-/// Refuses a call without a valid API key, before any method runs.
+/// Refuses a call without a valid API key, from its headers, before tonic
+/// decodes anything. With no keys configured it only passes calls on: the
+/// `InterceptedService` it replaces took every call apart into metadata and
+/// back to check nothing, ~1.4k instructions of a tiny model's call
+/// (callgrind).
 #[derive(Debug, Clone)]
-pub(crate) struct KeyCheck(ApiKeys);
+pub(crate) struct Keyed<S> {
+    inner: S,
+    keys: ApiKeys,
+}
 
-impl tonic::service::Interceptor for KeyCheck {
-    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let md = req.metadata();
-        let header = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
-        self.0.check(header("authorization"), header("x-api-key")).map_err(status::status)?;
-        Ok(req)
+impl<S: NamedService> NamedService for Keyed<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Keyed<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::Either<S::Future, std::future::Ready<Result<S::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        use futures::future::Either;
+        if !self.keys.is_open() {
+            let header = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok());
+            if let Err(e) = self.keys.check(header("authorization"), header("x-api-key")) {
+                return Either::Right(std::future::ready(Ok(status::status(e).into_http())));
+            }
+        }
+        Either::Left(self.inner.call(req))
     }
 }

@@ -262,3 +262,24 @@ async fn model_listing_shows_each_state() {
         ]
     );
 }
+
+#[test]
+fn a_query_with_nothing_to_decode_reads_as_form_urlencoded_reads_it() {
+    use super::predict::PredictQuery;
+    for q in [
+        "",
+        "model=iris",
+        "model=iris&output=y",
+        "&&model=a&",
+        "model",
+        "model=&output=",
+        "x=1&model=a=b",
+        "model=a&model=b",
+        "output=y&unknown&model=m",
+    ] {
+        let slow = PredictQuery::from_pairs(form_urlencoded::parse(q.as_bytes()));
+        assert_eq!(PredictQuery::parse(Some(q)), slow, "{q:?}");
+    }
+    let decoded = PredictQuery::parse(Some("model=d%6Fuble+x")).unwrap();
+    assert_eq!(decoded, PredictQuery::from_pairs([("model".into(), "double x".into())].into_iter()).unwrap());
+}
