@@ -167,8 +167,14 @@ impl GrpcInferenceService for OipService {
             .await
             .map_err(status)?;
         // Answer in the form the caller used: raw for raw (as Triton does), typed otherwise.
-        let mut resp =
-            ModelInferResponse { model_name: p.model, model_version: p.version, id: r.id, ..Default::default() };
+        let mut resp = ModelInferResponse {
+            model_name: p.model,
+            model_version: p.version,
+            id: r.id,
+            outputs: Vec::with_capacity(p.outputs.len()),
+            raw_output_contents: Vec::with_capacity(if raw { p.outputs.len() } else { 0 }),
+            ..Default::default()
+        };
         if let Some(v) = &p.variant {
             let param = InferParameter { parameter_choice: Some(ParameterChoice::StringParam(v.to_string())) };
             resp.parameters.insert(common::VARIANT_PARAMETER.to_owned(), param);

@@ -291,14 +291,14 @@ impl Lease {
         outputs: Vec<String>,
         deadline: Option<Instant>,
     ) -> Result<Prediction, ServeError> {
-        let (slot, method, started) = (Arc::clone(&self.slot), self.method, self.started);
-        let leased = self.model.version.clone();
+        let (slot, model, method, started) =
+            (Arc::clone(&self.slot), Arc::clone(&self.model), self.method, self.started);
         let result = self.run_in(inputs, outputs, deadline).await;
         let elapsed = started.elapsed();
         slot.stats.record(result.is_ok(), elapsed.as_nanos() as u64);
         match &result {
             Ok(p) => slot.stats.requests.record((method, p.version.clone()), 0, elapsed),
-            Err(e) => slot.stats.requests.record((method, leased), 1 + e.kind_index(), elapsed),
+            Err(e) => slot.stats.requests.record((method, model.version.clone()), 1 + e.kind_index(), elapsed),
         }
         result
     }
