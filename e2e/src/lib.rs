@@ -89,6 +89,8 @@ pub struct Proc {
     pub name: String,
     child: Child,
     pub log: PathBuf,
+    /// Where this process's own lines start in `log` (earlier runs' come first).
+    log_start: u64,
 }
 
 impl Proc {
@@ -96,6 +98,7 @@ impl Proc {
         let log = log_dir.join(format!("{name}.log"));
         // Appended: a process restarted by a test keeps one log.
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let log_start = out.metadata()?.len();
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -103,7 +106,7 @@ impl Proc {
             .process_group(0)
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
-        Ok(Self { name: name.to_owned(), child, log })
+        Ok(Self { name: name.to_owned(), child, log, log_start })
     }
 
     pub fn pid(&self) -> u32 {
@@ -115,6 +118,12 @@ impl Proc {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// What this process has written to its log: not a previous run's lines.
+    pub fn own_log(&self) -> String {
+        let bytes = std::fs::read(&self.log).unwrap_or_default();
+        String::from_utf8_lossy(bytes.get(self.log_start as usize..).unwrap_or_default()).into_owned()
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -294,10 +303,11 @@ impl Mlflow {
             if http.get(&health).send().await.is_ok_and(|r| r.status().is_success()) {
                 return Ok(true);
             }
-            let log = proc.log_tail();
-            if log.contains("address already in use") {
+            // Only this attempt's lines: a retry's log still holds the last collision.
+            if proc.own_log().contains("address already in use") {
                 return Ok(false);
             }
+            let log = proc.log_tail();
             if !proc.is_running() {
                 bail!("MLflow exited before answering /health\n--- mlflow log ---\n{log}");
             }
@@ -640,9 +650,9 @@ async fn connect_unless_port_taken<C, E, F: std::future::Future<Output = Result<
             return Ok(Some(client));
         }
         if !proc.is_running() {
-            // The whole log: a backtrace can follow the error's cause.
-            let log = std::fs::read_to_string(&proc.log).unwrap_or_default();
-            if log.to_ascii_lowercase().contains("address already in use") {
+            // All of this run's lines (a backtrace can follow the error's cause),
+            // and none of an earlier run's that shares the log.
+            if proc.own_log().to_ascii_lowercase().contains("address already in use") {
                 return Ok(None);
             }
             bail!("{what} exited before accepting connections\n{}", proc.log_tail());
@@ -955,4 +965,20 @@ pub async fn two_iris_versions(d: &Path) -> anyhow::Result<(Mlflow, Registry)> {
         register_file(&mut registry.client, "iris", &file).await?;
     }
     Ok((mlflow, registry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restarted_process_reads_only_its_own_lines_of_a_shared_log() {
+        let dir = tempfile::tempdir().unwrap();
+        for (word, earlier) in [("first", ""), ("second", "first\n")] {
+            let mut p = Proc::spawn("p", Command::new("echo").arg(word), dir.path()).unwrap();
+            p.wait_exit(Duration::from_secs(10)).unwrap();
+            assert_eq!(p.own_log(), format!("{word}\n"));
+            assert_eq!(std::fs::read_to_string(&p.log).unwrap(), format!("{earlier}{word}\n"), "the log keeps both");
+        }
+    }
 }
