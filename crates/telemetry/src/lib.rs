@@ -444,11 +444,22 @@ pub mod metrics {
         pub outcomes: [AtomicU64; N],
     }
 
+    impl<const N: usize> Series<N> {
+        fn observe(&self, outcome: usize, elapsed: Duration) {
+            self.duration.observe_duration(elapsed);
+            if let Some(n) = self.outcomes.get(outcome) {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Series by key, created on first use. The request path takes a read
-    /// lock for the lookup; the write lock only when a key is new.
+    /// lock for the lookup; the write lock only when a key is new. Keys are
+    /// Ferry's own labels (methods, versions from MLflow), never a caller's,
+    /// so a fast hash (FxHash) needs no defence against chosen collisions.
     #[derive(Debug)]
     pub struct Family<K, const N: usize> {
-        series: std::sync::RwLock<std::collections::HashMap<K, std::sync::Arc<Series<N>>>>,
+        series: std::sync::RwLock<rustc_hash::FxHashMap<K, std::sync::Arc<Series<N>>>>,
     }
 
     impl<K, const N: usize> Default for Family<K, N> {
@@ -459,23 +470,22 @@ pub mod metrics {
 
     impl<K: Eq + std::hash::Hash + Clone + Ord, const N: usize> Family<K, N> {
         pub fn record(&self, key: K, outcome: usize, elapsed: Duration) {
-            let found = self.series.read().ok().and_then(|m| m.get(&key).cloned());
-            let series = match found {
-                Some(s) => s,
-                None => {
-                    let Ok(mut m) = self.series.write() else { return };
-                    std::sync::Arc::clone(m.entry(key).or_insert_with(|| {
-                        std::sync::Arc::new(Series {
-                            duration: Histogram::seconds(LATENCY_NS),
-                            outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
-                        })
-                    }))
-                }
-            };
-            series.duration.observe_duration(elapsed);
-            if let Some(n) = series.outcomes.get(outcome) {
-                n.fetch_add(1, Ordering::Relaxed);
+            // Counted under the read lock: no clone of the series' handle per request.
+            if let Ok(m) = self.series.read()
+                && let Some(series) = m.get(&key)
+            {
+                series.observe(outcome, elapsed);
+                return;
             }
+            let Ok(mut m) = self.series.write() else { return };
+            m.entry(key)
+                .or_insert_with(|| {
+                    std::sync::Arc::new(Series {
+                        duration: Histogram::seconds(LATENCY_NS),
+                        outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
+                    })
+                })
+                .observe(outcome, elapsed);
         }
 
         /// Every series, sorted by key.
@@ -503,6 +513,25 @@ pub mod metrics {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn a_family_counts_each_key_from_its_first_record_on() {
+            let f: Family<(&'static str, String), 2> = Family::default();
+            let ms = Duration::from_millis(1);
+            f.record(("a", "1".into()), 0, ms);
+            f.record(("a", "1".into()), 1, ms);
+            f.record(("b", "1".into()), 0, ms);
+            f.record(("a", "1".into()), 7, ms); // an outcome out of range still counts its duration
+            let counts: Vec<_> = f
+                .snapshot()
+                .iter()
+                .map(|(k, s)| (k.0, s.outcomes.iter().map(|n| n.load(Ordering::Relaxed)).collect::<Vec<_>>()))
+                .collect();
+            assert_eq!(counts, vec![("a", vec![1, 1]), ("b", vec![1, 0])]);
+            let mut out = String::new();
+            f.snapshot()[0].1.duration.render(&mut out, "x_seconds", "m=\"a\"");
+            assert!(out.contains("x_seconds_count{m=\"a\"} 3\n"), "{out}");
+        }
 
         #[test]
         fn renders_cumulative_buckets_in_seconds() {
