@@ -29,10 +29,10 @@ pub(super) struct PredictQuery {
 }
 
 impl PredictQuery {
-    /// Decoded without serde: axum's `Query` cost 1.4k of the 21.2k
-    /// instructions Ferry added to a tiny model's request; this, 20.6k in
-    /// all (callgrind, BENCHMARKS.md). A query with nothing to decode (no
-    /// `%` or `+`) is split in place, without `form_urlencoded`'s copies.
+    /// Decoded without serde: axum's `Query` cost 1.4k instructions of a
+    /// tiny model's request (callgrind, BENCHMARKS.md). A query with nothing
+    /// to decode (no `%` or `+`) is split in place, without
+    /// `form_urlencoded`'s copies.
     pub(super) fn parse(raw: Option<&str>) -> Result<Self, String> {
         let raw = raw.unwrap_or_default();
         if raw.bytes().any(|b| b == b'%' || b == b'+') {
