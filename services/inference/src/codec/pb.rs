@@ -82,24 +82,33 @@ pub(crate) fn from_pb(t: pb::Tensor) -> Result<NamedTensor, ServeError> {
         (!t.bool_data.is_empty(), DataType::Bool),
         (!t.string_data.is_empty(), DataType::String),
     ];
-    let present: Vec<DataType> = filled.iter().filter(|(f, _)| *f).map(|(_, d)| *d).collect();
-    let dtype = match (dtype, present.as_slice()) {
-        (DataType::Unspecified, [one]) => *one,
-        (DataType::Unspecified, []) => {
-            return Err(ServeError::InvalidArgument(format!("input {:?}: no dtype and no data", t.name)));
-        }
-        (DataType::Unspecified, _) => {
-            return Err(ServeError::InvalidArgument(format!("input {:?}: data in more than one field", t.name)));
-        }
-        (d, p) if p.iter().any(|x| *x != d) => {
-            return Err(ServeError::InvalidArgument(format!(
-                "input {:?}: dtype is {} but data is in the field for {}",
-                t.name,
-                d.as_str_name(),
-                p.iter().find(|x| **x != d).map(|x| x.as_str_name()).unwrap_or("?")
-            )));
-        }
-        (d, _) => d,
+    let mut present = filled.iter().filter(|(f, _)| *f).map(|(_, d)| *d);
+    let dtype = match dtype {
+        DataType::Unspecified => match (present.next(), present.next()) {
+            (Some(one), None) => one,
+            (None, _) => {
+                return Err(ServeError::InvalidArgument(format!("input {:?}: no dtype and no data", t.name)));
+            }
+            (Some(_), Some(_)) => {
+                return Err(ServeError::InvalidArgument(format!("input {:?}: data in more than one field", t.name)));
+            }
+        },
+        d @ (DataType::Float32
+        | DataType::Float64
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::Bool
+        | DataType::String) => match present.find(|x| *x != d) {
+            Some(other) => {
+                return Err(ServeError::InvalidArgument(format!(
+                    "input {:?}: dtype is {} but data is in the field for {}",
+                    t.name,
+                    d.as_str_name(),
+                    other.as_str_name()
+                )));
+            }
+            None => d,
+        },
     };
     let data = match dtype {
         DataType::Float32 => TensorData::F32(t.float_data),
@@ -125,4 +134,44 @@ pub(crate) fn to_pb(t: NamedTensor) -> pb::Tensor {
         TensorData::Str(v) => out.string_data = v,
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(dtype: DataType, floats: usize, ints: usize) -> pb::Tensor {
+        pb::Tensor {
+            name: "x".into(),
+            dtype: dtype.into(),
+            shape: vec![1, 2],
+            float_data: vec![1.5; floats],
+            int64_data: vec![7; ints],
+            ..Default::default()
+        }
+    }
+
+    fn error(t: pb::Tensor) -> String {
+        match from_pb(t) {
+            Err(ServeError::InvalidArgument(m)) => m,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_data_field_decides_when_no_dtype_is_given_and_must_agree_when_one_is() {
+        let t = from_pb(tensor(DataType::Unspecified, 2, 0)).unwrap();
+        assert_eq!((t.name.as_str(), t.shape, t.data), ("x", vec![1, 2], TensorData::F32(vec![1.5; 2])));
+        let t = from_pb(tensor(DataType::Int64, 0, 2)).unwrap();
+        assert_eq!(t.data, TensorData::I64(vec![7; 2]));
+        // A declared dtype with no data is an empty tensor of that dtype.
+        assert_eq!(from_pb(tensor(DataType::Float32, 0, 0)).unwrap().data, TensorData::F32(vec![]));
+
+        assert_eq!(error(tensor(DataType::Unspecified, 0, 0)), r#"input "x": no dtype and no data"#);
+        assert_eq!(error(tensor(DataType::Unspecified, 2, 2)), r#"input "x": data in more than one field"#);
+        assert_eq!(
+            error(tensor(DataType::Float32, 2, 2)),
+            r#"input "x": dtype is DATA_TYPE_FLOAT32 but data is in the field for DATA_TYPE_INT64"#
+        );
+    }
 }

@@ -39,6 +39,8 @@ struct Pending {
     jobs: Vec<Job>,
     /// Whether a leader is yielding and will take `jobs`.
     led: bool,
+    /// A list a leader has emptied, to take `jobs`' place: no allocation per lead.
+    spare: Vec<Job>,
 }
 
 impl<R: Runner> Inline<R> {
@@ -84,9 +86,18 @@ impl<R: Runner> Inline<R> {
     fn take(&self) -> Vec<Job> {
         let mut p = self.lock();
         p.led = false;
-        let jobs = std::mem::take(&mut p.jobs);
+        let spare = std::mem::take(&mut p.spare);
+        let jobs = std::mem::replace(&mut p.jobs, spare);
         self.last_collected.store(jobs.len(), Ordering::Relaxed);
         jobs
+    }
+
+    fn give_back(&self, mut jobs: Vec<Job>) {
+        jobs.clear();
+        let mut p = self.lock();
+        if p.spare.capacity() < jobs.capacity() {
+            p.spare = jobs;
+        }
     }
 }
 
@@ -100,11 +111,12 @@ struct Leader<'a, R: Runner> {
 impl<R: Runner> Leader<'_, R> {
     fn finish(&mut self, stats: &ExecStats) {
         self.done = true;
-        let jobs = self.inline.take();
+        let mut jobs = self.inline.take();
         match self.inline.runners.iter().find_map(|r| r.try_lock().ok()) {
-            Some(mut runner) => run_now(&mut *runner, jobs, self.inline.max_rows, stats),
-            None => jobs.into_iter().for_each(|j| self.batcher.enqueue(j)),
+            Some(mut runner) => run_now(&mut *runner, &mut jobs, self.inline.max_rows, stats),
+            None => jobs.drain(..).for_each(|j| self.batcher.enqueue(j)),
         }
+        self.inline.give_back(jobs);
     }
 }
 
