@@ -26,9 +26,17 @@ use tonic::transport::Channel;
 pub mod fleet;
 pub mod soak;
 
-/// The repository root.
+/// The repository root. Cargo and nextest tell a test where its package is
+/// when it runs; that is preferred to the path compiled in, which is wrong
+/// when a target dir shared between checkouts hands this one a test binary
+/// another checkout built (cargo judges it fresh by the sources' times).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e sits inside the repo").to_owned()
+    let at_run = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .and_then(|e2e| Some(e2e.parent()?.to_owned()))
+        .filter(|root| root.join("e2e/Cargo.toml").is_file());
+    at_run
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e sits inside the repo").to_owned())
 }
 
 /// The project's Python venv (FERRY_VENV, else `.venv` at the repo root).
