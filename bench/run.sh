@@ -5,7 +5,7 @@
 #
 #   bench/run.sh [--gateway-src DIR] [bench-suite flags, e.g. --duration 10 --sections throughput]
 #
-# Every section with the defaults: ~25 minutes on 2 vCPUs (BENCHMARKS.md).
+# Every section with the defaults: under 30 minutes on 2 vCPUs (BENCHMARKS.md).
 #
 # --gateway-src: a checkout of the Fastify + onnxruntime-node gateway (server.js,
 # package.json, package-lock.json); it is copied to a scratch folder and its

@@ -21,6 +21,7 @@
 //! version, with and without webhooks), `routing` (what a traffic policy
 //! costs a request), `many` (200 small and 20 medium models in one process).
 
+mod h2load;
 mod instructions;
 mod many;
 mod peers;
@@ -57,7 +58,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "inproc,headline,wrk,instructions,throughput,peers,threads,swap,delivery,routing,many"
+        default_value = "inproc,headline,wrk,h2load,instructions,throughput,peers,threads,swap,delivery,routing,many"
     )]
     sections: Vec<String>,
     /// Interleaved rounds of the headline comparisons (the median is reported).
@@ -232,6 +233,7 @@ async fn main() -> anyhow::Result<()> {
     let routing = want("routing");
     let many_section = want("many");
     let wrk_section = want("wrk");
+    let h2load_section = want("h2load");
     let (inproc, headline, counted, throughput, peers, threads, swap, delivery) = (
         want("inproc"),
         want("headline"),
@@ -411,6 +413,11 @@ async fn main() -> anyhow::Result<()> {
     if wrk_section {
         suite.started("wrk");
         wrk::section(&mut suite, [&tiny, &medium], &mlflow.url, &registry.url).await?;
+    }
+
+    if h2load_section {
+        suite.started("h2load");
+        h2load::section(&mut suite, [&tiny, &medium], &mlflow.url, &registry.url).await?;
     }
 
     if counted {

@@ -93,7 +93,7 @@ fn wrk(
     Ok(Run { rps: requests / secs, p99_us: field("p99_us")?, errors: field("errors")? as u64, cpu_ms_per_1k })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -292,7 +292,12 @@ pub(crate) async fn section(
 }
 
 /// Ferry's inference service with its defaults, serving both models, run by `wrapper`.
-async fn ferry(suite: &Suite, wrapper: &[String], mlflow: &str, registry: &str) -> anyhow::Result<Inference> {
+pub(crate) async fn ferry(
+    suite: &Suite,
+    wrapper: &[String],
+    mlflow: &str,
+    registry: &str,
+) -> anyhow::Result<Inference> {
     let env = vec![("FERRY_LOG", "info".to_owned())];
     let inf =
         start_inference_under(wrapper, &suite.dir, mlflow, Some(registry), "iris:Production,mlp:Production", &env)

@@ -1,0 +1,200 @@
+//! The `h2load` section: gRPC `Predict` measured by `ferry-load` and
+//! cross-checked by a standard HTTP/2 generator, nghttp2's `h2load`
+//! (Debian's `nghttp2-client`; `ghz` is in no registry this machine
+//! reaches), in the same interleaved rounds. Each generator's ceiling is
+//! measured in the same round: tonic answering the same request with
+//! nothing. A figure within 90 % of it measures the generator.
+//!
+//! h2load sees HTTP statuses only, and a gRPC error travels in a 200's
+//! trailers, so Ferry's own request counters (`/metrics`) say how many of
+//! the answers it gave h2load were errors.
+
+use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
+
+use anyhow::{Context, bail};
+use ferry_load::Target;
+use ferry_proto::inference::v1 as pb;
+use prost::Message;
+
+use crate::{Model, Suite, load, wrk};
+
+const PREDICT: &str = "/ferry.inference.v1.Inference/Predict";
+
+/// The request ferry-load sends, framed for gRPC (uncompressed, length-prefixed).
+fn body(m: &Model) -> Vec<u8> {
+    let row: Vec<f32> = (0..m.width).map(|j| (j % 7) as f32 / 7.0 + 0.1).collect();
+    let req = pb::PredictRequest {
+        model: m.name.to_owned(),
+        inputs: vec![pb::Tensor {
+            name: "input".into(),
+            dtype: pb::DataType::Float32.into(),
+            shape: vec![1, m.width as i64],
+            float_data: row,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let msg = req.encode_to_vec();
+    let mut framed = Vec::with_capacity(5 + msg.len());
+    framed.push(0);
+    framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&msg);
+    framed
+}
+
+/// One h2load run, shaped as ferry-load's gRPC callers are: `c` streams over
+/// the same number of connections. Requests per second.
+fn h2load(url: &str, body: &Path, c: usize, connections: usize, secs: f64) -> anyhow::Result<f64> {
+    let out = Command::new("h2load")
+        .args(["-t", "1", "-c", &connections.to_string(), "-m", &c.div_ceil(connections).to_string()])
+        .args(["-D", &format!("{secs}"), "--warm-up-time", "1"])
+        .arg("-d")
+        .arg(body)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg(format!("{url}{PREDICT}"))
+        .output()
+        .context("running h2load (apt-get install nghttp2-client)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "finished in 3.00s, 12345.67 req/s, ..." and "requests: N total, N started, N done, N succeeded, F failed, ..."
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|r| r.strip_suffix(" req/s"))
+        .and_then(|r| r.parse::<f64>().ok());
+    let failed = text
+        .lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .and_then(|l| l.split(", ").find_map(|f| f.strip_suffix(" failed")))
+        .and_then(|n| n.parse::<u64>().ok());
+    match (rps, failed) {
+        (Some(rps), Some(0)) => Ok(rps),
+        (Some(_), Some(n)) => bail!("h2load saw {n} failed requests: {text}"),
+        _ => bail!("h2load printed no result: {text}{}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+/// Ferry's `Predict` answers for `model` other than "ok", from its metrics.
+async fn errors(metrics: &str, model: &str) -> anyhow::Result<u64> {
+    let text = reqwest::get(metrics).await?.error_for_status()?.text().await?;
+    let mut n = 0;
+    for line in text.lines().filter(|l| l.starts_with("ferry_inference_requests_total{")) {
+        let ours = line.contains("method=\"grpc.Predict\"") && line.contains(&format!("model=\"{model}\""));
+        if ours && !line.contains("code=\"ok\"") {
+            n += line.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Ok(n)
+}
+
+#[derive(Default)]
+struct Point {
+    ceiling: Vec<f64>,
+    ferry: Vec<f64>,
+}
+
+pub(crate) async fn section(
+    suite: &mut Suite,
+    models: [&Model; 2],
+    mlflow: &str,
+    registry: &str,
+) -> anyhow::Result<()> {
+    if Command::new("h2load").arg("--version").output().is_err() {
+        suite.line("");
+        suite.line("(h2load section skipped: no h2load; apt-get install nghttp2-client)");
+        return Ok(());
+    }
+    let bodies: Vec<std::path::PathBuf> = models
+        .iter()
+        .map(|m| {
+            let path = suite.dir.join(format!("h2load-{}.grpc", m.name));
+            std::fs::write(&path, body(m))?;
+            Ok(path)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let floor = format!("http://{}", ferry_load::floor::spawn_grpc()?);
+    let inf = wrk::ferry(suite, &[], mlflow, registry).await?;
+    let before: Vec<u64> = error_counts(&inf.metrics, &models).await?;
+    let secs = suite.args.round_duration;
+    let rounds = suite.args.rounds.max(1);
+    let mut points: BTreeMap<(usize, usize, &str), Point> = BTreeMap::new();
+    for round in 0..rounds {
+        for (mi, m) in models.iter().enumerate() {
+            for c in [1usize, 64] {
+                let connections = suite.scenario(Target::Grpc, &floor, m, 1, c).connections;
+                // Alternate which generator goes first, so drift within a round hits both alike.
+                let generators = if round % 2 == 0 { ["h2load", "ferry-load"] } else { ["ferry-load", "h2load"] };
+                for generator in generators {
+                    let run = |url: &str| -> anyhow::Result<f64> {
+                        if generator == "h2load" {
+                            h2load(url, &bodies[mi], c, connections, secs)
+                        } else {
+                            let mut s = suite.scenario(Target::Grpc, url, m, 1, c);
+                            s.duration = Duration::from_secs_f64(secs);
+                            let r = load(s)?;
+                            if r.errors > 0 {
+                                bail!("ferry-load saw {} errors: {:?}", r.errors, r.first_error);
+                            }
+                            Ok(r.rps)
+                        }
+                    };
+                    let p = points.entry((mi, c, generator)).or_default();
+                    p.ceiling.push(run(&floor)?);
+                    p.ferry.push(run(&inf.grpc)?);
+                }
+            }
+        }
+    }
+    let after = error_counts(&inf.metrics, &models).await?;
+    drop(inf);
+
+    suite.table(
+        &format!(
+            "gRPC Predict, two generators: h2load -t1 and ferry-load (one thread each, the same connections and streams), {rounds} interleaved rounds of {secs} s per point; the ceiling is tonic answering with nothing, in the same round"
+        ),
+        "| model | c | generator | tonic doing nothing req/s | Ferry req/s | Ferry ÷ nothing by round | verdict |",
+    );
+    for ((mi, c, generator), p) in &points {
+        let ratios: Vec<f64> = p.ferry.iter().zip(&p.ceiling).map(|(f, n)| f / n).collect();
+        let bound = ratios.iter().filter(|r| **r >= 0.9).count();
+        let verdict = if bound * 2 > ratios.len() {
+            format!("**generator-bound** ({bound} of {} rounds within 90 % of the ceiling)", ratios.len())
+        } else {
+            "server-bound".to_owned()
+        };
+        let by_round: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        suite.line(&format!(
+            "| {} | {c} | {generator} | {:.0} | {:.0} | {} | {verdict} |",
+            models[*mi].name,
+            wrk::median(p.ceiling.clone()),
+            wrk::median(p.ferry.clone()),
+            by_round.join(", ")
+        ));
+    }
+    suite.line("");
+    for (mi, m) in models.iter().enumerate() {
+        for c in [1usize, 64] {
+            let of = |g: &str| points.get(&(mi, c, g)).map_or(f64::NAN, |p| wrk::median(p.ferry.clone()));
+            suite.line(&format!(
+                "- {} c={c}: Ferry under h2load ÷ under ferry-load **{:.2}**",
+                m.name,
+                of("h2load") / of("ferry-load")
+            ));
+        }
+    }
+    let errs: Vec<String> =
+        models.iter().zip(before.iter().zip(&after)).map(|(m, (b, a))| format!("{} {}", m.name, a - b)).collect();
+    suite.line(&format!(
+        "- Ferry's gRPC Predict answers other than OK over the section (its metrics): {}",
+        errs.join(", ")
+    ));
+    Ok(())
+}
+
+async fn error_counts(metrics: &str, models: &[&Model; 2]) -> anyhow::Result<Vec<u64>> {
+    let mut v = Vec::new();
+    for m in models {
+        v.push(errors(metrics, m.name).await?);
+    }
+    Ok(v)
+}
