@@ -3,7 +3,9 @@
 //! (Debian's `nghttp2-client`; `ghz` is in no registry this machine
 //! reaches), in the same interleaved rounds. Each generator's ceiling is
 //! measured in the same round: tonic answering the same request with
-//! nothing. A figure within 90 % of it measures the generator.
+//! nothing. A figure within 90 % of it measures the generator. Then one
+//! core each: Ferry pinned to one core, each generator to the other, so
+//! that what a generator spends per request cannot move the server's figure.
 //!
 //! h2load sees HTTP statuses only, and a gRPC error travels in a 200's
 //! trailers, so Ferry's own request counters (`/metrics`) say how many of
@@ -20,9 +22,14 @@ use crate::{Model, Suite, load, wrk};
 
 const PREDICT: &str = "/ferry.inference.v1.Inference/Predict";
 
+/// Clients with the generator sharing the cores: c=64 only, where a
+/// generator's ceiling matters; the one-core runs cover c=1 too, and the
+/// section stays short.
+const SHARED_C: usize = 64;
+
 /// The request ferry-load sends, framed for gRPC (uncompressed, length-prefixed).
 fn body(m: &Model) -> Vec<u8> {
-    let row: Vec<f32> = (0..m.width).map(|j| (j % 7) as f32 / 7.0 + 0.1).collect();
+    let row = ferry_load::rows(m.width, 1);
     let req = pb::PredictRequest {
         model: m.name.to_owned(),
         inputs: vec![pb::Tensor {
@@ -44,8 +51,9 @@ fn body(m: &Model) -> Vec<u8> {
 
 /// One h2load run, shaped as ferry-load's gRPC callers are: `c` streams over
 /// the same number of connections. Requests per second.
-fn h2load(url: &str, body: &Path, c: usize, connections: usize, secs: f64) -> anyhow::Result<f64> {
-    let out = Command::new("h2load")
+fn h2load(url: &str, body: &Path, c: usize, connections: usize, secs: f64, core: Option<usize>) -> anyhow::Result<f64> {
+    let mut cmd = pinned("h2load", core);
+    let out = cmd
         .args(["-t", "1", "-c", &connections.to_string(), "-m", &c.div_ceil(connections).to_string()])
         .args(["-D", &format!("{secs}"), "--warm-up-time", "1"])
         .arg("-d")
@@ -71,6 +79,35 @@ fn h2load(url: &str, body: &Path, c: usize, connections: usize, secs: f64) -> an
         (Some(rps), Some(0)) => Ok(rps),
         (Some(_), Some(n)) => bail!("h2load saw {n} failed requests: {text}"),
         _ => bail!("h2load printed no result: {text}{}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+/// `program`, on `core` when given.
+fn pinned(program: &str, core: Option<usize>) -> Command {
+    match core {
+        Some(core) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &core.to_string(), program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// One ferry-load run as its own process on `core` (the section's other
+/// runs are threads of this one, which cannot be pinned apart from it).
+fn ferry_load_on(core: usize, url: &str, m: &Model, c: usize, secs: f64) -> anyhow::Result<f64> {
+    let exe = std::env::current_exe()?.with_file_name("ferry-load");
+    let out = pinned(&exe.to_string_lossy(), Some(core))
+        .args(["--target", "grpc", "--url", url, "--model", m.name, "--width", &m.width.to_string()])
+        .args(["-c", &c.to_string(), "--duration", &secs.to_string(), "--warmup", "1"])
+        .output()
+        .context("running ferry-load")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = text.lines().last().unwrap_or_default().split('\t').collect();
+    match (fields.get(5).and_then(|v| v.parse::<f64>().ok()), fields.get(11)) {
+        (Some(rps), Some(&"0")) => Ok(rps),
+        _ => bail!("ferry-load failed or saw errors: {text}{}", String::from_utf8_lossy(&out.stderr)),
     }
 }
 
@@ -120,14 +157,15 @@ pub(crate) async fn section(
     let mut points: BTreeMap<(usize, usize, &str), Point> = BTreeMap::new();
     for round in 0..rounds {
         for (mi, m) in models.iter().enumerate() {
-            for c in [1usize, 64] {
+            {
+                let c = SHARED_C;
                 let connections = suite.scenario(Target::Grpc, &floor, m, 1, c).connections;
                 // Alternate which generator goes first, so drift within a round hits both alike.
                 let generators = if round % 2 == 0 { ["h2load", "ferry-load"] } else { ["ferry-load", "h2load"] };
                 for generator in generators {
                     let run = |url: &str| -> anyhow::Result<f64> {
                         if generator == "h2load" {
-                            h2load(url, &bodies[mi], c, connections, secs)
+                            h2load(url, &bodies[mi], c, connections, secs, None)
                         } else {
                             let mut s = suite.scenario(Target::Grpc, url, m, 1, c);
                             s.duration = Duration::from_secs_f64(secs);
@@ -145,8 +183,38 @@ pub(crate) async fn section(
             }
         }
     }
-    let after = error_counts(&inf.metrics, &models).await?;
+    let mut after = error_counts(&inf.metrics, &models).await?;
     drop(inf);
+
+    // One core each: Ferry on core 1, each generator on core 0, so that what a
+    // generator spends per request cannot take CPU from the server.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut one_core: BTreeMap<(usize, usize, &str), Vec<f64>> = BTreeMap::new();
+    if cores >= 2 {
+        let inf = wrk::ferry(suite, &["taskset".into(), "-c".into(), "1".into()], mlflow, registry).await?;
+        let pinned_before = error_counts(&inf.metrics, &models).await?;
+        for round in 0..rounds {
+            for (mi, m) in models.iter().enumerate() {
+                for c in [1usize, 64] {
+                    let connections = suite.scenario(Target::Grpc, &inf.grpc, m, 1, c).connections;
+                    let generators = if round % 2 == 0 { ["h2load", "ferry-load"] } else { ["ferry-load", "h2load"] };
+                    for generator in generators {
+                        let rps = if generator == "h2load" {
+                            h2load(&inf.grpc, &bodies[mi], c, connections, secs, Some(0))?
+                        } else {
+                            ferry_load_on(0, &inf.grpc, m, c, secs)?
+                        };
+                        one_core.entry((mi, c, generator)).or_default().push(rps);
+                    }
+                }
+            }
+        }
+        let pinned_after = error_counts(&inf.metrics, &models).await?;
+        for (i, (b, a)) in pinned_before.iter().zip(pinned_after).enumerate() {
+            after[i] += a - b;
+        }
+        drop(inf);
+    }
 
     suite.table(
         &format!(
@@ -173,7 +241,8 @@ pub(crate) async fn section(
     }
     suite.line("");
     for (mi, m) in models.iter().enumerate() {
-        for c in [1usize, 64] {
+        {
+            let c = SHARED_C;
             let of = |g: &str| points.get(&(mi, c, g)).map_or(f64::NAN, |p| wrk::median(p.ferry.clone()));
             suite.line(&format!(
                 "- {} c={c}: Ferry under h2load ÷ under ferry-load **{:.2}**",
@@ -181,6 +250,31 @@ pub(crate) async fn section(
                 of("h2load") / of("ferry-load")
             ));
         }
+    }
+    if !one_core.is_empty() {
+        suite.table(
+            &format!("One core each: Ferry pinned to core 1 (taskset), each generator to core 0; {rounds} interleaved rounds of {secs} s"),
+            "| model | c | Ferry req/s under ferry-load | under h2load | h2load ÷ ferry-load by round | median |",
+        );
+        for (mi, m) in models.iter().enumerate() {
+            for c in [1usize, 64] {
+                let (Some(fl), Some(h2)) = (one_core.get(&(mi, c, "ferry-load")), one_core.get(&(mi, c, "h2load")))
+                else {
+                    continue;
+                };
+                let ratios: Vec<f64> = h2.iter().zip(fl).map(|(h, f)| h / f).collect();
+                let by_round: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+                suite.line(&format!(
+                    "| {} | {c} | {:.0} | {:.0} | {} | **{:.2}** |",
+                    m.name,
+                    wrk::median(fl.clone()),
+                    wrk::median(h2.clone()),
+                    by_round.join(", "),
+                    wrk::median(ratios.clone())
+                ));
+            }
+        }
+        suite.line("");
     }
     let errs: Vec<String> =
         models.iter().zip(before.iter().zip(&after)).map(|(m, (b, a))| format!("{} {}", m.name, a - b)).collect();
