@@ -55,8 +55,11 @@ where
         if (self.native)(req.headers(), req.method(), req.version()) {
             Either::Left(self.inner.call(req))
         } else {
-            // `oneshot` polls the freshly layered clone ready before calling it.
-            Either::Right(self.web.layer(self.inner.clone()).oneshot(req))
+            // The service polled ready goes into the browser's stack and a clone
+            // takes its place (tower's usual swap); `oneshot` polls the stack.
+            let clone = self.inner.clone();
+            let ready = std::mem::replace(&mut self.inner, clone);
+            Either::Right(self.web.layer(ready).oneshot(req))
         }
     }
 }
