@@ -137,18 +137,10 @@ pub(crate) async fn section(
     registry: &str,
 ) -> anyhow::Result<()> {
     if Command::new("h2load").arg("--version").output().is_err() {
-        suite.line("");
-        suite.line("(h2load section skipped: no h2load; apt-get install nghttp2-client)");
+        suite.skipped("h2load", "no h2load; apt-get install nghttp2-client");
         return Ok(());
     }
-    let bodies: Vec<std::path::PathBuf> = models
-        .iter()
-        .map(|m| {
-            let path = suite.dir.join(format!("h2load-{}.grpc", m.name));
-            std::fs::write(&path, body(m))?;
-            Ok(path)
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let bodies = suite.bodies(&models, "h2load", "grpc", |m| Ok(body(m)))?;
     let floor = format!("http://{}", ferry_load::floor::spawn_grpc()?);
     let inf = wrk::ferry(suite, &[], mlflow, registry).await?;
     let before: Vec<u64> = error_counts(&inf.metrics, &models).await?;

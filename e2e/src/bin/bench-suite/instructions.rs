@@ -125,7 +125,7 @@ fn in_process(suite: &Suite, m: &Model) -> anyhow::Result<f64> {
 /// The `instructions` section: Ferry, the floors and the model call, counted.
 pub(crate) async fn section(suite: &mut Suite, tiny: &Model, mlflow: &str, registry: &str) -> anyhow::Result<()> {
     if Command::new("valgrind").arg("--version").output().is_err() {
-        suite.line("\n(instructions section skipped: valgrind is not installed)");
+        suite.skipped("instructions", "valgrind is not installed");
         return Ok(());
     }
     let call = in_process(suite, tiny)?;

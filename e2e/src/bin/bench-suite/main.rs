@@ -148,6 +148,30 @@ impl Suite {
         self.line(&format!("\nSections' times: {}.", took.join(", ")));
     }
 
+    /// Notes that a section did not run, and why.
+    fn skipped(&mut self, section: &str, why: &str) {
+        self.line("");
+        self.line(&format!("({section} section skipped: {why})"));
+    }
+
+    /// Writes one request body per model into the run's folder (`{stem}-{model}.{ext}`).
+    fn bodies(
+        &self,
+        models: &[&Model],
+        stem: &str,
+        ext: &str,
+        body: impl Fn(&Model) -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<Vec<PathBuf>> {
+        models
+            .iter()
+            .map(|m| {
+                let path = self.dir.join(format!("{stem}-{}.{ext}", m.name));
+                std::fs::write(&path, body(m)?)?;
+                Ok(path)
+            })
+            .collect()
+    }
+
     fn line(&mut self, s: &str) {
         println!("{s}");
         self.md.push_str(s);

@@ -155,19 +155,13 @@ pub(crate) async fn section(
     let gateways: Vec<(Proc, String)> =
         models.iter().map(|m| suite.gateway(m, None, &[])).collect::<Result<Option<Vec<_>>, _>>()?.unwrap_or_default();
     if gateways.is_empty() {
-        suite.line("");
-        suite.line("(wrk section skipped: no --gateway)");
+        suite.skipped("wrk", "no --gateway");
         return Ok(());
     }
-    let bodies: Vec<std::path::PathBuf> = models
-        .iter()
-        .map(|m| {
-            let body = suite.dir.join(format!("wrk-{}.json", m.name));
-            let row: Vec<f32> = (0..m.width).map(|j| (j % 7) as f32 / 7.0 + 0.1).collect();
-            std::fs::write(&body, serde_json::to_vec(&serde_json::json!({ "data": row }))?)?;
-            Ok(body)
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let bodies = suite.bodies(&models, "wrk", "json", |m| {
+        let row: Vec<f32> = (0..m.width).map(|j| (j % 7) as f32 / 7.0 + 0.1).collect();
+        Ok(serde_json::to_vec(&serde_json::json!({ "data": row }))?)
+    })?;
     let floor = format!("http://{}", ferry_load::floor::spawn()?);
     let inf = ferry(suite, &[], mlflow, registry).await?;
     let pid = inf.proc.pid();
