@@ -111,17 +111,17 @@ fn ferry_load_on(core: usize, url: &str, m: &Model, c: usize, secs: f64) -> anyh
     }
 }
 
-/// Ferry's `Predict` answers for `model` other than "ok", from its metrics.
-async fn errors(metrics: &str, model: &str) -> anyhow::Result<u64> {
+/// Ferry's `Predict` answers other than "ok" so far, per model, from its metrics.
+async fn errors(metrics: &str, models: &[&Model; 2]) -> anyhow::Result<Vec<u64>> {
     let text = reqwest::get(metrics).await?.error_for_status()?.text().await?;
-    let mut n = 0;
-    for line in text.lines().filter(|l| l.starts_with("ferry_inference_requests_total{")) {
-        let ours = line.contains("method=\"grpc.Predict\"") && line.contains(&format!("model=\"{model}\""));
-        if ours && !line.contains("code=\"ok\"") {
-            n += line.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        }
-    }
-    Ok(n)
+    let count = |model: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with("ferry_inference_requests_total{") && l.contains("method=\"grpc.Predict\""))
+            .filter(|l| l.contains(&format!("model=\"{model}\"")) && !l.contains("code=\"ok\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    Ok(models.iter().map(|m| count(m.name)).collect())
 }
 
 #[derive(Default)]
@@ -143,7 +143,7 @@ pub(crate) async fn section(
     let bodies = suite.bodies(&models, "h2load", "grpc", |m| Ok(body(m)))?;
     let floor = format!("http://{}", ferry_load::floor::spawn_grpc()?);
     let inf = wrk::ferry(suite, &[], mlflow, registry).await?;
-    let before: Vec<u64> = error_counts(&inf.metrics, &models).await?;
+    let before = errors(&inf.metrics, &models).await?;
     let secs = suite.args.round_duration;
     let rounds = suite.args.rounds.max(1);
     let mut points: BTreeMap<(usize, usize, &str), Point> = BTreeMap::new();
@@ -175,7 +175,8 @@ pub(crate) async fn section(
             }
         }
     }
-    let mut after = error_counts(&inf.metrics, &models).await?;
+    // Errors Ferry answered, per model, summed over the section's two instances.
+    let mut failed: Vec<u64> = errors(&inf.metrics, &models).await?.iter().zip(&before).map(|(a, b)| a - b).collect();
     drop(inf);
 
     // One core each: Ferry on core 1, each generator on core 0, so that what a
@@ -184,7 +185,7 @@ pub(crate) async fn section(
     let mut one_core: BTreeMap<(usize, usize, &str), Vec<f64>> = BTreeMap::new();
     if cores >= 2 {
         let inf = wrk::ferry(suite, &["taskset".into(), "-c".into(), "1".into()], mlflow, registry).await?;
-        let pinned_before = error_counts(&inf.metrics, &models).await?;
+        let before = errors(&inf.metrics, &models).await?;
         for round in 0..rounds {
             for (mi, m) in models.iter().enumerate() {
                 for c in [1usize, 64] {
@@ -201,9 +202,8 @@ pub(crate) async fn section(
                 }
             }
         }
-        let pinned_after = error_counts(&inf.metrics, &models).await?;
-        for (i, (b, a)) in pinned_before.iter().zip(pinned_after).enumerate() {
-            after[i] += a - b;
+        for ((f, a), b) in failed.iter_mut().zip(errors(&inf.metrics, &models).await?).zip(&before) {
+            *f += a - b;
         }
         drop(inf);
     }
@@ -216,12 +216,7 @@ pub(crate) async fn section(
     );
     for ((mi, c, generator), p) in &points {
         let ratios: Vec<f64> = p.ferry.iter().zip(&p.ceiling).map(|(f, n)| f / n).collect();
-        let bound = ratios.iter().filter(|r| **r >= 0.9).count();
-        let verdict = if bound * 2 > ratios.len() {
-            format!("**generator-bound** ({bound} of {} rounds within 90 % of the ceiling)", ratios.len())
-        } else {
-            "server-bound".to_owned()
-        };
+        let verdict = wrk::verdict(ratios.iter().filter(|r| **r >= 0.9).count(), ratios.len());
         let by_round: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
         suite.line(&format!(
             "| {} | {c} | {generator} | {:.0} | {:.0} | {} | {verdict} |",
@@ -268,19 +263,10 @@ pub(crate) async fn section(
         }
         suite.line("");
     }
-    let errs: Vec<String> =
-        models.iter().zip(before.iter().zip(&after)).map(|(m, (b, a))| format!("{} {}", m.name, a - b)).collect();
+    let errs: Vec<String> = models.iter().zip(&failed).map(|(m, n)| format!("{} {n}", m.name)).collect();
     suite.line(&format!(
         "- Ferry's gRPC Predict answers other than OK over the section (its metrics): {}",
         errs.join(", ")
     ));
     Ok(())
-}
-
-async fn error_counts(metrics: &str, models: &[&Model; 2]) -> anyhow::Result<Vec<u64>> {
-    let mut v = Vec::new();
-    for m in models {
-        v.push(errors(metrics, m.name).await?);
-    }
-    Ok(v)
 }

@@ -93,6 +93,18 @@ fn wrk(
     Ok(Run { rps: requests / secs, p99_us: field("p99_us")?, errors: field("errors")? as u64, cpu_ms_per_1k })
 }
 
+/// Whether a point measured the server or the generator, from how many of
+/// its rounds came within 90 % of the generator's ceiling.
+pub(crate) fn verdict(bound: usize, rounds: usize) -> String {
+    if bound * 2 > rounds {
+        format!("**generator-bound** ({bound} of {rounds} rounds within 90 % of the ceiling)")
+    } else if bound > 0 {
+        format!("{bound} of {rounds} rounds generator-bound")
+    } else {
+        "server-bound".to_owned()
+    }
+}
+
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -222,13 +234,7 @@ pub(crate) async fn section(
     for ((mi, c, generator), p) in &points {
         let (bound, rounds) = (p.bound_rounds(), p.ferry.len());
         let p99 = median(p.ferry.iter().zip(&p.gateway).map(|(f, g)| f.p99_us / g.p99_us).collect());
-        let verdict = if bound * 2 > rounds {
-            format!("**generator-bound** ({bound} of {rounds} rounds within 90 % of the ceiling)")
-        } else if bound > 0 {
-            format!("{bound} of {rounds} rounds generator-bound")
-        } else {
-            "server-bound".to_owned()
-        };
+        let verdict = verdict(bound, rounds);
         let name = models[*mi].name;
         let ceiling = cell(median(p.ceiling.clone()));
         suite.line(&format!("| {name} | {c} | {generator} | {ceiling} | {} | {p99:.2}× | {verdict} |", p.columns()));
