@@ -4,6 +4,7 @@ against: versions, their sources, Python onnxruntime's outputs, and the
 digest over each version's files computed independently of Ferry.
 
   python log_models.py --name mlp external inline many-files runs-uri sklearn
+  python log_models.py --name big --model big.onnx external inline
 
   external    mlflow.onnx.log_model defaults: external data in one file
   inline      save_as_external_data=False, with a signature
@@ -18,7 +19,9 @@ kind gets different weights (seeded by its position).
 
 MLFLOW_TRACKING_URI says where. The model: input float32 [N, 64] → Gemm 128
 → Relu → Gemm 10 → output [N, 10]; every weight is over 1 KB, so MLflow's
-default writes it as external data.
+default writes it as external data. With --model, the ONNX file given instead
+(one float32 input [N, width]), the same for every kind, answering a row of
+0.1s.
 """
 import argparse
 import hashlib
@@ -72,9 +75,13 @@ def digest(model_dir):
     return hashlib.sha256(manifest.encode()).hexdigest(), files
 
 
-def log(client, name, kind, seed):
-    x = np.array([ROW], dtype=np.float32)
-    model = mlp(seed)
+def log(client, name, kind, seed, given=None):
+    if given is None:
+        x, model = np.array([ROW], dtype=np.float32), mlp(seed)
+    else:
+        model = onnx.load(given)
+        width = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+        x = np.full((1, width), 0.1, dtype=np.float32)
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     mv = None
     with mlflow.start_run() as run:
@@ -120,11 +127,12 @@ def log(client, name, kind, seed):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--name", required=True)
+    p.add_argument("--model", help="an ONNX file to log instead of the built-in MLP")
     p.add_argument("kinds", nargs="+")
     a = p.parse_args()
     client = MlflowClient()
     mlflow.set_experiment("data-science")
-    print(json.dumps([log(client, a.name, kind, seed) for seed, kind in enumerate(a.kinds, start=1)]))
+    print(json.dumps([log(client, a.name, kind, seed, a.model) for seed, kind in enumerate(a.kinds, start=1)]))
 
 
 if __name__ == "__main__":

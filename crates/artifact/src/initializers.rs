@@ -1,7 +1,8 @@
-//! A model's large weights, read once so that every ONNX Runtime session of a
-//! version can be handed the same tensors instead of each decoding its own
-//! copy from the file (a 21 MB model served from three sessions held three
-//! copies).
+//! Where a model's large weights lie in its files, so that every ONNX Runtime
+//! session of a version can be handed the same tensors instead of each
+//! decoding its own copy from the file (a 21 MB model served from three
+//! sessions held three copies), and so that those tensors can be the file's
+//! own bytes, mapped, rather than a copy.
 //!
 //! Only the main graph's initializers stored the way exporters store large
 //! tensors are taken: `raw_data` inline, or external data beside the file
@@ -13,19 +14,34 @@
 use std::{
     fs::File,
     io::{self, Read, Seek, SeekFrom},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use crate::onnx::{Wire, invalid, validate_relative_path};
 
-/// One initializer's name, ONNX element type, shape and little-endian bytes.
+/// One initializer's name, ONNX element type, shape, and where its
+/// little-endian bytes are: `len` bytes at `offset` in `file` (the model
+/// itself for inline `raw_data`, or an external data file beside it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Initializer {
     pub name: String,
     /// `TensorProto.DataType`: 1 float, 2 uint8, 3 int8, 6 int32, 7 int64, 11 double, …
     pub data_type: i32,
     pub dims: Vec<i64>,
-    pub data: Vec<u8>,
+    pub file: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl Initializer {
+    /// The bytes, read from the file.
+    pub fn read(&self) -> io::Result<Vec<u8>> {
+        let mut f = File::open(&self.file)?;
+        f.seek(SeekFrom::Start(self.offset))?;
+        let mut buf = vec![0u8; usize::try_from(self.len).map_err(|_| invalid("initializer too long"))?];
+        f.read_exact(&mut buf)?;
+        Ok(buf)
+    }
 }
 
 /// `TensorProto.DataLocation.EXTERNAL`
@@ -42,7 +58,7 @@ pub fn initializers(model: &Path, min_bytes: u64) -> io::Result<Vec<Initializer>
         let (field, wire) = w.tag()?;
         if field == 7 && wire == 2 {
             let graph_end = w.child_end(end)?;
-            graph(&mut w, graph_end, min_bytes, dir, &mut out, &mut inputs)?;
+            graph(&mut w, graph_end, min_bytes, (model, dir), &mut out, &mut inputs)?;
         } else {
             w.skip_value(wire, end)?;
         }
@@ -55,7 +71,7 @@ fn graph<R: Read + Seek>(
     w: &mut Wire<R>,
     end: u64,
     min_bytes: u64,
-    dir: &Path,
+    files: (&Path, &Path),
     out: &mut Vec<Initializer>,
     inputs: &mut Vec<String>,
 ) -> io::Result<()> {
@@ -64,7 +80,7 @@ fn graph<R: Read + Seek>(
         match (field, wire) {
             (5, 2) => {
                 let tensor_end = w.child_end(end)?;
-                if let Some(t) = tensor(w, tensor_end, min_bytes, dir)? {
+                if let Some(t) = tensor(w, tensor_end, min_bytes, files)? {
                     out.push(t);
                 }
             }
@@ -88,8 +104,13 @@ fn graph<R: Read + Seek>(
     Ok(())
 }
 
-/// One TensorProto; `None` when it is not one to share.
-fn tensor<R: Read + Seek>(w: &mut Wire<R>, end: u64, min_bytes: u64, dir: &Path) -> io::Result<Option<Initializer>> {
+/// One TensorProto; `None` when it is not one to share. `files`: the model and its directory.
+fn tensor<R: Read + Seek>(
+    w: &mut Wire<R>,
+    end: u64,
+    min_bytes: u64,
+    (model, dir): (&Path, &Path),
+) -> io::Result<Option<Initializer>> {
     let (mut name, mut data_type, mut dims, mut raw) = (String::new(), 0i32, Vec::new(), None);
     let (mut external, mut location, mut offset, mut length) = (false, None, 0u64, None);
     let mut other = false;
@@ -112,7 +133,10 @@ fn tensor<R: Read + Seek>(w: &mut Wire<R>, end: u64, min_bytes: u64, dir: &Path)
             (9, 2) => {
                 let e = w.child_end(end)?;
                 let n = e - w.pos();
-                if n >= min_bytes { raw = Some(w.bytes(n)?) } else { w.skip(n)? }
+                if n >= min_bytes {
+                    raw = Some((w.pos(), n));
+                }
+                w.skip(n)?;
             }
             (13, 2) => {
                 let e = w.child_end(end)?;
@@ -150,12 +174,12 @@ fn tensor<R: Read + Seek>(w: &mut Wire<R>, end: u64, min_bytes: u64, dir: &Path)
     if other || name.is_empty() || dims.iter().any(|d| *d < 0) {
         return Ok(None);
     }
-    let data = match (external, location, raw) {
+    let (file, offset, len) = match (external, location, raw) {
         (true, Some(loc), _) => {
             let loc =
                 validate_relative_path(&loc).map_err(|e| invalid(format!("external data location {loc:?}: {e}")))?;
-            let mut f = File::open(dir.join(&loc))?;
-            let size = f.metadata()?.len();
+            let file = dir.join(&loc);
+            let size = std::fs::metadata(&file)?.len();
             let length = length.unwrap_or(size.saturating_sub(offset));
             if offset.checked_add(length).is_none_or(|e| e > size) {
                 return Err(invalid(format!("{name}: external data past the end of {loc}")));
@@ -163,15 +187,12 @@ fn tensor<R: Read + Seek>(w: &mut Wire<R>, end: u64, min_bytes: u64, dir: &Path)
             if length < min_bytes {
                 return Ok(None);
             }
-            f.seek(SeekFrom::Start(offset))?;
-            let mut buf = vec![0u8; usize::try_from(length).map_err(|_| invalid("external data too long"))?];
-            f.read_exact(&mut buf)?;
-            buf
+            (file, offset, length)
         }
-        (false, _, Some(raw)) => raw,
+        (false, _, Some((at, n))) => (model.to_path_buf(), at, n),
         _ => return Ok(None),
     };
-    Ok(Some(Initializer { name, data_type, dims, data }))
+    Ok(Some(Initializer { name, data_type, dims, file, offset, len }))
 }
 
 #[cfg(test)]
@@ -227,11 +248,12 @@ mod tests {
         let names: Vec<&str> = got.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["W1", "W2"]);
         assert_eq!(got[0].dims, [4, 64]);
-        assert_eq!(got[0].data, vec![7u8; 1024]);
-        assert_eq!(
-            got[1],
-            Initializer { name: "W2".into(), data_type: 1, dims: vec![16, 16], data: ext[64..1088].to_vec() }
-        );
+        assert_eq!(got[0].file, dir.path().join("model.onnx"));
+        assert_eq!(got[0].read().unwrap(), vec![7u8; 1024]);
+        let w2 = &got[1];
+        assert_eq!((w2.data_type, w2.dims.as_slice(), w2.offset, w2.len), (1, &[16i64, 16][..], 64, 1024));
+        assert_eq!(w2.file, dir.path().join("./weights.data"));
+        assert_eq!(w2.read().unwrap(), ext[64..1088]);
     }
 
     #[test]

@@ -110,15 +110,6 @@ impl<R: Read + Seek> Wire<R> {
         }
     }
 
-    /// Reads `n` bytes.
-    pub(crate) fn bytes(&mut self, n: u64) -> io::Result<Vec<u8>> {
-        let len = usize::try_from(n).map_err(|_| invalid("field too long"))?;
-        let mut buf = vec![0u8; len];
-        self.r.read_exact(&mut buf)?;
-        self.pos += n;
-        Ok(buf)
-    }
-
     fn byte(&mut self) -> io::Result<u8> {
         let mut b = [0u8];
         self.r.read_exact(&mut b)?;

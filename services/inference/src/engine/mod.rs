@@ -38,8 +38,9 @@ pub struct SessionOptions {
     /// Single-threaded sessions that run batches side by side while requests
     /// queue up, the (one) multi-threaded session serving otherwise; 0 turns
     /// this off. Used only for batchable models with more than one intra-op
-    /// thread. A version's sessions share its weights (one copy beside the
-    /// packed forms, ~2x the file); by default (`None`) models up to
+    /// thread. A version's sessions share its weights (the packed forms,
+    /// ~1x the file, plus the originals where they are copied rather than
+    /// mapped, ~2x); by default (`None`) models up to
     /// `THROUGHPUT_DEFAULT_MAX_BYTES` get one per core, larger ones one
     /// session, which holds only the packed forms (~1x).
     pub throughput_sessions: Option<usize>,

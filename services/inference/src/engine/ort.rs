@@ -83,10 +83,10 @@ impl Runtime {
         let small = model_bytes(file) <= THROUGHPUT_DEFAULT_MAX_BYTES;
         // Where a version gets several sessions, every one is handed the same
         // weight tensors, and the same packed forms of them, instead of its own
-        // copies. A lone session is better off alone: ONNX Runtime frees a weight
-        // it has packed unless the weight is shared (1x the file, not 2x).
+        // copies. A lone session is left alone: ONNX Runtime frees a weight it
+        // has packed unless the weight is shared, so alone it holds ~1x anyway.
         let several = small || opts.sessions > 1 || opts.throughput_sessions.is_some_and(|n| n > 0);
-        let mut shared = if several { shared_weights(file) } else { Vec::new() };
+        let (mut shared, mapped) = if several { shared_weights(file) } else { (Vec::new(), Arc::default()) };
         let prepacked = PrepackedWeights::new();
         let build = |shared: &[(String, Arc<DynValue>)], intra_threads: usize| {
             let mut builder = Session::builder(&self.env).map_err(|e| e.to_string())?;
@@ -129,8 +129,12 @@ impl Runtime {
         }
         let batch = if signature.batchable() { opts.batch } else { BatchPolicy::OFF };
         let all_outputs: Arc<[String]> = signature.outputs.iter().map(|o| o.name.clone()).collect();
-        let runner =
-            |session| OrtRunner { session, signature: signature.clone(), all_outputs: Arc::clone(&all_outputs) };
+        let runner = |session| OrtRunner {
+            session,
+            signature: signature.clone(),
+            all_outputs: Arc::clone(&all_outputs),
+            _weights: Arc::clone(&mapped),
+        };
         let mut runners = vec![runner(first)];
         // Time a few single-row runs to decide whether the model is cheap enough to run inline.
         let single_row = signature.zero_inputs();
@@ -159,6 +163,8 @@ impl Runtime {
         let (workers, wide) = if throughput { (narrow, runners.pop()) } else { (runners, None) };
         let batcher = Batcher::start(thread_name, workers, wide, batch, Arc::clone(&stats))
             .map_err(|e| format!("starting the model's worker threads: {e}"))?;
+        // Every session has packed what it computes with by now.
+        mapped.release();
         Ok(Engine { signature, batcher, inline, stats })
     }
 }
@@ -188,31 +194,129 @@ fn model_bytes(file: &Path) -> u64 {
 /// sharing them saves little and costs a call per session each.
 const SHARE_MIN_BYTES: u64 = 4096;
 
-/// The model's large weights as tensors every session of the version uses.
-/// A file this cannot read shares nothing; ONNX Runtime reports what is wrong with it.
-fn shared_weights(file: &Path) -> Vec<(String, Arc<DynValue>)> {
+/// The model's large weights as tensors every session of the version uses,
+/// and the files they point into. A weight is the file's own bytes, mapped,
+/// where its type allows (`mapped`); otherwise a copy. A file this cannot
+/// read shares nothing; ONNX Runtime reports what is wrong with it.
+fn shared_weights(file: &Path) -> (Vec<(String, Arc<DynValue>)>, Arc<Mapped>) {
     let found = match ferry_artifact::initializers(file, SHARE_MIN_BYTES) {
         Ok(found) => found,
         Err(e) => {
             tracing::debug!(file = %file.display(), error = %e, "weights not shared between sessions");
-            return Vec::new();
+            return (Vec::new(), Arc::default());
         }
     };
-    found.into_iter().filter_map(|t| Some((t.name.clone(), Arc::new(weight(&t)?)))).collect()
+    let mut maps: Vec<(std::path::PathBuf, Option<memmap2::Mmap>)> = Vec::new();
+    let mut tensors = Vec::with_capacity(found.len());
+    for t in &found {
+        let i = match maps.iter().position(|(f, _)| *f == t.file) {
+            Some(i) => i,
+            None => {
+                // SAFETY: a version's files are written once, in a staging folder
+                // renamed into place, and removed only by unlinking: nothing
+                // truncates or rewrites a file while it is mapped.
+                let map = std::fs::File::open(&t.file).and_then(|f| unsafe { memmap2::Mmap::map(&f) });
+                maps.push((t.file.clone(), map.ok()));
+                maps.len() - 1
+            }
+        };
+        let value = maps[i].1.as_ref().and_then(|m| mapped(m, t)).or_else(|| copied(t));
+        if let Some(value) = value {
+            tensors.push((t.name.clone(), Arc::new(value)));
+        }
+    }
+    (tensors, Arc::new(Mapped(maps.into_iter().filter_map(|(_, m)| m).collect())))
 }
 
-/// One initializer as a tensor; `None` for element types left to ONNX Runtime
-/// or bytes that do not match the shape.
-fn weight(t: &ferry_artifact::Initializer) -> Option<DynValue> {
+/// Read-only mappings of a version's files that its shared weights point
+/// into; every session holds them, so they outlive the last one.
+#[derive(Default)]
+pub(super) struct Mapped(Vec<memmap2::Mmap>);
+
+impl Mapped {
+    /// Gives the mapped pages back: ONNX Runtime keeps its own packed form of
+    /// the weights a matrix product uses and does not read the originals
+    /// again, so they need not stay resident beside it (a version's sessions
+    /// then hold ~1x the file instead of 2x). A weight an operator does read
+    /// is paged back in from the file on first touch.
+    fn release(&self) {
+        for m in &self.0 {
+            // SAFETY: a shared, read-only file mapping: dropped pages read back
+            // the file's bytes, never zeros.
+            if let Err(e) = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) } {
+                tracing::debug!(error = %e, "mapped weights stay resident");
+            }
+        }
+    }
+}
+
+/// One initializer as a tensor over its bytes in `map`, without a copy;
+/// `None` (copy it) for types whose bytes are not the element values on this
+/// machine, or bytes not aligned to their element as the file lies.
+fn mapped(map: &memmap2::Mmap, t: &ferry_artifact::Initializer) -> Option<DynValue> {
+    use ::ort::{AsPointer, memory::MemoryInfo, sys::ONNXTensorElementDataType as E};
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    // TensorProto.DataType, which ONNX Runtime's element types number alike.
+    let (ty, size) = match t.data_type {
+        1 => (E::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 4),
+        2 => (E::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, 1),
+        3 => (E::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8, 1),
+        4 => (E::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16, 2),
+        5 => (E::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16, 2),
+        6 => (E::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, 4),
+        7 => (E::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, 8),
+        11 => (E::ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE, 8),
+        12 => (E::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT32, 4),
+        13 => (E::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64, 8),
+        _ => return None,
+    };
+    let start = usize::try_from(t.offset).ok()?;
+    let bytes = map.get(start..start.checked_add(usize::try_from(t.len).ok()?)?)?;
+    let elements = t.dims.iter().try_fold(1usize, |n, d| n.checked_mul(usize::try_from(*d).ok()?))?;
+    if elements.checked_mul(size)? != bytes.len() || !(bytes.as_ptr() as usize).is_multiple_of(size) {
+        return None;
+    }
+    let api = ::ort::api();
+    let info = MemoryInfo::default();
+    let mut value = std::ptr::null_mut();
+    // SAFETY: `bytes` lies in a read-only mapping that every session using the
+    // tensor keeps alive (`OrtRunner::_weights`); ONNX Runtime only reads an
+    // initializer handed in, and the tensor does not own or free the bytes.
+    let status = unsafe {
+        (api.CreateTensorWithDataAsOrtValue)(
+            info.ptr(),
+            bytes.as_ptr().cast_mut().cast(),
+            bytes.len(),
+            t.dims.as_ptr(),
+            t.dims.len(),
+            ty,
+            &mut value,
+        )
+    };
+    if !status.0.is_null() {
+        // SAFETY: a status ONNX Runtime returned, released once.
+        unsafe { (api.ReleaseStatus)(status.0) };
+        return None;
+    }
+    // SAFETY: a tensor just created on the CPU; its data is not the allocator's to free.
+    Some(unsafe { DynValue::from_ptr(std::ptr::NonNull::new(value)?, Some(&::ort::memory::Allocator::default())) })
+}
+
+/// One initializer as a tensor of its own; `None` for element types left to
+/// ONNX Runtime or bytes that do not match the shape.
+fn copied(t: &ferry_artifact::Initializer) -> Option<DynValue> {
     fn typed<T: PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static, const N: usize>(
         t: &ferry_artifact::Initializer,
         from_le: fn([u8; N]) -> T,
     ) -> Option<DynValue> {
         let elements = t.dims.iter().try_fold(1usize, |n, d| n.checked_mul(usize::try_from(*d).ok()?))?;
-        if elements.checked_mul(N)? != t.data.len() {
+        if elements.checked_mul(N)? != usize::try_from(t.len).ok()? {
             return None;
         }
-        let values: Vec<T> = t.data.chunks_exact(N).filter_map(|c| c.try_into().ok().map(from_le)).collect();
+        let data = t.read().ok()?;
+        let values: Vec<T> = data.chunks_exact(N).filter_map(|c| c.try_into().ok().map(from_le)).collect();
         Tensor::from_array((t.dims.clone(), values)).ok().map(Tensor::into_dyn)
     }
     // TensorProto.DataType; float16 and friends stay with ONNX Runtime.
@@ -233,9 +337,10 @@ fn weight(t: &ferry_artifact::Initializer) -> Option<DynValue> {
 }
 
 /// Largest model file that gets throughput sessions by default. They share
-/// the weights, but sharing keeps the original of each packed weight beside
-/// the packed form: a version's RSS is ~2x the file for any number of
-/// sessions, against ~1x for one session alone (measured, BENCHMARKS.md).
+/// the weights. Mapped weights (external data, as `mlflow.onnx.log_model`
+/// writes by default) cost ~1x the file for any number of sessions; weights
+/// that must be copied (inline `raw_data`, rarely aligned) stay beside their
+/// packed form, ~2x, against ~1x for one session alone (BENCHMARKS.md).
 const THROUGHPUT_DEFAULT_MAX_BYTES: u64 = 64 << 20;
 
 /// One ONNX Runtime session, owned by one worker thread (no lock on the hot path).
@@ -243,6 +348,8 @@ pub(super) struct OrtRunner {
     session: Session,
     signature: Signature,
     all_outputs: Arc<[String]>,
+    /// The files the session's shared weights point into; dropped after it.
+    _weights: Arc<Mapped>,
 }
 
 impl Runner for OrtRunner {
