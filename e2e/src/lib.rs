@@ -806,6 +806,46 @@ pub async fn register_file_as(
     Ok(client.register_model(req).await?.into_inner())
 }
 
+/// Registers the model saved in `dir` (the graph `model.onnx` and the
+/// external data files beside it), as a caller of `RegisterModel` sends it.
+pub async fn register_dir(
+    client: &mut ModelRegistryClient<Channel>,
+    name: &str,
+    dir: &Path,
+) -> anyhow::Result<RegisterModelResponse> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<anyhow::Result<_>>()?;
+    files.sort_by_key(|f| (f != "model.onnx", f.clone()));
+    let mut parts = vec![RegisterModelRequest {
+        payload: Some(Payload::Metadata(RegisterModelMetadata { name: name.into(), ..Default::default() })),
+    }];
+    for f in files {
+        let path = ferry_proto::registry::v1::ModelFile { path: f.clone() };
+        parts.push(RegisterModelRequest { payload: Some(Payload::File(path)) });
+        let bytes = std::fs::read(dir.join(&f))?;
+        parts
+            .extend(bytes.chunks(64 << 10).map(|c| RegisterModelRequest { payload: Some(Payload::Chunk(c.to_vec())) }));
+    }
+    Ok(client.register_model(tokio_stream::iter(parts)).await?.into_inner())
+}
+
+/// Saves the ONNX model at `src` into `dir` as `mlflow.onnx.log_model` does
+/// by default: the graph as `model.onnx`, every weight over 1 KB in one
+/// external data file beside it.
+pub fn save_with_external_data(src: &Path, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    python(
+        &format!(
+            "import onnx\nonnx.save_model(onnx.load({:?}), {:?}, save_as_external_data=True)",
+            src.display().to_string(),
+            dir.join("model.onnx").display().to_string()
+        ),
+        &[],
+    )?;
+    Ok(())
+}
+
 pub async fn promote(client: &mut ModelRegistryClient<Channel>, name: &str, version: &str) -> anyhow::Result<()> {
     let req = TransitionStageRequest {
         name: name.into(),

@@ -30,7 +30,7 @@ mod wrk;
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -38,10 +38,12 @@ use std::{
 use anyhow::{Context, bail};
 use clap::Parser;
 use ferry_e2e::{
-    Inference, Mlflow, MlflowOptions, Proc, free_port, make_mlp, ort_library, promote, register_file, start_inference,
-    start_registry, train_iris, wait_for, wait_serving,
+    Inference, Mlflow, MlflowOptions, Proc, free_port, make_mlp, ort_library, promote, register_dir, register_file,
+    save_with_external_data, start_inference, start_registry, train_iris, wait_for, wait_serving,
 };
 use ferry_load::{Report, Scenario, Target};
+use ferry_proto::registry::v1::model_registry_client::ModelRegistryClient;
+use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -87,9 +89,22 @@ struct Args {
 struct Model {
     name: &'static str,
     file: PathBuf,
+    /// What is registered in MLflow: `file`, or a folder with the model as
+    /// `mlflow.onnx.log_model` saves it by default (weights as external data).
+    registered: PathBuf,
     width: usize,
     /// The float output the gateway and REST /predict return.
     output: &'static str,
+}
+
+/// Registers a model's file, or its folder (`Model::registered`), under `name`.
+async fn register(client: &mut ModelRegistryClient<Channel>, name: &str, path: &Path) -> anyhow::Result<()> {
+    if path.is_dir() {
+        register_dir(client, name, path).await?;
+    } else {
+        register_file(client, name, path).await?;
+    }
+    Ok(())
 }
 
 /// Runs one load scenario on its own thread and single-threaded runtime.
@@ -269,10 +284,23 @@ async fn main() -> anyhow::Result<()> {
         want("delivery"),
     );
 
-    let tiny = Model { name: "iris", file: d.join("tiny.onnx"), width: 4, output: "probabilities" };
-    let medium = Model { name: "mlp", file: d.join("medium.onnx"), width: 512, output: "output" };
+    let tiny = Model {
+        name: "iris",
+        file: d.join("tiny.onnx"),
+        registered: d.join("tiny.onnx"),
+        width: 4,
+        output: "probabilities",
+    };
+    let medium = Model {
+        name: "mlp",
+        file: d.join("medium.onnx"),
+        registered: d.join("medium-mlflow"),
+        width: 512,
+        output: "output",
+    };
     train_iris(&tiny.file, 1.0)?;
     make_mlp(&medium.file, 7)?;
+    save_with_external_data(&medium.file, &medium.registered)?;
 
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let load1 = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -321,7 +349,7 @@ async fn main() -> anyhow::Result<()> {
     let mlflow = Mlflow::start(&d).await?;
     let mut registry = start_registry(&d, &mlflow.url, &[]).await?;
     for m in [&tiny, &medium] {
-        register_file(&mut registry.client, m.name, &m.file).await?;
+        register(&mut registry.client, m.name, &m.registered).await?;
         promote(&mut registry.client, m.name, "1").await?;
     }
     let start_ferry = |extra: Vec<(&'static str, String)>| {

@@ -9,25 +9,25 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use ferry_e2e::{Inference, promote, register_file, rss_mib, start_inference};
+use ferry_e2e::{Inference, promote, rss_mib, start_inference};
 use ferry_load::{Report, Target};
 use ferry_proto::registry::v1::model_registry_client::ModelRegistryClient;
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-use crate::{Model, Suite, load, ms};
+use crate::{Model, Suite, load, ms, register};
 
 /// Registrations in flight at once.
 const REGISTER_AT_ONCE: usize = 4;
 
-/// Registers `names` from `m.file`, each as version 1 in Production.
+/// Registers `names` from `m`, each as version 1 in Production.
 async fn register_all(client: &ModelRegistryClient<Channel>, m: &Model, names: &[String]) -> anyhow::Result<()> {
     for chunk in names.chunks(REGISTER_AT_ONCE) {
         let mut tasks = JoinSet::new();
         for name in chunk {
-            let (mut c, name, file) = (client.clone(), name.clone(), m.file.clone());
+            let (mut c, name, path) = (client.clone(), name.clone(), m.registered.clone());
             tasks.spawn(async move {
-                register_file(&mut c, &name, &file).await?;
+                register(&mut c, &name, &path).await?;
                 promote(&mut c, &name, "1").await
             });
         }

@@ -57,7 +57,13 @@ pub(crate) async fn section(
         ("gRPC Predict c=1 p50: routed − unrouted, µs", Vec::new()),
         ("gRPC Predict c=64: routed ÷ unrouted req/s", Vec::new()),
     ];
-    let named = |name: &'static str| Model { name, file: tiny.file.clone(), width: tiny.width, output: tiny.output };
+    let named = |name: &'static str| Model {
+        name,
+        file: tiny.file.clone(),
+        registered: tiny.registered.clone(),
+        width: tiny.width,
+        output: tiny.output,
+    };
     let (plain, routed) = (named("iris"), named("routed"));
     let mut errors = 0;
     for _ in 0..rounds {
