@@ -9,13 +9,19 @@
 //! Yielding costs a lone request tens of microseconds (the runtime looks for
 //! work on its other threads and polls I/O first), so a leader yields only
 //! while the previous leader found company, or to probe every eighth time.
+//! A request that would lead alone without yielding runs at once, without a
+//! job, a channel or the pending list (`run_alone`).
 
-use std::sync::{
-    Mutex, MutexGuard,
-    atomic::{AtomicU64, AtomicUsize, Ordering},
+use std::{
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Instant,
 };
 
 use super::batcher::{Batcher, ExecStats, Job, Runner, run_now};
+use crate::{error::ServeError, tensor::NamedTensor};
 
 /// Most rows of one inline call: the I/O thread is never held for long.
 const MAX_ROWS: usize = 64;
@@ -60,6 +66,46 @@ impl<R: Runner> Inline<R> {
 
     fn lock(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs a request of `rows` rows at once on this thread when it would lead
+    /// alone without yielding anyway (`run`): no request pending, none being
+    /// collected, the model idle, an inline session free. It then needs no
+    /// job and no channel for its outputs (~0.5k instructions of a tiny
+    /// model's ~10k of Ferry's own per request, callgrind). Otherwise the
+    /// inputs come back, for `run`.
+    pub(crate) fn run_alone(
+        &self,
+        inputs: Vec<NamedTensor>,
+        outputs: &[String],
+        rows: usize,
+        deadline: Option<Instant>,
+        stats: &ExecStats,
+    ) -> Result<Result<Vec<NamedTensor>, ServeError>, Vec<NamedTensor>> {
+        if self.max_rows > 1
+            && (self.last_collected.load(Ordering::Relaxed) > 1
+                || self.leads.load(Ordering::Relaxed).is_multiple_of(PROBE_EVERY))
+        {
+            return Err(inputs); // this lead yields: `run` counts it and probes
+        }
+        {
+            let p = self.lock();
+            if p.led || !p.jobs.is_empty() {
+                return Err(inputs);
+            }
+        }
+        let Some(mut runner) = self.runners.iter().find_map(|r| r.try_lock().ok()) else {
+            return Err(inputs);
+        };
+        self.leads.fetch_add(1, Ordering::Relaxed);
+        self.last_collected.store(1, Ordering::Relaxed);
+        let now = Instant::now();
+        if deadline.is_some_and(|d| d <= now) {
+            return Ok(Err(ServeError::DeadlineExceeded("the deadline passed before the model ran".into())));
+        }
+        let result = runner.run(inputs, outputs);
+        stats.record(1, rows, now.elapsed());
+        Ok(result)
     }
 
     /// Runs `job` on this thread, stacked with requests that arrive meanwhile;
@@ -240,6 +286,36 @@ mod tests {
         let s = setup(1);
         together(&s, 3).await;
         assert_eq!(*s.calls.lock().unwrap(), vec![("inline", 1); 3]);
+    }
+
+    #[tokio::test]
+    async fn an_idle_models_lone_request_runs_alone_and_company_turns_it_back() {
+        let s = setup(64);
+        let t = |x: f32| vec![NamedTensor { name: "x".into(), shape: vec![1, 2], data: TensorData::F32(vec![x; 2]) }];
+        // The first lead probes for company: that one goes through `run`.
+        assert!(s.inline.run_alone(t(1.0), &[], 1, None, &s.stats).is_err());
+        together(&s, 1).await;
+        let out = s.inline.run_alone(t(3.0), &[], 1, None, &s.stats).expect("runs alone").unwrap();
+        assert_eq!(out[0].data, TensorData::F32(vec![6.0; 2]));
+        assert_eq!(s.calls.lock().unwrap().last(), Some(&("inline", 1)));
+        assert_eq!(s.stats.requests.load(Ordering::Relaxed), 2);
+
+        // A past deadline fails the request without running it.
+        let past = Instant::now() - Duration::from_millis(1);
+        let late = s.inline.run_alone(t(4.0), &[], 1, Some(past), &s.stats).expect("handled alone");
+        assert!(matches!(late, Err(ServeError::DeadlineExceeded(_))), "{late:?}");
+        assert_eq!(s.calls.lock().unwrap().len(), 2, "a late request ran");
+
+        // A request waiting for a leader, or busy sessions: back to `run`.
+        s.inline.lock().jobs.push(job(5.0).0);
+        assert!(s.inline.run_alone(t(5.0), &[], 1, None, &s.stats).is_err());
+        s.inline.lock().jobs.clear();
+        let busy = s.inline.runners()[0].lock().unwrap();
+        assert!(s.inline.run_alone(t(6.0), &[], 1, None, &s.stats).is_err());
+        drop(busy);
+        // After a lead that found company, leads yield to collect again.
+        s.inline.last_collected.store(2, Ordering::Relaxed);
+        assert!(s.inline.run_alone(t(7.0), &[], 1, None, &s.stats).is_err());
     }
 
     #[tokio::test]

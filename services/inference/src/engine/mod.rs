@@ -100,14 +100,23 @@ impl Engine {
     ) -> Result<Vec<NamedTensor>, ServeError> {
         self.signature.order(&mut inputs);
         let rows = rows(&inputs);
-        let (job, outputs) = Job::new(inputs, outputs, deadline);
-        match &self.inline {
+        let rx = match &self.inline {
             Some(inline) if rows <= INLINE_MAX_ROWS && self.stats.queued.load(Ordering::Relaxed) == 0 => {
+                let inputs = match inline.run_alone(inputs, &outputs, rows, deadline, &self.stats) {
+                    Ok(result) => return result,
+                    Err(inputs) => inputs,
+                };
+                let (job, rx) = Job::new(inputs, outputs, deadline);
                 inline.run(job, &self.batcher, &self.stats).await;
+                rx
             }
-            _ => self.batcher.enqueue(job),
-        }
-        outputs.await.map_err(|_| ServeError::Internal("a model worker stopped".into()))?
+            _ => {
+                let (job, rx) = Job::new(inputs, outputs, deadline);
+                self.batcher.enqueue(job);
+                rx
+            }
+        };
+        rx.await.map_err(|_| ServeError::Internal("a model worker stopped".into()))?
     }
 
     /// Runs the model on zero-valued inputs shaped from the signature (dynamic
