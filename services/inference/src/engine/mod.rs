@@ -39,8 +39,8 @@ pub struct SessionOptions {
     /// queue up, the (one) multi-threaded session serving otherwise; 0 turns
     /// this off. Used only for batchable models with more than one intra-op
     /// thread. A version's sessions share its weights (the packed forms,
-    /// ~1x the file, plus the originals where they are copied rather than
-    /// mapped, ~2x); by default (`None`) models up to
+    /// ~1x the file; the originals are mapped, not held); by default
+    /// (`None`) models up to
     /// `THROUGHPUT_DEFAULT_MAX_BYTES` get one per core, larger ones one
     /// session, which holds only the packed forms (~1x).
     pub throughput_sessions: Option<usize>,

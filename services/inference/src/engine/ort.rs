@@ -196,8 +196,12 @@ const SHARE_MIN_BYTES: u64 = 4096;
 
 /// The model's large weights as tensors every session of the version uses,
 /// and the files they point into. A weight is the file's own bytes, mapped,
-/// where its type allows (`mapped`); otherwise a copy. A file this cannot
-/// read shares nothing; ONNX Runtime reports what is wrong with it.
+/// where they lie aligned to their element type (external data as
+/// `mlflow.onnx.log_model` writes it); the rest (inline `raw_data`, mostly)
+/// are written once, aligned, into a file of their own in the version's
+/// folder (`ALIGNED_WEIGHTS`) and mapped from there; a weight of a type not
+/// mapped, or when that file cannot be written, is a copy. A model file this
+/// cannot read shares nothing; ONNX Runtime reports what is wrong with it.
 fn shared_weights(file: &Path) -> (Vec<(String, Arc<DynValue>)>, Arc<Mapped>) {
     let found = match ferry_artifact::initializers(file, SHARE_MIN_BYTES) {
         Ok(found) => found,
@@ -208,24 +212,90 @@ fn shared_weights(file: &Path) -> (Vec<(String, Arc<DynValue>)>, Arc<Mapped>) {
     };
     let mut maps: Vec<(std::path::PathBuf, Option<memmap2::Mmap>)> = Vec::new();
     let mut tensors = Vec::with_capacity(found.len());
-    for t in &found {
-        let i = match maps.iter().position(|(f, _)| *f == t.file) {
-            Some(i) => i,
-            None => {
-                // SAFETY: a version's files are written once, in a staging folder
-                // renamed into place, and removed only by unlinking: nothing
-                // truncates or rewrites a file while it is mapped.
-                let map = std::fs::File::open(&t.file).and_then(|f| unsafe { memmap2::Mmap::map(&f) });
-                maps.push((t.file.clone(), map.ok()));
-                maps.len() - 1
-            }
-        };
-        let value = maps[i].1.as_ref().and_then(|m| mapped(m, t)).or_else(|| copied(t));
+    let mut unaligned = Vec::new();
+    let mut push = |t: &ferry_artifact::Initializer, value: Option<DynValue>| {
         if let Some(value) = value {
             tensors.push((t.name.clone(), Arc::new(value)));
         }
+    };
+    for t in &found {
+        if element(t.data_type).is_none() {
+            push(t, copied(t));
+            continue;
+        }
+        let i = match maps.iter().position(|(f, _)| *f == t.file) {
+            Some(i) => i,
+            None => {
+                maps.push((t.file.clone(), map(&t.file).ok()));
+                maps.len() - 1
+            }
+        };
+        match maps[i].1.as_ref().and_then(|m| mapped(m, t, t.offset)) {
+            Some(value) => push(t, Some(value)),
+            None => unaligned.push(t),
+        }
+    }
+    if !unaligned.is_empty() {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        match aligned_copy(dir, &unaligned) {
+            Ok((m, offsets)) => {
+                for (t, at) in unaligned.into_iter().zip(offsets) {
+                    push(t, mapped(&m, t, at).or_else(|| copied(t)));
+                }
+                maps.push((dir.join(ALIGNED_WEIGHTS), Some(m)));
+            }
+            Err(e) => {
+                tracing::debug!(dir = %dir.display(), error = %e, "unaligned weights copied, not mapped");
+                for t in unaligned {
+                    push(t, copied(t));
+                }
+            }
+        }
     }
     (tensors, Arc::new(Mapped(maps.into_iter().filter_map(|(_, m)| m).collect())))
+}
+
+/// Maps a file of a version's folder read-only.
+fn map(path: &Path) -> std::io::Result<memmap2::Mmap> {
+    let f = std::fs::File::open(path)?;
+    // SAFETY: a version's files are written once, in a staging folder renamed
+    // into place (`ALIGNED_WEIGHTS`: renamed over), and removed only by
+    // unlinking: nothing truncates or rewrites a file while it is mapped.
+    unsafe { memmap2::Mmap::map(&f) }
+}
+
+/// The file in a version's folder that holds its unaligned weights, aligned.
+const ALIGNED_WEIGHTS: &str = ".ferry-aligned-weights";
+
+/// Writes `weights` one after another, each at a 64-byte boundary, into
+/// `ALIGNED_WEIGHTS` in `dir` (a new file renamed over any old one) and maps
+/// it; returns the mapping and each weight's offset. Written at every load,
+/// not trusted from an earlier one: ~20 ms for 20 MB.
+fn aligned_copy(dir: &Path, weights: &[&ferry_artifact::Initializer]) -> std::io::Result<(memmap2::Mmap, Vec<u64>)> {
+    use std::io::{Read, Seek, Write};
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut offsets = Vec::with_capacity(weights.len());
+    let mut at = 0u64;
+    {
+        let mut out = std::io::BufWriter::new(tmp.as_file_mut());
+        for t in weights {
+            let pad = at.next_multiple_of(64) - at;
+            out.write_all(&[0u8; 64][..pad as usize])?;
+            at += pad;
+            offsets.push(at);
+            let mut src = std::fs::File::open(&t.file)?;
+            src.seek(std::io::SeekFrom::Start(t.offset))?;
+            let copied = std::io::copy(&mut src.take(t.len), &mut out)?;
+            if copied != t.len {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("{} is cut short", t.name)));
+            }
+            at += copied;
+        }
+        out.flush()?;
+    }
+    let path = dir.join(ALIGNED_WEIGHTS);
+    tmp.persist(&path).map_err(|e| e.error)?;
+    Ok((map(&path)?, offsets))
 }
 
 /// Read-only mappings of a version's files that its shared weights point
@@ -250,16 +320,15 @@ impl Mapped {
     }
 }
 
-/// One initializer as a tensor over its bytes in `map`, without a copy;
-/// `None` (copy it) for types whose bytes are not the element values on this
-/// machine, or bytes not aligned to their element as the file lies.
-fn mapped(map: &memmap2::Mmap, t: &ferry_artifact::Initializer) -> Option<DynValue> {
-    use ::ort::{AsPointer, memory::MemoryInfo, sys::ONNXTensorElementDataType as E};
+/// ONNX Runtime's element type and size for a `TensorProto.DataType` whose
+/// stored bytes are the element values on this machine; `None` otherwise.
+fn element(data_type: i32) -> Option<(::ort::sys::ONNXTensorElementDataType, usize)> {
+    use ::ort::sys::ONNXTensorElementDataType as E;
     if cfg!(target_endian = "big") {
         return None;
     }
-    // TensorProto.DataType, which ONNX Runtime's element types number alike.
-    let (ty, size) = match t.data_type {
+    // ONNX Runtime's element types number as TensorProto.DataType does.
+    Some(match data_type {
         1 => (E::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, 4),
         2 => (E::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, 1),
         3 => (E::ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8, 1),
@@ -271,8 +340,16 @@ fn mapped(map: &memmap2::Mmap, t: &ferry_artifact::Initializer) -> Option<DynVal
         12 => (E::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT32, 4),
         13 => (E::ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64, 8),
         _ => return None,
-    };
-    let start = usize::try_from(t.offset).ok()?;
+    })
+}
+
+/// One initializer as a tensor over its bytes at `start` in `map`, without a
+/// copy; `None` for types `element` does not map, or bytes not aligned to
+/// their element there.
+fn mapped(map: &memmap2::Mmap, t: &ferry_artifact::Initializer, start: u64) -> Option<DynValue> {
+    use ::ort::{AsPointer, memory::MemoryInfo};
+    let (ty, size) = element(t.data_type)?;
+    let start = usize::try_from(start).ok()?;
     let bytes = map.get(start..start.checked_add(usize::try_from(t.len).ok()?)?)?;
     let elements = t.dims.iter().try_fold(1usize, |n, d| n.checked_mul(usize::try_from(*d).ok()?))?;
     if elements.checked_mul(size)? != bytes.len() || !(bytes.as_ptr() as usize).is_multiple_of(size) {
@@ -337,10 +414,9 @@ fn copied(t: &ferry_artifact::Initializer) -> Option<DynValue> {
 }
 
 /// Largest model file that gets throughput sessions by default. They share
-/// the weights. Mapped weights (external data, as `mlflow.onnx.log_model`
-/// writes by default) cost ~1x the file for any number of sessions; weights
-/// that must be copied (inline `raw_data`, rarely aligned) stay beside their
-/// packed form, ~2x, against ~1x for one session alone (BENCHMARKS.md).
+/// the weights, mapped (`shared_weights`): ~1x the file for any number of
+/// sessions, as for one session alone; a weight that must be copied stays
+/// beside its packed form (~2x for such weights; BENCHMARKS.md).
 const THROUGHPUT_DEFAULT_MAX_BYTES: u64 = 64 << 20;
 
 /// One ONNX Runtime session, owned by one worker thread (no lock on the hot path).
