@@ -7,12 +7,16 @@
 //! levelling off. Capping the arenas and trimming after a version is dropped
 //! keeps RSS close to one or two loaded versions (BENCHMARKS.md).
 //!
-//! Blocks of 1 MiB and more are mapped and unmapped on their own. glibc
-//! otherwise raises that line after the first large free, up to 32 MiB, so
-//! load-time buffers land in an arena; freed at the top of a second arena they
-//! stay resident, since `malloc_trim` trims only the first arena's top. Measured
-//! on a 21 MB model: RSS after load was 78 MiB in some starts and 95 MiB in
-//! others; with the fixed line, 78 MiB in every one (e2e `memory.rs`).
+//! glibc also raises its mapping threshold after the first large free (up to
+//! 32 MiB), and its trim threshold with it (to twice that), so load-time
+//! buffers end up in an arena; freed at the top of a second arena they stayed
+//! resident, since `malloc_trim` trims only the first arena's top. Measured on
+//! a 21 MB model: RSS after load was 78 MiB in some starts and 95 MiB in
+//! others. Fixing the mapping threshold at 1 MiB made every start 78 MiB, but
+//! loads ~50 ms slower (ONNX Runtime's load buffers became fresh mappings,
+//! faulted in each time). Fixing it at 32 MiB and the trim threshold at 1 MiB
+//! keeps the buffers' reuse and gives a top above 1 MiB back in every arena:
+//! 78-80 MiB in every start, loads as fast as before (BENCHMARKS.md).
 
 /// Caps glibc's malloc arenas and fixes its mapping threshold (module docs);
 /// call before any threads start.
@@ -21,7 +25,8 @@ pub fn limit_arenas() {
     // SAFETY: mallopt only changes allocator tuning; called before other threads exist.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 20);
     }
 }
 
