@@ -62,6 +62,9 @@ pub struct Scenario {
     pub model_file: Option<PathBuf>,
     pub ort_library: Option<PathBuf>,
     pub intra_threads: usize,
+    /// Sessions without ONNX Runtime's CPU arena and memory patterns, as
+    /// Ferry's inline sessions (`ferry-inference`'s `engine::ort::for_small_tensors`).
+    pub small_tensors: bool,
     /// The server's process, for CPU per 1k requests and RSS.
     pub server_pid: Option<u32>,
 }
@@ -679,6 +682,18 @@ pub fn in_process_call(
     session.run(ort::inputs![input => x]).map(drop).map_err(|e| e.to_string())
 }
 
+/// No CPU arena, no memory patterns: how Ferry builds the sessions of a model
+/// it runs inline (its `engine::ort::for_small_tensors`).
+fn small_tensors(
+    mut b: ort::session::builder::SessionBuilder,
+) -> anyhow::Result<ort::session::builder::SessionBuilder> {
+    use ort::AsPointer;
+    // SAFETY: the builder's own live options; the status returned is consumed.
+    unsafe { ort::Error::result_from_status((ort::api().DisableCpuMemArena)(b.ptr_mut())) }
+        .map_err(|e| anyhow::anyhow!("ONNX Runtime: {e}"))?;
+    b.with_memory_pattern(false).map_err(|e| anyhow::anyhow!("ONNX Runtime: {e}"))
+}
+
 /// The ceiling no server can beat: sessions called in a loop, one thread each.
 fn in_process(s: &Scenario) -> anyhow::Result<Report> {
     use ort::session::Session;
@@ -707,7 +722,8 @@ fn in_process(s: &Scenario) -> anyhow::Result<Report> {
                 .with_intra_threads(s.intra_threads)
                 .map_err(ort_err)?
                 .with_inter_threads(1)
-                .map_err(ort_err)?
+                .map_err(ort_err)
+                .and_then(|b| if s.small_tensors { small_tensors(b) } else { Ok(b) })?
                 .commit_from_file(file)
                 .map_err(ort_err)
         })
@@ -844,6 +860,7 @@ mod tests {
             model_file: None,
             ort_library: None,
             intra_threads: 1,
+            small_tensors: false,
             server_pid: None,
         }
     }

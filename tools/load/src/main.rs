@@ -63,6 +63,10 @@ struct Args {
     /// Intra-op threads per in-process session (0 = ONNX Runtime's default).
     #[arg(long, default_value_t = 1)]
     intra_threads: usize,
+    /// In-process sessions as Ferry builds them for a model it runs inline:
+    /// no CPU memory arena, no memory patterns.
+    #[arg(long)]
+    small_tensors: bool,
     /// The server's pid, for CPU per 1k requests and RSS.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -125,6 +129,7 @@ fn main() -> anyhow::Result<()> {
             model_file: a.model_file.clone(),
             ort_library: a.ort_library.clone(),
             intra_threads: a.intra_threads,
+            small_tensors: a.small_tensors,
             server_pid: a.server_pid,
         };
         let r = rt.block_on(ferry_load::run(&s))?;

@@ -96,11 +96,13 @@ async fn floor(suite: &Suite, kind: &str) -> anyhow::Result<(Counted, String)> {
 }
 
 /// Instructions per in-process call: two runs of different lengths, so that
-/// the one-time cost of the first call cancels out.
-fn in_process(suite: &Suite, m: &Model) -> anyhow::Result<f64> {
+/// the one-time cost of the first call cancels out. `options`: more of
+/// ferry-load's (`--small-tensors`: the sessions as Ferry builds them for a
+/// model it runs inline).
+fn in_process(suite: &Suite, m: &Model, options: &[&str]) -> anyhow::Result<f64> {
     let mut points = Vec::new();
     for secs in [4, 8] {
-        let out = suite.dir.join(format!("callgrind-inproc-{secs}.out"));
+        let out = suite.dir.join(format!("callgrind-inproc{}-{secs}.out", options.concat()));
         // Only the call itself: the loop, the clock and the tally are not the model's.
         let o = ferry_load_counted(&out, &["--toggle-collect=ferry_load::in_process_call"])
             .args(["--target", "in-process", "-c", "1", "--warmup", "0", "--duration", &secs.to_string()])
@@ -108,6 +110,7 @@ fn in_process(suite: &Suite, m: &Model) -> anyhow::Result<f64> {
             .arg(&m.file)
             .arg("--ort-library")
             .arg(&suite.ort)
+            .args(options)
             .output()?;
         let stdout = String::from_utf8_lossy(&o.stdout);
         let rps: f64 = stdout
@@ -128,7 +131,11 @@ pub(crate) async fn section(suite: &mut Suite, tiny: &Model, mlflow: &str, regis
         suite.skipped("instructions", "valgrind is not installed");
         return Ok(());
     }
-    let call = in_process(suite, tiny)?;
+    // The tiny model runs inline, in sessions built for small tensors: Ferry's
+    // own share is counted over that call; ONNX Runtime's defaults, which the
+    // gateway's sessions keep, are shown beside it.
+    let default_call = in_process(suite, tiny, &[])?;
+    let call = in_process(suite, tiny, &["--small-tensors"])?;
     let (mut grpc_floor, grpc_floor_url) = floor(suite, "grpc").await?;
     let grpc_floor_n = grpc_floor.per_request(suite.scenario(Target::Grpc, &grpc_floor_url, tiny, 1, 1))?;
     grpc_floor.proc.terminate(Duration::from_secs(10))?;
@@ -158,16 +165,17 @@ pub(crate) async fn section(suite: &mut Suite, tiny: &Model, mlflow: &str, regis
 
     suite.table(
         "Instructions per request in the server process (callgrind, tiny model, one caller; user space only)",
-        "| request | Ferry | the same stack doing nothing | model call in process | Ferry's own: Ferry − stack − model call |",
+        "| request | Ferry | the same stack doing nothing | model call in process: as Ferry makes it (ONNX Runtime's defaults) | Ferry's own: Ferry − stack − model call as Ferry makes it |",
     );
     let k = |v: f64| format!("{:.1}k", v / 1e3);
     for (what, n, floor_n) in rows {
         let floor = if what.starts_with("REST") { "axum" } else { "tonic" };
         suite.line(&format!(
-            "| {what} | {} | {} ({floor}) | {} | **{}** |",
+            "| {what} | {} | {} ({floor}) | {} ({}) | **{}** |",
             k(n),
             k(floor_n),
             k(call),
+            k(default_call),
             k(n - floor_n - call)
         ));
     }

@@ -143,6 +143,7 @@ impl Suite {
             model_file: Some(m.file.clone()),
             ort_library: Some(self.ort.clone()),
             intra_threads: 1,
+            small_tensors: false,
             server_pid: None,
         }
     }
