@@ -295,13 +295,21 @@ fn map(path: &Path) -> std::io::Result<memmap2::Mmap> {
 /// The file in a version's folder that holds its unaligned weights, aligned.
 const ALIGNED_WEIGHTS: &str = ".ferry-aligned-weights";
 
+/// How `ALIGNED_WEIGHTS` is named while it is written.
+const ALIGNED_WEIGHTS_TEMP: &str = ".ferry-aligned-weights.tmp";
+
+/// A temp file this old was left by a process that stopped mid-write: a
+/// write takes milliseconds to seconds.
+const STALE_TEMP: Duration = Duration::from_secs(600);
+
 /// Writes `weights` one after another, each at a 64-byte boundary, into
 /// `ALIGNED_WEIGHTS` in `dir` (a new file renamed over any old one) and maps
 /// it; returns the mapping and each weight's offset. Written at every load,
 /// not trusted from an earlier one: ~20 ms for 20 MB.
 fn aligned_copy(dir: &Path, weights: &[&ferry_artifact::Initializer]) -> std::io::Result<(memmap2::Mmap, Vec<u64>)> {
     use std::io::{Read, Seek, Write};
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    remove_stale_temps(dir);
+    let mut tmp = tempfile::Builder::new().prefix(ALIGNED_WEIGHTS_TEMP).tempfile_in(dir)?;
     let mut offsets = Vec::with_capacity(weights.len());
     let mut at = 0u64;
     {
@@ -324,6 +332,20 @@ fn aligned_copy(dir: &Path, weights: &[&ferry_artifact::Initializer]) -> std::io
     let path = dir.join(ALIGNED_WEIGHTS);
     tmp.persist(&path).map_err(|e| e.error)?;
     Ok((map(&path)?, offsets))
+}
+
+/// Removes what a process stopped mid-write left in `dir`: temp files of
+/// `ALIGNED_WEIGHTS` older than `STALE_TEMP`. A younger one may be another
+/// load's of the same version (two variants on it), so it stays.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let temp = e.file_name().to_str().is_some_and(|n| n.starts_with(ALIGNED_WEIGHTS_TEMP));
+        let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if temp && age.is_some_and(|a| a > STALE_TEMP) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Read-only mappings of a version's files that its shared weights point
@@ -504,4 +526,47 @@ fn extract(name: &str, dtype: DType, v: &DynValue) -> Result<NamedTensor, ServeE
     }
     .map_err(err)?;
     Ok(NamedTensor { name: name.to_owned(), shape: shape.iter().copied().collect(), data })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_copy_aligns_each_weight_and_clears_only_stale_temps() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two weights at odd offsets, as inline raw_data lies in a protobuf.
+        let model = dir.path().join("model.onnx");
+        let (a, b) = ([1u8; 12], [2u8; 8]);
+        std::fs::write(&model, [&[9u8; 3][..], &a, &[9u8; 5], &b].concat()).unwrap();
+        let weight = |name: &str, offset: u64, len: u64| ferry_artifact::Initializer {
+            name: name.into(),
+            data_type: 1,
+            dims: vec![i64::try_from(len / 4).unwrap()],
+            file: model.clone(),
+            offset,
+            len,
+        };
+        let (wa, wb) = (weight("a", 3, 12), weight("b", 20, 8));
+        let stale = dir.path().join(format!("{ALIGNED_WEIGHTS_TEMP}old"));
+        let fresh = dir.path().join(format!("{ALIGNED_WEIGHTS_TEMP}new"));
+        for f in [&stale, &fresh] {
+            std::fs::write(f, b"partial").unwrap();
+        }
+        let old = std::time::SystemTime::now() - STALE_TEMP - Duration::from_secs(60);
+        std::fs::File::options().write(true).open(&stale).unwrap().set_modified(old).unwrap();
+
+        let (map, offsets) = aligned_copy(dir.path(), &[&wa, &wb]).unwrap();
+        assert_eq!(offsets, [0, 64]);
+        assert_eq!(&map[0..12], &a);
+        assert_eq!(&map[64..72], &b);
+        assert!(!stale.exists(), "a temp file left by a crash is removed");
+        assert!(fresh.exists(), "a temp file another load may be writing stays");
+        let temps = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(ALIGNED_WEIGHTS_TEMP))
+            .count();
+        assert_eq!(temps, 1, "the write's own temp file was renamed into place");
+        assert!(dir.path().join(ALIGNED_WEIGHTS).exists());
+    }
 }
