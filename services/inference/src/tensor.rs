@@ -168,6 +168,13 @@ impl Signature {
     }
 }
 
+/// Whether any element is NaN or infinite. A fold over each block, not a
+/// short-circuiting `any`, so that it vectorises: ~1.5 instructions an element
+/// instead of ~8 (a 32-row, 512-wide batch: 25k instead of 131k, callgrind).
+fn any_non_finite<T: Copy>(v: &[T], bad: impl Fn(T) -> bool) -> bool {
+    v.chunks(1024).any(|block| block.iter().fold(false, |seen, &x| seen | bad(x)))
+}
+
 /// Request validation against a signature, separate from the session so it is unit-testable.
 pub fn validate(sig: &Signature, inputs: &[NamedTensor], outputs: &[String]) -> Result<(), ServeError> {
     let bad = ServeError::InvalidArgument;
@@ -217,8 +224,8 @@ pub fn validate(sig: &Signature, inputs: &[NamedTensor], outputs: &[String]) -> 
             )));
         }
         let non_finite = match &t.data {
-            TensorData::F32(v) => v.iter().any(|x| !x.is_finite()),
-            TensorData::F64(v) => v.iter().any(|x| !x.is_finite()),
+            TensorData::F32(v) => any_non_finite(v, |x| !x.is_finite()),
+            TensorData::F64(v) => any_non_finite(v, |x| !x.is_finite()),
             TensorData::I32(_) | TensorData::I64(_) | TensorData::Bool(_) | TensorData::Str(_) => false,
         };
         if non_finite {
@@ -269,6 +276,23 @@ mod tests {
     fn accepts_a_batch() {
         let sig = iris();
         assert!(validate(&sig, &[input(vec![2, 4], TensorData::F32(vec![1.0; 8]))], &[]).is_ok());
+    }
+
+    #[test]
+    fn rejects_a_non_finite_value_anywhere_in_a_large_batch() {
+        let sig = iris();
+        let rows = 1000; // 4000 values: several blocks of the check
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for at in [0, 1023, 1024, 2500, rows * 4 - 1] {
+                let mut v = vec![0.5f32; rows * 4];
+                v[at] = bad;
+                let m = message(validate(&sig, &[input(vec![rows as i64, 4], TensorData::F32(v))], &[]));
+                assert!(m.contains("NaN and infinite"), "{bad} at {at}: {m}");
+            }
+        }
+        let extremes = [f32::MAX, f32::MIN, f32::MIN_POSITIVE, -0.0, 1e-45];
+        let v: Vec<f32> = extremes.iter().copied().cycle().take(rows * 4).collect();
+        assert!(validate(&sig, &[input(vec![rows as i64, 4], TensorData::F32(v))], &[]).is_ok());
     }
 
     #[test]
