@@ -376,6 +376,12 @@ pub fn ferry_under(
         None => Command::new(path),
     };
     cmd.args(args).env("FERRY_LOG", "info,ferry_registry=debug,ferry_inference=debug");
+    // Temp files a binary makes (a registry's default file cache) land in the
+    // test's folder: a test that kills the process still leaves nothing in /tmp.
+    // Not under a wrapper: valgrind keeps the FIFOs callgrind_control finds in TMPDIR.
+    if wrapper.is_empty() {
+        cmd.env("TMPDIR", dir);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
