@@ -380,15 +380,18 @@ async fn main() -> anyhow::Result<()> {
             ("tiny, REST /predict c=64: Ferry ÷ gateway req/s", "≥ 4", Vec::new()),
             ("tiny, REST /predict c=64: Ferry ÷ gateway p99", "≤ 0.5", Vec::new()),
             ("medium, REST /predict c=64: Ferry ÷ gateway req/s", "≥ 3", Vec::new()),
-            ("medium, REST /predict c=1: Ferry ÷ gateway req/s", "≥ 1", Vec::new()),
-            ("medium, batch-32 OIP ModelInfer c=64: Ferry ÷ in-process best rows/s", "≥ 0.85", Vec::new()),
+            (
+                "medium, batch-32 OIP ModelInfer c=64: Ferry ÷ in-process best rows/s (measured just before and after)",
+                "≥ 0.95",
+                Vec::new(),
+            ),
             ("tiny c=1 p50: gRPC Predict − in-process, µs", "≤ 50", Vec::new()),
             ("tiny c=1 p50: OIP ModelInfer − in-process, µs", "≤ 50", Vec::new()),
             ("tiny c=1 p50: REST /predict − in-process, µs", "", Vec::new()),
             ("c=1 p50: tonic answering Predict, doing nothing − in-process, µs", "", Vec::new()),
             ("c=1 p50 of the loopback floor (a do-nothing HTTP/1.1 server), µs", "", Vec::new()),
-            ("tiny c=1 p50: gRPC Predict − tonic doing nothing, µs", "", Vec::new()),
-            ("tiny c=1 p50: REST /predict − axum doing nothing, µs", "", Vec::new()),
+            ("tiny c=1 p50: gRPC Predict − tonic doing nothing, µs", "≤ 20", Vec::new()),
+            ("tiny c=1 p50: REST /predict − axum doing nothing, µs", "≤ 20", Vec::new()),
         ];
         let short = |mut s: Scenario, pid: Option<u32>| {
             s.duration = Duration::from_secs_f64(suite.args.round_duration);
@@ -402,18 +405,23 @@ async fn main() -> anyhow::Result<()> {
                 rows[0].2.push(ferry.rps / g.rps);
                 rows[1].2.push(ferry.p99_us / g.p99_us);
             }
+            // (Medium at c=1 is the wrk section's, with both generators.)
             if let Some((_, url)) = &gw_medium {
-                for (row, c) in [(2, 64), (3, 1)] {
-                    let f = load(short(suite.scenario(Target::Rest, &inf.http, &medium, 1, c), None))?;
-                    let g = load(short(suite.scenario(Target::Rest, url, &medium, 1, c), None))?;
-                    rows[row].2.push(f.rps / g.rps);
-                }
+                let f = load(short(suite.scenario(Target::Rest, &inf.http, &medium, 1, 64), None))?;
+                let g = load(short(suite.scenario(Target::Rest, url, &medium, 1, 64), None))?;
+                rows[2].2.push(f.rps / g.rps);
             }
+            // The ceiling moves by more than the gap over a minute here: measured
+            // on both sides of Ferry's point, their mean is what Ferry is held to.
+            let ceiling = || {
+                let mut s = short(suite.scenario(Target::InProcess, "", &medium, best_b, best_c), None);
+                s.intra_threads = best_intra;
+                load(s).map(|r| r.inferences_per_s)
+            };
+            let before = ceiling()?;
             let batched = load(short(suite.scenario(Target::Oip, &inf.grpc, &medium, 32, 64), None))?;
-            let mut s = short(suite.scenario(Target::InProcess, "", &medium, best_b, best_c), None);
-            s.intra_threads = best_intra;
-            let ceiling = load(s)?;
-            rows[4].2.push(batched.inferences_per_s / ceiling.inferences_per_s);
+            let after = ceiling()?;
+            rows[3].2.push(batched.inferences_per_s / ((before + after) / 2.0));
             let mut s = short(suite.scenario(Target::InProcess, "", &tiny, 1, 1), None);
             s.intra_threads = 1;
             let alone = load(s)?.p50_us;
@@ -434,7 +442,7 @@ async fn main() -> anyhow::Result<()> {
             .into_iter()
             .enumerate()
             {
-                rows[5 + i].2.push(v);
+                rows[4 + i].2.push(v);
             }
         }
         let in_process = if best_intra == 0 { "default".to_owned() } else { best_intra.to_string() };
