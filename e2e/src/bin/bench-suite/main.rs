@@ -556,7 +556,7 @@ async fn main() -> anyhow::Result<()> {
                     "{} model, client batches of 32 rows (infer/s = rows per second)",
                     if m.width == 4 { "Tiny" } else { "Medium" }
                 ),
-                "| c | Ferry OIP ModelInfer infer/s | p50 / p99 ms | Ferry gRPC Predict infer/s | p50 / p99 ms | Ferry REST /v2 infer/s | p50 / p99 ms | OIP vs in-process best |",
+                "| c | Ferry OIP ModelInfer infer/s | p50 / p99 ms | Ferry gRPC Predict infer/s | p50 / p99 ms | Ferry REST /v2 infer/s | p50 / p99 ms | OIP ÷ the `inproc` section's best, minutes earlier (`headline` brackets it) |",
             );
             for &c in &concs {
                 let oip = load(suite.scenario(Target::Oip, &inf.grpc, m, 32, c))?;
