@@ -12,6 +12,7 @@ COPY src src
 COPY crates crates
 COPY services services
 COPY cli cli
+COPY tools tools
 COPY e2e e2e
 RUN cargo build --release --locked --bins
 

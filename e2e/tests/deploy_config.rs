@@ -139,3 +139,40 @@ fn deployment_files_use_the_variables_the_binaries_read() -> anyhow::Result<()> 
     ensure!(checked >= 30, "only {checked} variables checked");
     Ok(())
 }
+
+/// The image's build stage builds the whole workspace (`cargo build --bins`
+/// reads every member's manifest), so it copies every member's folder.
+#[test]
+fn the_image_build_copies_every_workspace_member() -> anyhow::Result<()> {
+    let manifest = repo_root().join("Cargo.toml");
+    let members = python(
+        &format!(
+            "import json, tomllib; print(json.dumps(tomllib.load(open('{}', 'rb'))['workspace']['members']))",
+            manifest.display()
+        ),
+        &[],
+    )?;
+    let members: Vec<String> = serde_json::from_str(&members)?;
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile"))?;
+    let build = dockerfile
+        .split("\nFROM ")
+        .find(|stage| stage.lines().next().is_some_and(|l| l.ends_with(" AS build")))
+        .context("the Dockerfile has no stage named build")?;
+    // `COPY src dst` lines (the last word is the destination).
+    let copied: Vec<&str> = build
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .flat_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().filter(|w| !w.starts_with("--")).collect();
+            words[..words.len().saturating_sub(1)].to_vec()
+        })
+        .collect();
+    ensure!(members.len() > 5, "too few workspace members: {members:?}");
+    for m in &members {
+        let top = m.split('/').next().unwrap_or_default();
+        let ok =
+            if m == "." { copied.contains(&"Cargo.toml") && copied.contains(&"src") } else { copied.contains(&top) };
+        ensure!(ok, "the Dockerfile's build stage does not copy workspace member {m:?} (copies {copied:?})");
+    }
+    Ok(())
+}
