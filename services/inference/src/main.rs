@@ -1,7 +1,7 @@
 use clap::Parser;
 
 #[global_allocator]
-static HEAP: ferry_inference::memory::Heap = ferry_inference::memory::Heap;
+static HEAP: ferry_heap::Heap = ferry_heap::Heap;
 
 fn main() -> anyhow::Result<()> {
     let cfg = ferry_inference::Config::parse();

@@ -17,6 +17,9 @@
 //! faulted in each time). Fixing it at 32 MiB and the trim threshold at 1 MiB
 //! keeps the buffers' reuse and gives a top above 1 MiB back in every arena:
 //! 78-80 MiB in every start, loads as fast as before (BENCHMARKS.md).
+//!
+//! The Rust heap (small blocks from mimalloc, large ones from glibc, whose
+//! free pages `trim` returns) is `ferry_heap::Heap`.
 
 /// Caps glibc's malloc arenas and fixes its mapping threshold (module docs);
 /// call before any threads start.
@@ -36,108 +39,5 @@ pub fn trim() {
     // SAFETY: malloc_trim is thread-safe and only releases free pages.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-/// Allocations from this size up go to the C allocator, below it to mimalloc.
-const LARGE: usize = 4 << 10;
-
-/// The service's Rust heap: small blocks, the many short-lived ones of a
-/// request, from mimalloc; blocks of 4 KiB and more (model bytes, weights,
-/// batches) from the C allocator, whose free pages [`trim`] returns after a
-/// swap. On a tiny model's REST requests glibc's malloc and free were ~15 %
-/// of the process's CPU; this heap gave +10 % requests per second on one
-/// core. mimalloc for everything kept load-time buffers (a 21 MB model's
-/// process at 104-130 MiB, not 83); with the line at 64 KiB still +2-5 MiB;
-/// at 4 KiB 82.4-83.5 MiB over 20 swaps, as with glibc alone (BENCHMARKS.md).
-pub struct Heap;
-
-// SAFETY: every block is freed (or resized) by the allocator that made it:
-// Rust passes `dealloc` and `realloc` the layout the block was allocated with,
-// and the size decides the allocator; a resize across the line moves the block.
-unsafe impl std::alloc::GlobalAlloc for Heap {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's guarantees.
-        unsafe {
-            if layout.size() >= LARGE { std::alloc::System.alloc(layout) } else { mimalloc::MiMalloc.alloc(layout) }
-        }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
-        // SAFETY: as for alloc.
-        unsafe {
-            if layout.size() >= LARGE {
-                std::alloc::System.alloc_zeroed(layout)
-            } else {
-                mimalloc::MiMalloc.alloc_zeroed(layout)
-            }
-        }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        // SAFETY: `layout` is the one `ptr` was allocated with, so it names its allocator.
-        unsafe {
-            if layout.size() >= LARGE {
-                std::alloc::System.dealloc(ptr, layout)
-            } else {
-                mimalloc::MiMalloc.dealloc(ptr, layout)
-            }
-        }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        use std::alloc::{Layout, System};
-        let (was_large, large) = (layout.size() >= LARGE, new_size >= LARGE);
-        // SAFETY: same allocator on both sides, or a move between them with the
-        // caller's guarantees (`new_size` valid for `layout.align()`).
-        unsafe {
-            match (was_large, large) {
-                (true, true) => System.realloc(ptr, layout, new_size),
-                (false, false) => mimalloc::MiMalloc.realloc(ptr, layout, new_size),
-                _ => {
-                    let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
-                    let new = self.alloc(new_layout);
-                    if !new.is_null() {
-                        std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
-                        self.dealloc(ptr, layout);
-                    }
-                    new
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::alloc::{GlobalAlloc, Layout};
-
-    use super::*;
-
-    /// Blocks keep their bytes when a resize moves them between the two allocators.
-    #[test]
-    fn resizes_across_the_line_keep_the_bytes() {
-        let small = Layout::from_size_align(100, 8).unwrap();
-        // SAFETY: every pointer is checked, written within its size and freed with its layout.
-        unsafe {
-            let p = Heap.alloc(small);
-            assert!(!p.is_null());
-            for i in 0..100 {
-                *p.add(i) = i as u8;
-            }
-            let big = LARGE * 2;
-            let q = Heap.realloc(p, small, big);
-            assert!(!q.is_null());
-            assert!((0..100).all(|i| *q.add(i) == i as u8));
-            *q.add(big - 1) = 7;
-            let r = Heap.realloc(q, Layout::from_size_align(big, 8).unwrap(), 50);
-            assert!(!r.is_null());
-            assert!((0..50).all(|i| *r.add(i) == i as u8));
-            Heap.dealloc(r, Layout::from_size_align(50, 8).unwrap());
-            let z = Heap.alloc_zeroed(Layout::from_size_align(LARGE, 64).unwrap());
-            assert!(!z.is_null() && (z as usize).is_multiple_of(64));
-            assert!((0..LARGE).all(|i| *z.add(i) == 0));
-            Heap.dealloc(z, Layout::from_size_align(LARGE, 64).unwrap());
-        }
     }
 }

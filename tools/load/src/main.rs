@@ -12,11 +12,10 @@ use anyhow::Context;
 use clap::Parser;
 use ferry_load::{Report, Scenario, Target};
 
-// mimalloc, which serves ferry-inference's small blocks (its `memory::Heap`),
-// so that the do-nothing floors served from here and the in-process ceiling
-// pay for a request's allocations what Ferry pays.
+// Ferry's own heap, so that the do-nothing floors served from here and the
+// in-process ceiling pay for a request's allocations what Ferry pays.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static HEAP: ferry_heap::Heap = ferry_heap::Heap;
 
 #[derive(Debug, Parser)]
 #[command(name = "ferry-load", version, about = "Load generator for Ferry (and peers) with exact latency percentiles")]
