@@ -437,7 +437,7 @@ pub mod metrics {
     }
 
     impl<const N: usize> Series<N> {
-        fn observe(&self, outcome: usize, elapsed: Duration) {
+        pub fn observe(&self, outcome: usize, elapsed: Duration) {
             self.duration.observe_duration(elapsed);
             if let Some(n) = self.outcomes.get(outcome) {
                 n.fetch_add(1, Ordering::Relaxed);
@@ -469,15 +469,23 @@ pub mod metrics {
                 series.observe(outcome, elapsed);
                 return;
             }
-            let Ok(mut m) = self.series.write() else { return };
-            m.entry(key)
-                .or_insert_with(|| {
-                    std::sync::Arc::new(Series {
-                        duration: Histogram::seconds(LATENCY_NS),
-                        outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
-                    })
+            self.series(key).observe(outcome, elapsed);
+        }
+
+        /// The series of `key`, made on first use: for a caller that keeps
+        /// the handle and counts into it without a lookup.
+        pub fn series(&self, key: K) -> std::sync::Arc<Series<N>> {
+            let new = || {
+                std::sync::Arc::new(Series {
+                    duration: Histogram::seconds(LATENCY_NS),
+                    outcomes: std::array::from_fn(|_| AtomicU64::new(0)),
                 })
-                .observe(outcome, elapsed);
+            };
+            match self.series.write() {
+                Ok(mut m) => std::sync::Arc::clone(m.entry(key).or_insert_with(new)),
+                // A writer panicked: count into a series nobody reads rather than fail the request.
+                Err(_) => new(),
+            }
         }
 
         /// Every series, sorted by key.

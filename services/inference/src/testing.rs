@@ -81,6 +81,7 @@ fn loaded(
             dir: PathBuf::new(),
         },
         loaded_at: std::time::Instant::now(),
+        requests: Default::default(),
     }
 }
 
@@ -119,6 +120,12 @@ pub(crate) fn models_and_slow_calls() -> (Arc<Models>, Arc<AtomicUsize>) {
     models.install("double", loaded(exec("double"), "3", Duration::ZERO, 2.0, Arc::default()), None);
     models.install("slow", loaded(exec("slow"), "1", SLOW, 2.0, Arc::clone(&slow_calls)), None);
     (Arc::new(models), slow_calls)
+}
+
+/// Swaps `version` of the doubling model in as `model`'s serving version.
+pub(crate) fn swap(models: &Models, model: &str, version: &str) {
+    let stats = Arc::clone(&models.slot(model).unwrap().stats.exec);
+    models.install(model, loaded(stats, version, Duration::ZERO, 2.0, Arc::default()), None);
 }
 
 /// A variant's slot for `model` (`selector` like `@shadow`), serving

@@ -260,6 +260,7 @@ impl Loader {
                         signature,
                         backend: Backend::Remote(Box::new(remote)),
                         loaded_at: Instant::now(),
+                        requests: Default::default(),
                     },
                     None,
                 );
@@ -361,6 +362,7 @@ impl Loader {
             signature: engine.signature.clone(),
             backend: Backend::Local { engine, dir: fetched.dir },
             loaded_at: Instant::now(),
+            requests: Default::default(),
         })
     }
 }

@@ -12,7 +12,7 @@ use super::status::{deadline, status};
 
 use crate::{
     codec::pb::{from_pb, model_status, to_pb},
-    serving::{Models, PredictInput},
+    serving::{Method, Models, PredictInput},
 };
 
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ impl Inference for InferenceService {
             inputs,
             outputs: req.outputs,
             deadline,
-            method: "grpc.Predict",
+            method: Method::GrpcPredict,
         };
         let p = self.models.predict(input, &metadata).await.map_err(status)?;
         let variant = p.variant.as_deref().map(str::to_owned);

@@ -16,7 +16,7 @@ use super::status::{deadline, status};
 use crate::{
     codec::oip as common,
     error::ServeError,
-    serving::{Models, PredictInput},
+    serving::{Method, Models, PredictInput},
     tensor::{NamedTensor, TensorData},
 };
 
@@ -160,7 +160,7 @@ impl GrpcInferenceService for OipService {
                     inputs,
                     outputs: r.outputs.into_iter().map(|o| o.name).collect(),
                     deadline,
-                    method: "grpc.ModelInfer",
+                    method: Method::GrpcModelInfer,
                 },
                 &metadata,
             )

@@ -157,7 +157,9 @@ async fn each_documented_error_has_its_code() {
 async fn too_many_in_flight_is_resource_exhausted_with_retry_after() {
     let m = testing::models();
     let s = serve(&m).await;
-    let held: Vec<_> = (0..testing::MAX_IN_FLIGHT).map(|_| m.acquire("double", None, "test", &()).unwrap()).collect();
+    let held: Vec<_> = (0..testing::MAX_IN_FLIGHT)
+        .map(|_| m.acquire("double", None, crate::serving::Method::GrpcPredict, &()).unwrap())
+        .collect();
     for (api, r) in ["Predict", "ModelInfer"].iter().zip(both(&s, "double", "", vec![1, 4], row()).await) {
         let status = r.expect_err("overloaded");
         assert_eq!(status.code(), Code::ResourceExhausted, "{api}: {}", status.message());

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::{AppState, Call, error::ScoringApiError};
 use crate::codec::mlflow::{self as mlflow_scoring, Format};
+use crate::serving::Method;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct InvocationsQuery {
@@ -43,7 +44,7 @@ pub(super) async fn invocations(
         .unwrap_or_else(|| st.models.default_name().to_owned());
     tracing::Span::current().record("model", model.as_str());
     // One lookup: the version whose signature shapes the input runs it.
-    let lease = st.models.acquire(&model, None, "rest.invocations", &headers)?;
+    let lease = st.models.acquire(&model, None, Method::RestInvocations, &headers)?;
     let (inputs, shape) = mlflow_scoring::decode(format, &body, &lease.signature().inputs)?;
     let variant = lease.variant().map(|v| v.to_string());
     let p = match lease.run(inputs, Vec::new(), None).await {

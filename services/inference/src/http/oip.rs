@@ -18,7 +18,7 @@ use super::{ApiError, Call};
 use crate::{
     codec::oip as common,
     error::ServeError,
-    serving::{ModelSlot, Models, PredictInput},
+    serving::{Method, ModelSlot, Models, PredictInput},
     tensor::{DType, NamedTensor, TensorData},
 };
 
@@ -254,7 +254,7 @@ async fn infer_in(
                 inputs,
                 outputs: req.outputs.into_iter().map(|o| o.name).collect(),
                 deadline: None,
-                method: "rest.v2.infer",
+                method: Method::RestV2Infer,
             },
             headers,
         )

@@ -17,7 +17,7 @@ use super::{AppState, Call, error::ApiError};
 use crate::{
     codec::pb::{dtype_to_pb, from_pb},
     error::ServeError,
-    serving::PredictInput,
+    serving::{Method, PredictInput},
     tensor::{DType, NamedTensor, TensorData},
 };
 
@@ -83,7 +83,7 @@ pub(super) async fn predict(State(st): State<AppState>, call: Call) -> Result<Re
     let model = q.model.unwrap_or_else(|| st.models.default_name().to_owned());
     tracing::Span::current().record("model", model.as_str());
     // One lookup: the version whose signature shapes the row runs it.
-    let lease = st.models.acquire(&model, None, "rest.predict", &headers)?;
+    let lease = st.models.acquire(&model, None, Method::RestPredict, &headers)?;
     let sig = lease.signature();
     let [input] = sig.inputs.as_slice() else {
         return Err(bad(format!(
@@ -218,7 +218,7 @@ pub(super) async fn predict_json(State(st): State<AppState>, call: Call) -> Resu
                 inputs,
                 outputs: req.outputs,
                 deadline: None,
-                method: "rest.v1.predict",
+                method: Method::RestV1Predict,
             },
             &headers,
         )

@@ -187,7 +187,9 @@ async fn a_pinned_version_that_is_not_serving_is_409() {
 #[tokio::test]
 async fn too_many_in_flight_is_429_with_retry_after_and_clears() {
     let m = testing::models();
-    let held: Vec<_> = (0..testing::MAX_IN_FLIGHT).map(|_| m.acquire("double", None, "test", &()).unwrap()).collect();
+    let held: Vec<_> = (0..testing::MAX_IN_FLIGHT)
+        .map(|_| m.acquire("double", None, crate::serving::Method::GrpcPredict, &()).unwrap())
+        .collect();
     for req in [
         post("/predict", &row()),
         post("/v2/models/double/infer", &oip(&[1, 4])),

@@ -21,7 +21,10 @@ pub(crate) use self::slot::LoadTiming;
 pub use self::{
     route::{RequestHeaders, Routing, VariantStatus},
     shadow::ShadowStats,
-    slot::{Backend, Forward, LoadedModel, ModelSettings, ModelSlot, RequestMetrics, SlotState, SlotStatus, Stats},
+    slot::{
+        Backend, Forward, LoadedModel, Method, ModelSettings, ModelSlot, RequestMetrics, RequestSeries, SlotState,
+        SlotStatus, Stats,
+    },
 };
 use crate::{
     error::ServeError,
@@ -40,8 +43,8 @@ pub struct PredictInput {
     pub outputs: Vec<String>,
     /// The caller's deadline (gRPC `grpc-timeout`); a request still queued then is dropped.
     pub deadline: Option<Instant>,
-    /// The API that carried the request, for metrics: `grpc.Predict`, `rest.predict`, ...
-    pub method: &'static str,
+    /// The API that carried the request, for metrics.
+    pub method: Method,
 }
 
 #[derive(Debug)]
@@ -190,7 +193,7 @@ impl Models {
         &self,
         name: &str,
         version: Option<&str>,
-        method: &'static str,
+        method: Method,
         headers: &dyn RequestHeaders,
     ) -> Result<Lease, ServeError> {
         let configured = self.slot(name)?;
@@ -266,7 +269,7 @@ pub struct Lease {
     /// The shadow variant this request is mirrored to, if it is.
     shadow: Option<Arc<ModelSlot>>,
     permit: tokio::sync::OwnedSemaphorePermit,
-    method: &'static str,
+    method: Method,
     started: Instant,
 }
 
@@ -284,36 +287,36 @@ impl Lease {
         &self.model.signature
     }
 
-    /// Runs the request on the leased version and counts its outcome.
+    /// Runs the request on the leased version and counts its outcome. One
+    /// async function down to `execute`: each level of nested futures keeps
+    /// its arguments and its callee's state, and is copied whole into its
+    /// caller (~1 KB a level here).
     pub async fn run(
         self,
         inputs: Vec<NamedTensor>,
         outputs: Vec<String>,
         deadline: Option<Instant>,
     ) -> Result<Prediction, ServeError> {
-        let (slot, model, method, started) =
-            (Arc::clone(&self.slot), Arc::clone(&self.model), self.method, self.started);
-        let result = self.run_in(inputs, outputs, deadline).await;
-        let elapsed = started.elapsed();
-        slot.stats.record(result.is_ok(), elapsed.as_nanos() as u64);
-        match &result {
-            Ok(p) => slot.stats.requests.record((method, p.version.clone()), 0, elapsed),
-            Err(e) => slot.stats.requests.record((method, model.version.clone()), 1 + e.kind_index(), elapsed),
-        }
-        result
-    }
-
-    async fn run_in(
-        self,
-        inputs: Vec<NamedTensor>,
-        outputs: Vec<String>,
-        deadline: Option<Instant>,
-    ) -> Result<Prediction, ServeError> {
-        let Lease { slot, model, permit, variant, shadow, .. } = self;
+        let Lease { slot, model, variant, shadow, permit, method, started } = self;
         // Mirrored requests keep a copy of their input for the shadow.
         let mirror = shadow.map(|s| (s, inputs.clone(), outputs.clone()));
-        let (outputs, version) = execute(&slot, &model, inputs, outputs, deadline).await?;
+        let result = execute(&slot, &model, inputs, outputs, deadline).await;
         drop(permit);
+        let elapsed = started.elapsed();
+        slot.stats.record(result.is_ok(), elapsed.as_nanos() as u64);
+        let (outputs, version) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                model.requests.record(&slot.stats.requests, method, &model.version, 1 + e.kind_index(), elapsed);
+                return Err(e);
+            }
+        };
+        if version == model.version {
+            model.requests.record(&slot.stats.requests, method, &model.version, 0, elapsed);
+        } else {
+            // A remote's own label for the version that answered.
+            slot.stats.requests.record((method, version.clone()), 0, elapsed);
+        }
         if let Some((shadow, inputs, wanted)) = mirror {
             shadow::mirror(shadow, inputs, wanted, outputs.clone());
         }
@@ -375,6 +378,7 @@ mod tests {
             signature: Signature { inputs: vec![spec("x")], outputs: vec![spec("y")] },
             backend: Backend::Remote(Box::new(crate::remote::RemoteModel::lazy("http://127.0.0.1:9", "m"))),
             loaded_at: Instant::now(),
+            requests: Default::default(),
         }
     }
 
@@ -406,25 +410,28 @@ mod tests {
     async fn a_lease_keeps_its_version_across_a_swap() {
         let m = models(4);
         m.install("m", version("1", 4), None);
-        let lease = m.acquire("m", None, "test", &()).unwrap();
+        let lease = m.acquire("m", None, Method::GrpcPredict, &()).unwrap();
         m.install("m", version("2", 8), None);
         // The input shaped from the lease's signature is for the version it holds.
         assert_eq!((lease.version(), lease.signature().inputs[0].shape[1]), ("1", 4));
-        let err = m.acquire("m", Some("1"), "test", &()).unwrap_err();
+        let err = m.acquire("m", Some("1"), Method::GrpcPredict, &()).unwrap_err();
         assert!(matches!(err, ServeError::VersionMismatch(_)), "{err:?}");
-        assert_eq!(m.acquire("m", Some("2"), "test", &()).unwrap().version(), "2");
-        assert!(matches!(m.acquire("nope", None, "test", &()), Err(ServeError::NotFound(_))));
+        assert_eq!(m.acquire("m", Some("2"), Method::GrpcPredict, &()).unwrap().version(), "2");
+        assert!(matches!(m.acquire("nope", None, Method::GrpcPredict, &()), Err(ServeError::NotFound(_))));
     }
 
     #[tokio::test]
     async fn leases_are_bounded_and_refusals_counted() {
         let m = models(1);
-        assert!(matches!(m.acquire("m", None, "test", &()), Err(ServeError::Unavailable(_))), "nothing loaded yet");
+        assert!(
+            matches!(m.acquire("m", None, Method::GrpcPredict, &()), Err(ServeError::Unavailable(_))),
+            "nothing loaded yet"
+        );
         m.install("m", version("1", 4), None);
-        let held = m.acquire("m", None, "test", &()).unwrap();
-        assert!(matches!(m.acquire("m", None, "test", &()), Err(ServeError::Overloaded(_))));
+        let held = m.acquire("m", None, Method::GrpcPredict, &()).unwrap();
+        assert!(matches!(m.acquire("m", None, Method::GrpcPredict, &()), Err(ServeError::Overloaded(_))));
         drop(held);
-        assert!(m.acquire("m", None, "test", &()).is_ok(), "the permit comes back with the lease");
+        assert!(m.acquire("m", None, Method::GrpcPredict, &()).is_ok(), "the permit comes back with the lease");
         assert_eq!(m.slot("m").unwrap().stats.fail_count.load(Ordering::Relaxed), 2);
     }
 
@@ -461,15 +468,18 @@ mod tests {
             }
         };
         let pick = |h: &dyn RequestHeaders| {
-            let l = m.acquire("m", None, "test", h).unwrap();
+            let l = m.acquire("m", None, Method::GrpcPredict, h).unwrap();
             (l.version().to_owned(), l.variant().map(|v| v.to_string()))
         };
         // Nothing loaded for the challenger yet: its share falls back, asking for it by name is refused.
         for _ in 0..20 {
             assert_eq!(pick(&()), ("1".to_owned(), Some("champion".to_owned())));
         }
-        assert!(matches!(m.acquire("m", None, "test", &named("challenger")), Err(ServeError::Unavailable(_))));
-        let unknown = m.acquire("m", None, "test", &named("nope")).unwrap_err();
+        assert!(matches!(
+            m.acquire("m", None, Method::GrpcPredict, &named("challenger")),
+            Err(ServeError::Unavailable(_))
+        ));
+        let unknown = m.acquire("m", None, Method::GrpcPredict, &named("nope")).unwrap_err();
         assert!(matches!(&unknown, ServeError::InvalidArgument(e) if e.contains("challenger")), "{unknown:?}");
         m.install_in(&challenger, version("2", 8), None);
         assert_eq!(pick(&named("challenger")), ("2".to_owned(), Some("challenger".to_owned())));
@@ -511,8 +521,45 @@ mod tests {
             }],
             outputs: Vec::new(),
             deadline: None,
-            method: "test",
+            method: Method::GrpcPredict,
         }
+    }
+
+    /// Requests are counted by API, version and outcome, and each version
+    /// in its own series across a swap (the series is kept on the version).
+    #[tokio::test]
+    async fn requests_are_counted_by_method_version_and_outcome() {
+        let m = crate::testing::models();
+        let with = |method| PredictInput { method, ..input("double") };
+        for method in [Method::GrpcPredict, Method::GrpcPredict, Method::RestPredict] {
+            m.predict(with(method), &()).await.unwrap();
+        }
+        let mut bad = with(Method::GrpcPredict);
+        bad.inputs[0].shape = vec![1, 3];
+        bad.inputs[0].data = TensorData::F32(vec![1.0, 2.0, 3.0]);
+        assert!(matches!(m.predict(bad, &()).await, Err(ServeError::InvalidArgument(_))));
+        crate::testing::swap(&m, "double", "4");
+        m.predict(with(Method::GrpcPredict), &()).await.unwrap();
+        let counts: Vec<_> = m
+            .slot("double")
+            .unwrap()
+            .stats
+            .requests
+            .snapshot()
+            .into_iter()
+            .map(|((method, version), s)| {
+                let n: Vec<u64> = s.outcomes.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+                (method.as_str(), version, n[0], n[1..].iter().sum::<u64>(), s.duration.count())
+            })
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("grpc.Predict", "3".to_owned(), 2, 1, 3),
+                ("grpc.Predict", "4".to_owned(), 1, 0, 1),
+                ("rest.predict", "3".to_owned(), 1, 0, 1)
+            ]
+        );
     }
 
     fn shadowed(m: &Models, shadow: &Arc<ModelSlot>) {
