@@ -8,7 +8,10 @@ use ferry_proto::inference::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::status::{deadline, status};
+use super::{
+    Handled, handled,
+    status::{deadline, status},
+};
 
 use crate::{
     codec::pb::{from_pb, model_status, to_pb},
@@ -20,10 +23,8 @@ pub(crate) struct InferenceService {
     pub(crate) models: Arc<Models>,
 }
 
-#[tonic::async_trait]
-impl Inference for InferenceService {
-    #[tracing::instrument(target = "ferry::request", level = "debug", name = "grpc.predict", skip_all, fields(model = %request.get_ref().model))]
-    async fn predict(&self, request: Request<PredictRequest>) -> Result<Response<PredictResponse>, Status> {
+impl InferenceService {
+    async fn run_predict(&self, request: Request<PredictRequest>) -> Result<Response<PredictResponse>, Status> {
         let deadline = deadline(request.metadata());
         let (metadata, _, req) = request.into_parts();
         let inputs = req.inputs.into_iter().map(from_pb).collect::<Result<Vec<_>, _>>().map_err(status)?;
@@ -44,6 +45,18 @@ impl Inference for InferenceService {
             variant: variant.clone().unwrap_or_default(),
         });
         Ok(super::with_variant(resp, variant.as_deref()))
+    }
+}
+
+#[tonic::async_trait]
+impl Inference for InferenceService {
+    fn predict<'s, 'a>(&'s self, request: Request<PredictRequest>) -> Handled<'a, Response<PredictResponse>>
+    where
+        's: 'a,
+        Self: 'a,
+    {
+        let span = tracing::debug_span!(target: "ferry::request", "grpc.predict", model = %request.get_ref().model);
+        handled(span, self.run_predict(request))
     }
 
     async fn get_model_metadata(

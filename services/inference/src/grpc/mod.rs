@@ -34,6 +34,20 @@ impl RequestHeaders for tonic::metadata::MetadataMap {
 /// Metadata naming the variant that served, when the model has a traffic policy.
 pub(crate) const VARIANT_KEY: &str = "x-ferry-variant";
 
+/// A handler's future, boxed as tonic's service traits return it, and in
+/// `span` only when the span is enabled. `#[tracing::instrument]` on the
+/// handler would wrap its body in one more async block, whose state (the
+/// handler's whole, ~2 KB) is copied once more per request: ~0.35k
+/// instructions of a tiny model's gRPC request (callgrind).
+type Handled<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, tonic::Status>> + Send + 'a>>;
+
+fn handled<'a, T>(
+    span: tracing::Span,
+    handler: impl std::future::Future<Output = Result<T, tonic::Status>> + Send + 'a,
+) -> Handled<'a, T> {
+    if span.is_disabled() { Box::pin(handler) } else { Box::pin(tracing::Instrument::instrument(handler, span)) }
+}
+
 /// Adds the variant to a response's metadata.
 fn with_variant<T>(mut resp: tonic::Response<T>, variant: Option<&str>) -> tonic::Response<T> {
     if let Some(v) = variant.and_then(|v| tonic::metadata::MetadataValue::try_from(v).ok()) {

@@ -12,7 +12,10 @@ use ferry_proto::oip::{
 };
 use tonic::{Request, Response, Status};
 
-use super::status::{deadline, status};
+use super::{
+    Handled, handled,
+    status::{deadline, status},
+};
 use crate::{
     codec::oip as common,
     error::ServeError,
@@ -126,8 +129,22 @@ impl GrpcInferenceService for OipService {
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
 
-    #[tracing::instrument(target = "ferry::request", level = "debug", name = "oip.model_infer", skip_all, fields(model = %request.get_ref().model_name))]
-    async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+    fn model_infer<'s, 'a>(&'s self, request: Request<ModelInferRequest>) -> Handled<'a, Response<ModelInferResponse>>
+    where
+        's: 'a,
+        Self: 'a,
+    {
+        let span =
+            tracing::debug_span!(target: "ferry::request", "oip.model_infer", model = %request.get_ref().model_name);
+        handled(span, self.run_model_infer(request))
+    }
+}
+
+impl OipService {
+    async fn run_model_infer(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
         let deadline = deadline(request.metadata());
         let (metadata, _, r) = request.into_parts();
         let raw = !r.raw_input_contents.is_empty();
