@@ -34,13 +34,14 @@ impl RequestHeaders for tonic::metadata::MetadataMap {
 /// Metadata naming the variant that served, when the model has a traffic policy.
 pub(crate) const VARIANT_KEY: &str = "x-ferry-variant";
 
-/// A handler's future, boxed as tonic's service traits return it, and in
-/// `span` only when the span is enabled. `#[tracing::instrument]` on the
-/// handler would wrap its body in one more async block, whose state (the
-/// handler's whole, ~2 KB) is copied once more per request: ~0.35k
-/// instructions of a tiny model's gRPC request (callgrind).
+/// A handler's future, boxed as tonic's service traits return it.
 type Handled<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, tonic::Status>> + Send + 'a>>;
 
+/// `handler`, boxed, in `span` only when the span is enabled.
+/// `#[tracing::instrument]` on the handler would wrap its body in one more
+/// async block, whose state (the handler's whole, ~2 KB) is copied once more
+/// per request: ~1k instructions of a tiny model's gRPC request (callgrind,
+/// BENCHMARKS.md).
 fn handled<'a, T>(
     span: tracing::Span,
     handler: impl std::future::Future<Output = Result<T, tonic::Status>> + Send + 'a,

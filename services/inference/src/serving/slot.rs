@@ -116,7 +116,11 @@ impl RequestSeries {
         outcome: usize,
         elapsed: std::time::Duration,
     ) {
-        self.0[method as usize].get_or_init(|| family.series((method, version.to_owned()))).observe(outcome, elapsed);
+        match self.0.get(method as usize) {
+            Some(cell) => cell.get_or_init(|| family.series((method, version.to_owned()))).observe(outcome, elapsed),
+            // A method added without raising `Method::COUNT`: counted all the same, by lookup.
+            None => family.record((method, version.to_owned()), outcome, elapsed),
+        }
     }
 }
 
