@@ -40,6 +40,30 @@ async fn rest_api_matches_its_openapi_document() -> anyhow::Result<()> {
     let label = r["outputs"].as_array().and_then(|o| o.iter().find(|t| t["name"] == "label")).context("label")?;
     ensure!(label["int64Data"].as_array().is_some_and(|a| a.iter().all(Value::is_string)), "int64 as strings: {label}");
 
+    // Asking for one output: the model is run for that output alone, and each
+    // answer holds what its request asked for, whatever the previous one asked.
+    let want = reference_predict(&model, &ROW)?;
+    for output in ["label", "probabilities", "label", "probabilities"] {
+        let r: Value = http
+            .post(format!("{base}/predict?output={output}"))
+            .json(&json!({"data": ROW}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let got: Vec<f32> = serde_json::from_value(r["prediction"].clone())?;
+        assert_close(&got, &want[output]).with_context(|| format!("/predict?output={output}"))?;
+        let one = json!({"model": "iris", "inputs": body["inputs"], "outputs": [output]});
+        let r: Value =
+            http.post(format!("{base}/v1/predict")).json(&one).send().await?.error_for_status()?.json().await?;
+        let names: Vec<&str> =
+            r["outputs"].as_array().context("outputs")?.iter().filter_map(|t| t["name"].as_str()).collect();
+        ensure!(names == [output], "/v1/predict asked for {output}: {r}");
+    }
+    let r = http.post(format!("{base}/predict?output=nope")).json(&json!({"data": ROW})).send().await?;
+    ensure!(r.status() == 400, "an unknown output: {}", r.status());
+
     // The served document is the repository's, and valid.
     let served: Value = http.get(format!("{base}/openapi.json")).send().await?.json().await?;
     let file: Value =

@@ -9,7 +9,7 @@ use std::{
 
 use ::ort::{
     session::{
-        Session,
+        HasSelectedOutputs, OutputSelector, RunOptions, Session,
         builder::{GraphOptimizationLevel, PrepackedWeights, SessionBuilder},
     },
     value::{DynValue, PrimitiveTensorElementType, Tensor, TensorElementType, ValueType},
@@ -136,6 +136,7 @@ impl Runtime {
             session,
             signature: signature.clone(),
             all_outputs: Arc::clone(&all_outputs),
+            selected: None,
             _weights: Arc::clone(&mapped),
         };
         let mut runners = vec![runner(first)];
@@ -474,8 +475,34 @@ pub(super) struct OrtRunner {
     session: Session,
     signature: Signature,
     all_outputs: Arc<[String]>,
+    /// Run options asking for only some outputs, for the last such set asked:
+    /// an output not asked for is never wrapped, extracted or freed by the
+    /// caller. A REST `/predict` of the tiny model asks for one of its two
+    /// outputs. Built once per set: creating run options costs more than
+    /// the wrapping it saves.
+    selected: Option<(Vec<String>, RunOptions<HasSelectedOutputs>)>,
     /// The files the session's shared weights point into; dropped after it.
     _weights: Arc<Mapped>,
+}
+
+/// The run options selecting `outputs` (known, distinct, fewer than the
+/// session's `all` outputs), kept in `cache` for the next request asking the
+/// same; `None` when the session's default, every output, serves.
+fn selecting<'a>(
+    cache: &'a mut Option<(Vec<String>, RunOptions<HasSelectedOutputs>)>,
+    all: usize,
+    outputs: &[String],
+) -> Result<Option<&'a RunOptions<HasSelectedOutputs>>, ServeError> {
+    let distinct = || outputs.iter().enumerate().all(|(i, o)| !outputs[..i].contains(o));
+    if outputs.is_empty() || outputs.len() >= all || !distinct() {
+        return Ok(None);
+    }
+    if cache.as_ref().is_none_or(|(names, _)| names.as_slice() != outputs) {
+        let selector = outputs.iter().fold(OutputSelector::no_default(), |s, name| s.with(name));
+        let options = RunOptions::new().map_err(|e| ServeError::Model(e.to_string()))?;
+        *cache = Some((outputs.to_vec(), options.with_outputs(selector)));
+    }
+    Ok(cache.as_ref().map(|(_, options)| options))
 }
 
 impl Runner for OrtRunner {
@@ -495,9 +522,8 @@ impl Runner for OrtRunner {
             .map_err(|e| ServeError::InvalidArgument(format!("input {}: {e}", t.name)))?;
             values.push((t.name, v));
         }
-        let result = self.session.run(values).map_err(|e| ServeError::Model(e.to_string()))?;
         let wanted: &[String] = if outputs.is_empty() { &self.all_outputs } else { outputs };
-        let mut out = Vec::with_capacity(wanted.len());
+        let mut specs = Vec::with_capacity(wanted.len());
         for name in wanted {
             let s = self
                 .signature
@@ -505,10 +531,18 @@ impl Runner for OrtRunner {
                 .iter()
                 .find(|s| &s.name == name)
                 .ok_or_else(|| ServeError::InvalidArgument(format!("unknown output {name:?}")))?;
-            let v = result
-                .get(&s.name)
-                .ok_or_else(|| ServeError::Model(format!("the model produced no output {:?}", s.name)))?;
-            out.push(extract(&s.name, s.dtype, v)?);
+            specs.push((s.name.as_str(), s.dtype));
+        }
+        let result = match selecting(&mut self.selected, self.all_outputs.len(), outputs)? {
+            Some(options) => self.session.run_with_options(values, options),
+            None => self.session.run(values),
+        }
+        .map_err(|e| ServeError::Model(e.to_string()))?;
+        let mut out = Vec::with_capacity(specs.len());
+        for (name, dtype) in specs {
+            let v =
+                result.get(name).ok_or_else(|| ServeError::Model(format!("the model produced no output {name:?}")))?;
+            out.push(extract(name, dtype, v)?);
         }
         Ok(out)
     }
