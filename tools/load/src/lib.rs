@@ -65,6 +65,9 @@ pub struct Scenario {
     /// Sessions without ONNX Runtime's CPU arena and memory patterns, as
     /// Ferry's inline sessions (`ferry-inference`'s `engine::ort::for_small_tensors`).
     pub small_tensors: bool,
+    /// For `InProcess`: the outputs each call asks for (empty: all), as a
+    /// server asks for those its request names.
+    pub outputs: Vec<String>,
     /// The server's process, for CPU per 1k requests and RSS.
     pub server_pid: Option<u32>,
 }
@@ -677,9 +680,14 @@ pub fn in_process_call(
     input: &str,
     shape: [usize; 2],
     data: &[f32],
+    outputs: Option<&ort::session::RunOptions<ort::session::HasSelectedOutputs>>,
 ) -> Result<(), String> {
     let x = ort::value::Tensor::from_array((shape, data.to_vec())).map_err(|e| e.to_string())?;
-    session.run(ort::inputs![input => x]).map(drop).map_err(|e| e.to_string())
+    match outputs {
+        Some(options) => session.run_with_options(ort::inputs![input => x], options).map(drop),
+        None => session.run(ort::inputs![input => x]).map(drop),
+    }
+    .map_err(|e| e.to_string())
 }
 
 /// No CPU arena, no memory patterns: how Ferry builds the sessions of a model
@@ -732,26 +740,36 @@ fn in_process(s: &Scenario) -> anyhow::Result<Report> {
     let measure_from = Instant::now() + s.warmup;
     let end = measure_from + s.duration;
     let data = rows(s.width, s.batch);
-    let threads: Vec<_> = sessions
+    // Run options asking for `outputs` alone, built once per session as a
+    // server keeps them: the call is what is measured.
+    let select = || -> anyhow::Result<_> {
+        if s.outputs.is_empty() {
+            return Ok(None);
+        }
+        let selector = s.outputs.iter().fold(ort::session::OutputSelector::no_default(), |sel, name| sel.with(name));
+        Ok(Some(ort::session::RunOptions::new().map_err(ort_err)?.with_outputs(selector)))
+    };
+    let threads = sessions
         .into_iter()
         .map(|mut session| {
             let (data, input, batch, width) = (data.clone(), s.input.clone(), s.batch, s.width);
-            std::thread::spawn(move || {
+            let selected = select()?;
+            Ok(std::thread::spawn(move || {
                 let mut t = Tally::default();
                 loop {
                     let started = Instant::now();
                     if started >= end {
                         break;
                     }
-                    let r = in_process_call(&mut session, &input, [batch, width], &data);
+                    let r = in_process_call(&mut session, &input, [batch, width], &data, selected.as_ref());
                     if started >= measure_from {
                         t.add(started, measure_from, r);
                     }
                 }
                 t
-            })
+            }))
         })
-        .collect();
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut all = Tally::default();
     for t in threads {
         all.merge(t.join().map_err(|_| anyhow::anyhow!("a worker thread panicked"))?);
@@ -861,6 +879,7 @@ mod tests {
             ort_library: None,
             intra_threads: 1,
             small_tensors: false,
+            outputs: Vec::new(),
             server_pid: None,
         }
     }

@@ -66,6 +66,10 @@ struct Args {
     /// no CPU memory arena, no memory patterns.
     #[arg(long)]
     small_tensors: bool,
+    /// In process: an output each call asks for (repeat for more; none: all
+    /// of them), as a server asks for those its request names.
+    #[arg(long = "output")]
+    outputs: Vec<String>,
     /// The server's pid, for CPU per 1k requests and RSS.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -129,6 +133,7 @@ fn main() -> anyhow::Result<()> {
             ort_library: a.ort_library.clone(),
             intra_threads: a.intra_threads,
             small_tensors: a.small_tensors,
+            outputs: a.outputs.clone(),
             server_pid: a.server_pid,
         };
         let r = rt.block_on(ferry_load::run(&s))?;

@@ -144,6 +144,7 @@ impl Suite {
             ort_library: Some(self.ort.clone()),
             intra_threads: 1,
             small_tensors: false,
+            outputs: Vec::new(),
             server_pid: None,
         }
     }
