@@ -5,3 +5,4 @@
 pub(crate) mod mlflow;
 pub(crate) mod oip;
 pub(crate) mod pb;
+pub(crate) mod row;

@@ -15,7 +15,10 @@ use ferry_proto::inference::v1 as pb;
 
 use super::{AppState, Call, error::ApiError};
 use crate::{
-    codec::pb::{dtype_to_pb, from_pb},
+    codec::{
+        self,
+        pb::{dtype_to_pb, from_pb},
+    },
     error::ServeError,
     serving::{Method, PredictInput},
     tensor::{DType, NamedTensor, TensorData},
@@ -63,11 +66,6 @@ impl PredictQuery {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct PredictBody {
-    data: Vec<f64>,
-}
-
 /// `POST /predict {"data":[...]}` → `{"modelVersion","prediction"}`: one row of
 /// numbers into the model's single input, one output back (flattened).
 #[tracing::instrument(target = "ferry::request", level = "debug", name = "http.predict", skip_all, fields(model))]
@@ -75,9 +73,8 @@ pub(super) async fn predict(State(st): State<AppState>, call: Call) -> Result<Re
     let Call { headers, uri, body } = call;
     let bad = |m: String| ApiError(ServeError::InvalidArgument(m));
     let q = PredictQuery::parse(uri.query()).map_err(bad)?;
-    let body: PredictBody =
-        serde_json::from_slice(&body).map_err(|e| bad(format!("body must be {{\"data\": [numbers...]}}: {e}")))?;
-    if body.data.is_empty() {
+    let row = codec::row::read(&body).map_err(|e| bad(format!("body must be {{\"data\": [numbers...]}}: {e}")))?;
+    if row.is_empty() {
         return Err(bad("\"data\" must hold at least one number".into()));
     }
     let model = q.model.unwrap_or_else(|| st.models.default_name().to_owned());
@@ -91,15 +88,15 @@ pub(super) async fn predict(State(st): State<AppState>, call: Call) -> Result<Re
             sig.inputs.len()
         )));
     };
-    let n = body.data.len() as i64;
+    let n = row.len() as i64;
     let shape = match input.shape.len() {
         1 => vec![n],
         2 => vec![1, n],
         r => return Err(bad(format!("input {:?} has rank {r}; /predict sends one row (rank 1 or 2)", input.name))),
     };
     let data = match input.dtype {
-        DType::F32 => TensorData::F32(body.data.iter().map(|&x| x as f32).collect()),
-        DType::F64 => TensorData::F64(body.data),
+        DType::F32 => TensorData::F32(row.iter().map(|&x| x as f32).collect()),
+        DType::F64 => TensorData::F64(row),
         other @ (DType::I32 | DType::I64 | DType::Bool | DType::Str) => {
             return Err(bad(format!("input {:?} is {}; /predict sends numbers", input.name, other.name())));
         }
