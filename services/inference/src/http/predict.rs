@@ -6,9 +6,10 @@ use std::borrow::Cow;
 use axum::{
     Json,
     extract::State,
+    http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use ferry_proto::inference::v1 as pb;
@@ -114,19 +115,11 @@ pub(super) async fn predict(State(st): State<AppState>, call: Call) -> Result<Re
         Err(e) => return Ok(super::with_variant(ApiError(e).into_response(), variant.as_deref())),
     };
     let prediction = p.outputs.into_iter().next().map_or(TensorData::F32(Vec::new()), |t| t.data);
-    let variant = p.variant.as_deref().map(str::to_owned);
-    let resp = Json(PredictReply { model_version: p.version, variant: variant.clone(), prediction }).into_response();
-    Ok(super::with_variant(resp, variant.as_deref()))
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct PredictReply {
-    model_version: String,
-    /// The variant that served, when the model has a traffic policy.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    variant: Option<String>,
-    prediction: TensorData,
+    let variant = p.variant.as_deref();
+    let json = codec::row::reply(&p.version, variant, &prediction)
+        .map_err(|e| ApiError(ServeError::Internal(format!("writing the reply: {e}"))))?;
+    let resp = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response();
+    Ok(super::with_variant(resp, variant))
 }
 
 /// An int64 in the protobuf JSON mapping: a string, or (leniently) a number.
