@@ -136,7 +136,7 @@ impl Runtime {
             session,
             signature: signature.clone(),
             all_outputs: Arc::clone(&all_outputs),
-            selected: None,
+            selected: Vec::new(),
             _weights: Arc::clone(&mapped),
         };
         let mut runners = vec![runner(first)];
@@ -475,21 +475,24 @@ pub(super) struct OrtRunner {
     session: Session,
     signature: Signature,
     all_outputs: Arc<[String]>,
-    /// Run options asking for only some outputs, for the last such set asked:
-    /// an output not asked for is never wrapped, extracted or freed by the
-    /// caller. A REST `/predict` of the tiny model asks for one of its two
-    /// outputs. Built once per set: creating run options costs more than
-    /// the wrapping it saves.
-    selected: Option<(Vec<String>, RunOptions<HasSelectedOutputs>)>,
+    /// Run options asking for only some outputs, one per set of outputs
+    /// asked for (the last [`SELECTIONS`] sets): an output not asked for is
+    /// never made into a value, extracted or freed. A REST `/predict` of the
+    /// tiny model asks for one of its two outputs.
+    selected: Vec<(Vec<String>, RunOptions<HasSelectedOutputs>)>,
     /// The files the session's shared weights point into; dropped after it.
     _weights: Arc<Mapped>,
 }
 
+/// Sets of outputs a runner keeps run options for.
+const SELECTIONS: usize = 4;
+
 /// The run options selecting `outputs` (known, distinct, fewer than the
-/// session's `all` outputs), kept in `cache` for the next request asking the
-/// same; `None` when the session's default, every output, serves.
+/// session's `all` outputs), from `cache` or made and kept there (in place of
+/// the oldest when it is full); `None` when the session's default, every
+/// output, serves.
 fn selecting<'a>(
-    cache: &'a mut Option<(Vec<String>, RunOptions<HasSelectedOutputs>)>,
+    cache: &'a mut Vec<(Vec<String>, RunOptions<HasSelectedOutputs>)>,
     all: usize,
     outputs: &[String],
 ) -> Result<Option<&'a RunOptions<HasSelectedOutputs>>, ServeError> {
@@ -497,12 +500,19 @@ fn selecting<'a>(
     if outputs.is_empty() || outputs.len() >= all || !distinct() {
         return Ok(None);
     }
-    if cache.as_ref().is_none_or(|(names, _)| names.as_slice() != outputs) {
-        let selector = outputs.iter().fold(OutputSelector::no_default(), |s, name| s.with(name));
-        let options = RunOptions::new().map_err(|e| ServeError::Model(e.to_string()))?;
-        *cache = Some((outputs.to_vec(), options.with_outputs(selector)));
-    }
-    Ok(cache.as_ref().map(|(_, options)| options))
+    let at = match cache.iter().position(|(names, _)| names.as_slice() == outputs) {
+        Some(at) => at,
+        None => {
+            let selector = outputs.iter().fold(OutputSelector::no_default(), |s, name| s.with(name));
+            let options = RunOptions::new().map_err(|e| ServeError::Model(e.to_string()))?;
+            if cache.len() == SELECTIONS {
+                cache.remove(0);
+            }
+            cache.push((outputs.to_vec(), options.with_outputs(selector)));
+            cache.len() - 1
+        }
+    };
+    Ok(cache.get(at).map(|(_, options)| options))
 }
 
 impl Runner for OrtRunner {
