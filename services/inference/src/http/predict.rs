@@ -39,6 +39,9 @@ impl PredictQuery {
     /// `form_urlencoded`'s copies.
     pub(super) fn parse(raw: Option<&str>) -> Result<Self, String> {
         let raw = raw.unwrap_or_default();
+        if raw.is_empty() {
+            return Ok(Self::default());
+        }
         if raw.bytes().any(|b| b == b'%' || b == b'+') {
             Self::from_pairs(form_urlencoded::parse(raw.as_bytes()))
         } else {
@@ -78,10 +81,10 @@ pub(super) async fn predict(State(st): State<AppState>, call: Call) -> Result<Re
     if row.is_empty() {
         return Err(bad("\"data\" must hold at least one number".into()));
     }
-    let model = q.model.unwrap_or_else(|| st.models.default_name().to_owned());
-    tracing::Span::current().record("model", model.as_str());
+    let model = q.model.as_deref().unwrap_or_else(|| st.models.default_name());
+    tracing::Span::current().record("model", model);
     // One lookup: the version whose signature shapes the row runs it.
-    let lease = st.models.acquire(&model, None, Method::RestPredict, &headers)?;
+    let lease = st.models.acquire(model, None, Method::RestPredict, &headers)?;
     let sig = lease.signature();
     let [input] = sig.inputs.as_slice() else {
         return Err(bad(format!(
