@@ -7,9 +7,10 @@
 //! always did. Why: serde_json spent ~1.9k instructions on a four-number row
 //! of the tiny model's request, most of them ~400 per number (callgrind,
 //! BENCHMARKS.md); the hand-read path takes a number's digits by the JSON
-//! grammar and the standard library's correctly rounded parse. (serde_json's
-//! default parse is not always correctly rounded: a long or large-exponent
-//! number may come out one unit in the last place off, as `-1.5e93` does.)
+//! grammar and its value by Clinger's fast path, or else the standard
+//! library's parse, both correctly rounded. (serde_json's default parse is
+//! not always: a long or large-exponent number may come out one unit in the
+//! last place off, as `-1.5e93` does.)
 
 use serde::Deserialize;
 
