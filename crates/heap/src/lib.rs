@@ -40,6 +40,31 @@ fn natural(size: usize, align: usize) -> bool {
     align <= NATURAL_ALIGN && size.is_multiple_of(align)
 }
 
+/// A new block for `layout` from the entry point its size and alignment
+/// call for: the C allocator's (`system`) from [`LARGE`] up, mimalloc's
+/// plain one (`plain`) where [`natural`] holds, its aligned one otherwise.
+///
+/// # Safety
+/// `layout`'s size is non-zero, as `GlobalAlloc::alloc` requires.
+#[inline(always)]
+unsafe fn route(
+    layout: Layout,
+    system: impl FnOnce(Layout) -> *mut u8,
+    plain: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    let (size, align) = (layout.size(), layout.align());
+    if size >= LARGE {
+        system(layout)
+    } else if natural(size, align) {
+        // SAFETY: a non-zero size (the caller's guarantee).
+        unsafe { plain(size).cast() }
+    } else {
+        // SAFETY: as above; `align` is a power of two (a `Layout`'s).
+        unsafe { aligned(size, align).cast() }
+    }
+}
+
 /// The heap (module docs).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Heap;
@@ -53,32 +78,14 @@ pub struct Heap;
 unsafe impl GlobalAlloc for Heap {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
         // SAFETY: forwarded with the caller's guarantees (`size` non-zero).
-        unsafe {
-            if size >= LARGE {
-                System.alloc(layout)
-            } else if natural(size, align) {
-                mi::mi_malloc(size).cast()
-            } else {
-                mi::mi_malloc_aligned(size, align).cast()
-            }
-        }
+        unsafe { route(layout, |l| System.alloc(l), mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let (size, align) = (layout.size(), layout.align());
         // SAFETY: as for alloc.
-        unsafe {
-            if size >= LARGE {
-                System.alloc_zeroed(layout)
-            } else if natural(size, align) {
-                mi::mi_zalloc(size).cast()
-            } else {
-                mi::mi_zalloc_aligned(size, align).cast()
-            }
-        }
+        unsafe { route(layout, |l| System.alloc_zeroed(l), mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     #[inline]

@@ -487,10 +487,11 @@ pub(super) struct OrtRunner {
 /// Sets of outputs a runner keeps run options for.
 const SELECTIONS: usize = 4;
 
-/// The run options selecting `outputs` (known, distinct, fewer than the
-/// session's `all` outputs), from `cache` or made and kept there (in place of
-/// the oldest when it is full); `None` when the session's default, every
-/// output, serves.
+/// The run options selecting `outputs` (distinct, fewer than the session's
+/// `all` outputs; their names were checked against the signature before the
+/// request was queued, in `tensor::validate`), from `cache` or made and kept
+/// there (in place of the oldest when it is full); `None` when the session's
+/// default, every output, serves.
 fn selecting<'a>(
     cache: &'a mut Vec<(Vec<String>, RunOptions<HasSelectedOutputs>)>,
     all: usize,
@@ -532,8 +533,13 @@ impl Runner for OrtRunner {
             .map_err(|e| ServeError::InvalidArgument(format!("input {}: {e}", t.name)))?;
             values.push((t.name, v));
         }
+        let result = match selecting(&mut self.selected, self.all_outputs.len(), outputs)? {
+            Some(options) => self.session.run_with_options(values, options),
+            None => self.session.run(values),
+        }
+        .map_err(|e| ServeError::Model(e.to_string()))?;
         let wanted: &[String] = if outputs.is_empty() { &self.all_outputs } else { outputs };
-        let mut specs = Vec::with_capacity(wanted.len());
+        let mut out = Vec::with_capacity(wanted.len());
         for name in wanted {
             let s = self
                 .signature
@@ -541,18 +547,10 @@ impl Runner for OrtRunner {
                 .iter()
                 .find(|s| &s.name == name)
                 .ok_or_else(|| ServeError::InvalidArgument(format!("unknown output {name:?}")))?;
-            specs.push((s.name.as_str(), s.dtype));
-        }
-        let result = match selecting(&mut self.selected, self.all_outputs.len(), outputs)? {
-            Some(options) => self.session.run_with_options(values, options),
-            None => self.session.run(values),
-        }
-        .map_err(|e| ServeError::Model(e.to_string()))?;
-        let mut out = Vec::with_capacity(specs.len());
-        for (name, dtype) in specs {
-            let v =
-                result.get(name).ok_or_else(|| ServeError::Model(format!("the model produced no output {name:?}")))?;
-            out.push(extract(name, dtype, v)?);
+            let v = result
+                .get(&s.name)
+                .ok_or_else(|| ServeError::Model(format!("the model produced no output {:?}", s.name)))?;
+            out.push(extract(&s.name, s.dtype, v)?);
         }
         Ok(out)
     }
