@@ -9,8 +9,9 @@ use ferry_proto::inference::v1::{
 use tonic::{Request, Response, Status};
 
 use super::{
-    Handled, handled,
-    status::{deadline, status},
+    Handled,
+    error::{deadline, status},
+    handled,
 };
 
 use crate::{

@@ -1,12 +1,12 @@
 //! The gRPC side: `ferry.inference.v1.Inference` and the Open Inference
 //! Protocol's `GrpcInferenceService`, one file each, mirroring `http/`.
-//! Errors are mapped to codes once, in `status.rs`.
+//! Errors are mapped to codes once, in `error.rs`.
 
+mod error;
 #[cfg(test)]
 mod hostile_tests;
 pub(crate) mod inference;
 pub(crate) mod oip;
-mod status;
 #[cfg(test)]
 mod tests;
 
@@ -109,7 +109,7 @@ where
         if !self.keys.is_open() {
             let header = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok());
             if let Err(e) = self.keys.check(header("authorization"), header("x-api-key")) {
-                return Either::Right(std::future::ready(Ok(status::status(e).into_http())));
+                return Either::Right(std::future::ready(Ok(error::status(e).into_http())));
             }
         }
         Either::Left(self.inner.call(req))

@@ -13,8 +13,9 @@ use ferry_proto::oip::{
 use tonic::{Request, Response, Status};
 
 use super::{
-    Handled, handled,
-    status::{deadline, status},
+    Handled,
+    error::{deadline, status},
+    handled,
 };
 use crate::{
     codec::oip as common,

@@ -7,16 +7,16 @@ mod console;
 mod error;
 #[cfg(test)]
 mod hostile_tests;
+mod inference;
 mod mlflow;
 mod oip;
-mod predict;
 #[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
 
 use axum::{
-    Json, Router,
+    Router,
     body::Bytes,
     extract::{FromRef, FromRequest, Request, State},
     http::{HeaderMap, StatusCode, Uri, header},
@@ -98,11 +98,11 @@ impl FromRequest<AppState> for Call {
 
 pub(crate) fn router(models: Arc<Models>, rest_output: Option<String>, max_request_bytes: usize) -> Router {
     Router::new()
-        .route("/predict", post(predict::predict))
-        .route("/v1/predict", post(predict::predict_json))
+        .route("/predict", post(inference::predict))
+        .route("/v1/predict", post(inference::predict_json))
         .route("/invocations", post(mlflow::invocations))
         .route("/openapi.json", get(openapi))
-        .route("/v1/models", get(list_models))
+        .route("/v1/models", get(inference::list_models))
         .route("/console", get(console::page))
         .route("/v1/console/state", get(console::state))
         .route("/v1/console/events", get(console::events))
@@ -146,13 +146,8 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], include_str!("../../openapi.json"))
 }
 
-async fn list_models(State(st): State<AppState>) -> Json<Value> {
-    let models: Vec<Value> = st.models.slots().map(|s| model_json(&s.status())).collect();
-    Json(json!({ "models": models }))
-}
-
 /// One model as `/v1/models` (and the console) show it.
-fn model_json(s: &crate::serving::SlotStatus) -> Value {
+pub(super) fn model_json(s: &crate::serving::SlotStatus) -> Value {
     let variants: Vec<Value> = s
         .variants
         .iter()

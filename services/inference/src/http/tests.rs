@@ -267,7 +267,7 @@ async fn model_listing_shows_each_state() {
 
 #[test]
 fn a_query_with_nothing_to_decode_reads_as_form_urlencoded_reads_it() {
-    use super::predict::PredictQuery;
+    use super::inference::PredictQuery;
     for q in [
         "",
         "model=iris",

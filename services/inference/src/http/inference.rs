@@ -1,5 +1,7 @@
-//! REST for browsers and BFFs: `POST /predict` (one row in, one output out)
-//! and `POST /v1/predict` (the protobuf JSON mapping of `Predict`).
+//! `ferry.inference.v1` over HTTP, as `grpc/inference.rs` serves it over
+//! gRPC: `POST /predict` for browsers and BFFs (one row in, one output out),
+//! `POST /v1/predict` (the protobuf JSON mapping of `Predict`) and
+//! `GET /v1/models`.
 
 use std::borrow::Cow;
 
@@ -238,4 +240,10 @@ pub(super) async fn predict_json(State(st): State<AppState>, call: Call) -> Resu
         body["variant"] = json!(v.as_ref());
     }
     Ok(super::with_variant(Json(body).into_response(), p.variant.as_deref()))
+}
+
+/// `GET /v1/models`: every model's state, as `ListModels` gives it over gRPC.
+pub(super) async fn list_models(State(st): State<AppState>) -> Json<Value> {
+    let models: Vec<Value> = st.models.slots().map(|s| super::model_json(&s.status())).collect();
+    Json(json!({ "models": models }))
 }
