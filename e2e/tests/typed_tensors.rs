@@ -91,6 +91,11 @@ async fn typed_tensors_validation_and_limits() -> anyhow::Result<()> {
     ensure!(out("d2").bool_data == vec![false, true, false], "{resp:?}");
     ensure!(out("s2").string_data == vec!["héllo".to_owned(), String::new(), "ferry".to_owned()], "{resp:?}");
     ensure!(out("s2").dtype() == DataType::String, "{resp:?}");
+    // Inputs in any order: the session is handed them in the model's own.
+    let mut reversed = request();
+    reversed.inputs.reverse();
+    let again = c.predict(reversed).await?.into_inner();
+    ensure!(again.outputs == resp.outputs, "reversed inputs: {again:?}");
 
     // The same through the Open Inference Protocol with typed contents (BYTES, BOOL, INT32 ...).
     let mut oipc = GrpcInferenceServiceClient::connect(inference.grpc.clone()).await?;
