@@ -141,7 +141,7 @@ pub(crate) async fn section(
         return Ok(());
     }
     let bodies = suite.bodies(&models, "h2load", "grpc", |m| Ok(body(m)))?;
-    let floor = format!("http://{}", ferry_load::floor::spawn_grpc()?);
+    let (_floor, floor) = crate::floor_server(suite, "grpc", &[]).await?;
     let inf = wrk::ferry(suite, &[], mlflow, registry).await?;
     let before = errors(&inf.metrics, &models).await?;
     let secs = suite.args.round_duration;

@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use ferry_e2e::{Proc, bin_dir, start_inference_under, wait_for, wait_serving};
+use ferry_e2e::{Proc, bin_dir, start_inference_under, wait_serving};
 use ferry_load::{Scenario, Target};
 
 use crate::{Model, Suite, load};
@@ -86,15 +86,7 @@ fn summary(file: &Path) -> anyhow::Result<u64> {
 /// A floor server (`ferry-load --serve-floor`) under callgrind, and its address.
 async fn floor(suite: &Suite, kind: &str) -> anyhow::Result<(Counted, String)> {
     let out = suite.dir.join(format!("callgrind-floor-{kind}.out"));
-    let mut cmd = ferry_load_counted(&out, &[]);
-    cmd.args(["--serve-floor", kind]);
-    let proc = Proc::spawn(&format!("floor-{kind}"), &mut cmd, &suite.dir)?;
-    let log = proc.log.clone();
-    let addr = wait_for("the floor's address", Duration::from_secs(60), || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        async move { Ok(text.lines().find(|l| l.starts_with("127.0.0.1:")).map(|a| format!("http://{a}"))) }
-    })
-    .await?;
+    let (proc, addr) = crate::floor_server(suite, kind, &callgrind(&out)).await?;
     Ok((Counted { proc, out, dumps: 0 }, addr))
 }
 

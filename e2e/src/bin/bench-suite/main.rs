@@ -38,8 +38,8 @@ use std::{
 use anyhow::{Context, bail};
 use clap::Parser;
 use ferry_e2e::{
-    Inference, Mlflow, MlflowOptions, Proc, free_port, make_mlp, ort_library, promote, register_dir, register_file,
-    save_with_external_data, start_inference, start_registry, train_iris, wait_for, wait_serving,
+    Inference, Mlflow, MlflowOptions, Proc, bin_dir, free_port, make_mlp, ort_library, promote, register_dir,
+    register_file, save_with_external_data, start_inference, start_registry, train_iris, wait_for, wait_serving,
 };
 use ferry_load::{Report, Scenario, Target};
 use ferry_proto::registry::v1::model_registry_client::ModelRegistryClient;
@@ -107,9 +107,58 @@ async fn register(client: &mut ModelRegistryClient<Channel>, name: &str, path: &
     Ok(())
 }
 
+/// Puts process (or thread) `id` on `cores` (taskset's list syntax): every
+/// thread of it with `all`.
+fn affinity(id: &str, cores: &str, all: bool) -> anyhow::Result<()> {
+    let mut cmd = Command::new("taskset");
+    if all {
+        cmd.arg("-a");
+    }
+    let o = cmd.args(["-p", "-c", cores, id]).output().context("running taskset")?;
+    if !o.status.success() {
+        bail!("taskset -p -c {cores} {id}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(())
+}
+
+/// A do-nothing floor (`ferry-load --serve-floor KIND`: `http`, `axum` or
+/// `grpc`), run under `wrapper` (`valgrind …`, `taskset …`, or nothing), and
+/// its URL: a process of its own on Ferry's heap, as the servers it stands
+/// beside are, not threads of this process beside the generator.
+async fn floor_server(suite: &Suite, kind: &str, wrapper: &[String]) -> anyhow::Result<(Proc, String)> {
+    let exe = bin_dir().join("ferry-load");
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    cmd.args(["--serve-floor", kind]);
+    let proc = Proc::spawn(&format!("floor-{kind}"), &mut cmd, &suite.dir)?;
+    let addr = wait_for("the floor's address", Duration::from_secs(60), || {
+        let own = proc.own_log();
+        async move { Ok(own.lines().find(|l| l.starts_with("127.0.0.1:")).map(|a| format!("http://{a}"))) }
+    })
+    .await?;
+    Ok((proc, addr))
+}
+
 /// Runs one load scenario on its own thread and single-threaded runtime.
 fn load(s: Scenario) -> anyhow::Result<Report> {
+    load_on(s, None)
+}
+
+/// [`load`], its thread on `core` when given.
+fn load_on(s: Scenario, core: Option<usize>) -> anyhow::Result<Report> {
     std::thread::spawn(move || {
+        if let Some(core) = core {
+            // "PID/task/TID": this thread alone, not the whole process.
+            let me = std::fs::read_link("/proc/thread-self")?;
+            let tid = me.file_name().context("no thread id")?.to_string_lossy().into_owned();
+            affinity(&tid, &core.to_string(), false)?;
+        }
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(ferry_load::run(&s))
     })
@@ -372,9 +421,19 @@ async fn main() -> anyhow::Result<()> {
         let mut inf = start_ferry(vec![]).await?;
         let gw = suite.gateway(&tiny, None, &[])?;
         let gw_medium = suite.gateway(&medium, None, &[])?;
-        let floor = format!("http://{}", ferry_load::floor::spawn()?);
-        let grpc_floor = format!("http://{}", ferry_load::floor::spawn_grpc()?);
-        let axum_floor = format!("http://{}", ferry_load::floor::spawn_axum()?);
+        // The one-caller points run with every server on core 1 and the
+        // caller on core 0: where the kernel wakes a lone request's server
+        // otherwise decides its latency (on this 2-vCPU VM an answer on the
+        // caller's core came ~50 µs sooner, and whether it did moved from
+        // round to round: axum doing nothing 6 or 53–63 µs ahead of Ferry).
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let pin = (cores >= 2).then_some(());
+        let on_core_1: Vec<String> =
+            if pin.is_some() { ["taskset", "-c", "1"].map(str::to_owned).to_vec() } else { Vec::new() };
+        let (_http, floor) = floor_server(&suite, "http", &on_core_1).await?;
+        let (_grpc, grpc_floor) = floor_server(&suite, "grpc", &on_core_1).await?;
+        let (_axum, axum_floor) = floor_server(&suite, "axum", &on_core_1).await?;
+        let ferry_pid = inf.proc.pid().to_string();
         let (_, best_b, best_c, best_intra) = best_medium;
         let rounds = suite.args.rounds.max(1);
         let mut rows: Vec<(&str, &str, Vec<f64>)> = vec![
@@ -423,12 +482,21 @@ async fn main() -> anyhow::Result<()> {
             let batched = load(short(suite.scenario(Target::Oip, &inf.grpc, &medium, 32, 64), None))?;
             let after = ceiling()?;
             rows[3].2.push(batched.inferences_per_s / ((before + after) / 2.0));
+            let caller = pin.map(|()| 0);
             let mut s = short(suite.scenario(Target::InProcess, "", &tiny, 1, 1), None);
             s.intra_threads = 1;
-            let alone = load(s)?.p50_us;
-            let c1 = |target, url: &str| load(short(suite.scenario(target, url, &tiny, 1, 1), None)).map(|r| r.p50_us);
+            let alone = load_on(s, caller)?.p50_us;
+            let c1 = |target, url: &str| {
+                load_on(short(suite.scenario(target, url, &tiny, 1, 1), None), caller).map(|r| r.p50_us)
+            };
+            if pin.is_some() {
+                affinity(&ferry_pid, "1", true)?;
+            }
             let (grpc, oip, rest) =
                 (c1(Target::Grpc, &inf.grpc)?, c1(Target::Oip, &inf.grpc)?, c1(Target::Rest, &inf.http)?);
+            if pin.is_some() {
+                affinity(&ferry_pid, &format!("0-{}", cores - 1), true)?;
+            }
             let (grpc_floor, http_floor, axum_floor) =
                 (c1(Target::Grpc, &grpc_floor)?, c1(Target::Rest, &floor)?, c1(Target::Rest, &axum_floor)?);
             for (i, v) in [
@@ -465,6 +533,9 @@ async fn main() -> anyhow::Result<()> {
             v.sort_by(f64::total_cmp);
             let median = v[v.len() / 2];
             suite.line(&format!("| {what} | {target} | {} | **{median:.2}** |", cells.join(" | ")));
+        }
+        if pin.is_some() {
+            suite.line("- c=1 rows: every server (Ferry, the floors) pinned to core 1 and the caller to core 0 for them (taskset).");
         }
         for (mut p, _) in gw.into_iter().chain(gw_medium) {
             p.terminate(Duration::from_secs(5))?;

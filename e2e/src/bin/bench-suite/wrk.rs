@@ -174,7 +174,7 @@ pub(crate) async fn section(
         let row: Vec<f32> = (0..m.width).map(|j| (j % 7) as f32 / 7.0 + 0.1).collect();
         Ok(serde_json::to_vec(&serde_json::json!({ "data": row }))?)
     })?;
-    let floor = format!("http://{}", ferry_load::floor::spawn()?);
+    let (_floor, floor) = crate::floor_server(suite, "http", &[]).await?;
     let inf = ferry(suite, &[], mlflow, registry).await?;
     let pid = inf.proc.pid();
     let secs = suite.args.round_duration;
