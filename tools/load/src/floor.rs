@@ -38,9 +38,8 @@ pub fn spawn_grpc() -> std::io::Result<SocketAddr> {
         // not these: without this, answers sat in Nagle's buffer behind the
         // caller's delayed ACK (p99 42 ms at c=64, and fewer requests per second
         // than Ferry's, whose listener sets it).
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-            conn.inspect(|tcp| drop(tcp.set_nodelay(true)))
-        });
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
+            .map(|conn| conn.inspect(|tcp| drop(tcp.set_nodelay(true))));
         let _ = tonic::transport::Server::builder()
             .add_service(pb::inference_server::InferenceServer::new(Nothing))
             .serve_with_incoming(incoming)

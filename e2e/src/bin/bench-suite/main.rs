@@ -427,9 +427,8 @@ async fn main() -> anyhow::Result<()> {
         // caller's core came ~50 µs sooner, and whether it did moved from
         // round to round: axum doing nothing 6 or 53–63 µs ahead of Ferry).
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let pin = (cores >= 2).then_some(());
-        let on_core_1: Vec<String> =
-            if pin.is_some() { ["taskset", "-c", "1"].map(str::to_owned).to_vec() } else { Vec::new() };
+        let pin = cores >= 2;
+        let on_core_1: Vec<String> = if pin { ["taskset", "-c", "1"].map(str::to_owned).to_vec() } else { Vec::new() };
         let (_http, floor) = floor_server(&suite, "http", &on_core_1).await?;
         let (_grpc, grpc_floor) = floor_server(&suite, "grpc", &on_core_1).await?;
         let (_axum, axum_floor) = floor_server(&suite, "axum", &on_core_1).await?;
@@ -482,19 +481,19 @@ async fn main() -> anyhow::Result<()> {
             let batched = load(short(suite.scenario(Target::Oip, &inf.grpc, &medium, 32, 64), None))?;
             let after = ceiling()?;
             rows[3].2.push(batched.inferences_per_s / ((before + after) / 2.0));
-            let caller = pin.map(|()| 0);
+            let caller = pin.then_some(0);
             let mut s = short(suite.scenario(Target::InProcess, "", &tiny, 1, 1), None);
             s.intra_threads = 1;
             let alone = load_on(s, caller)?.p50_us;
             let c1 = |target, url: &str| {
                 load_on(short(suite.scenario(target, url, &tiny, 1, 1), None), caller).map(|r| r.p50_us)
             };
-            if pin.is_some() {
+            if pin {
                 affinity(&ferry_pid, "1", true)?;
             }
             let (grpc, oip, rest) =
                 (c1(Target::Grpc, &inf.grpc)?, c1(Target::Oip, &inf.grpc)?, c1(Target::Rest, &inf.http)?);
-            if pin.is_some() {
+            if pin {
                 affinity(&ferry_pid, &format!("0-{}", cores - 1), true)?;
             }
             let (grpc_floor, http_floor, axum_floor) =
@@ -534,7 +533,7 @@ async fn main() -> anyhow::Result<()> {
             let median = v[v.len() / 2];
             suite.line(&format!("| {what} | {target} | {} | **{median:.2}** |", cells.join(" | ")));
         }
-        if pin.is_some() {
+        if pin {
             suite.line("- c=1 rows: every server (Ferry, the floors) pinned to core 1 and the caller to core 0 for them (taskset).");
         }
         for (mut p, _) in gw.into_iter().chain(gw_medium) {
