@@ -117,7 +117,7 @@ pub(crate) async fn section(
         };
         let errors: u64 = on_one.iter().chain(&on_all).map(|r| r.errors).sum();
         suite.line(&format!(
-            "| {} | {count} | {:.1} s | {:.1} s | {rss_one:.0} / {rss_all:.0} MiB | {:.2} MiB | {rate:.0} | {} / {} | {} / {} | {errors} |",
+            "| {} | {count} | {:.1} s | {:.1} s | {rss_one:.1} / {rss_all:.0} MiB | {:.2} MiB | {rate:.0} | {} / {} | {} / {} | {errors} |",
             m.name,
             ready.as_secs_f64(),
             restart.as_secs_f64(),
