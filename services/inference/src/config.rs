@@ -95,13 +95,13 @@ pub struct Config {
     #[arg(long, env = "FERRY_INLINE_BELOW_US", default_value_t = 50)]
     pub inline_below_us: u64,
     /// Let ONNX Runtime's pool threads spin a while before they sleep (only a
-    /// session with more than one intra-op thread has a pool). With spinning a
-    /// lone request gets every core; without, waking the pool for each step
-    /// of the graph cost more than it saved (a 2-thread session ran a batch-1
-    /// MLP no faster than 1 thread), but spinning threads compete with other
-    /// work: turn it off under a CPU quota (BENCHMARKS.md, threads). Unset:
-    /// on while the process serves no more models than it has cores, off
-    /// beyond, where the models' pools would spin against each other.
+    /// session with more than one intra-op thread has a pool). Spinning
+    /// serves a lone caller faster (the medium MLP 4-29 %), but spinning
+    /// threads compete with other work: 4-18 % of throughput at 64 callers,
+    /// 17-54 % with another process busy on the same cores; turn it off under
+    /// a CPU quota or on shared cores (BENCHMARKS.md, threads). Unset: on
+    /// while the process serves no more models than it has cores, off beyond,
+    /// where the models' pools would spin against each other.
     #[arg(long, env = "FERRY_ORT_SPINNING", action = clap::ArgAction::Set)]
     pub ort_spinning: Option<bool>,
     /// Leave ONNX Runtime's own telemetry on. Its recent official Linux builds (1.31
