@@ -8,7 +8,13 @@
 //! few model calls as stack and hands out the results. No timer is involved.
 //! Yielding costs a lone request tens of microseconds (the runtime looks for
 //! work on its other threads and polls I/O first), so a leader yields only
-//! while the previous leader found company, or to probe every eighth time.
+//! while the previous leader found company, or to probe for it: every
+//! eighth lead after a probe that found company, half as often after each
+//! that found none, down to once in 32 leads. Against a probe every eighth
+//! lead (wrk, tiny model, one core, 4 rounds): 5-13 % more requests per
+//! second at 4 callers, where probes that find nobody were the cost, the
+//! same at 1, 16 and 64; a cap of 256 lost 2-3 % at 16 callers, where
+//! company comes and goes (BENCHMARKS.md).
 //! A request that would lead alone without yielding runs at once, without a
 //! job, a channel or the pending list (`run_alone`).
 
@@ -26,8 +32,10 @@ use crate::{error::ServeError, tensor::NamedTensor};
 /// Most rows of one inline call: the I/O thread is never held for long.
 const MAX_ROWS: usize = 64;
 
-/// An idle model's leader yields once in this many leads, to notice load.
+/// Leads between an idle model's probes for company after one that found
+/// some; each probe that finds none doubles the gap, up to `PROBE_MOST`.
 const PROBE_EVERY: u64 = 8;
+const PROBE_MOST: u64 = 32;
 
 pub(crate) struct Inline<R> {
     /// One per async worker thread, so that every thread can lead at once.
@@ -35,9 +43,11 @@ pub(crate) struct Inline<R> {
     pending: Mutex<Pending>,
     /// Rows per call when stacking; 1 runs each request alone.
     max_rows: usize,
-    /// Requests the last leader collected, and leads so far.
+    /// Requests the last leader collected.
     last_collected: AtomicUsize,
-    leads: AtomicU64,
+    /// Leads until the next probe, and the gap between probes now.
+    until_probe: AtomicU64,
+    probe_gap: AtomicU64,
 }
 
 #[derive(Default)]
@@ -56,7 +66,8 @@ impl<R: Runner> Inline<R> {
             pending: Mutex::default(),
             max_rows: max_rows.clamp(1, MAX_ROWS),
             last_collected: AtomicUsize::new(0),
-            leads: AtomicU64::new(0),
+            until_probe: AtomicU64::new(0),
+            probe_gap: AtomicU64::new(PROBE_EVERY),
         }
     }
 
@@ -82,11 +93,8 @@ impl<R: Runner> Inline<R> {
         deadline: Option<Instant>,
         stats: &ExecStats,
     ) -> Result<Result<Vec<NamedTensor>, ServeError>, Vec<NamedTensor>> {
-        if self.max_rows > 1
-            && (self.last_collected.load(Ordering::Relaxed) > 1
-                || self.leads.load(Ordering::Relaxed).is_multiple_of(PROBE_EVERY))
-        {
-            return Err(inputs); // this lead yields: `run` counts it and probes
+        if self.yields() {
+            return Err(inputs); // this lead yields: `run` probes
         }
         {
             let p = self.lock();
@@ -97,7 +105,7 @@ impl<R: Runner> Inline<R> {
         let Some(mut runner) = self.runners.iter().find_map(|r| r.try_lock().ok()) else {
             return Err(inputs);
         };
-        self.leads.fetch_add(1, Ordering::Relaxed);
+        self.count_down();
         self.last_collected.store(1, Ordering::Relaxed);
         let now = Instant::now();
         if deadline.is_some_and(|d| d <= now) {
@@ -122,19 +130,47 @@ impl<R: Runner> Inline<R> {
             return;
         }
         let mut leader = Leader { inline: self, batcher, done: false };
-        let probe = self.leads.fetch_add(1, Ordering::Relaxed).is_multiple_of(PROBE_EVERY);
-        if self.max_rows > 1 && (probe || self.last_collected.load(Ordering::Relaxed) > 1) {
+        let yields = self.yields();
+        if yields {
             tokio::task::yield_now().await;
+        } else {
+            self.count_down();
         }
-        leader.finish(stats);
+        leader.finish(stats, yields);
     }
 
-    fn take(&self) -> Vec<Job> {
-        let mut p = self.lock();
-        p.led = false;
-        let spare = std::mem::take(&mut p.spare);
-        let jobs = std::mem::replace(&mut p.jobs, spare);
-        self.last_collected.store(jobs.len(), Ordering::Relaxed);
+    /// Whether this lead yields to collect company: the last leader found
+    /// some, or it is time to probe.
+    fn yields(&self) -> bool {
+        self.max_rows > 1
+            && (self.last_collected.load(Ordering::Relaxed) > 1 || self.until_probe.load(Ordering::Relaxed) == 0)
+    }
+
+    /// One lead without a probe closer to the next.
+    fn count_down(&self) {
+        let _ = self.until_probe.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// The leader's list; `yielded`: whether it waited for company, which
+    /// sets when the next probe comes (module docs).
+    fn take(&self, yielded: bool) -> Vec<Job> {
+        let jobs = {
+            let mut p = self.lock();
+            p.led = false;
+            let spare = std::mem::take(&mut p.spare);
+            std::mem::replace(&mut p.jobs, spare)
+        };
+        let before = self.last_collected.swap(jobs.len(), Ordering::Relaxed);
+        if yielded {
+            // Company now or just before: the load may be back at any moment.
+            let gap = if jobs.len() > 1 || before > 1 {
+                PROBE_EVERY
+            } else {
+                self.probe_gap.load(Ordering::Relaxed).saturating_mul(2).min(PROBE_MOST)
+            };
+            self.probe_gap.store(gap, Ordering::Relaxed);
+            self.until_probe.store(gap, Ordering::Relaxed);
+        }
         jobs
     }
 
@@ -155,9 +191,9 @@ struct Leader<'a, R: Runner> {
 }
 
 impl<R: Runner> Leader<'_, R> {
-    fn finish(&mut self, stats: &ExecStats) {
+    fn finish(&mut self, stats: &ExecStats, yielded: bool) {
         self.done = true;
-        let mut jobs = self.inline.take();
+        let mut jobs = self.inline.take(yielded);
         match self.inline.runners.iter().find_map(|r| r.try_lock().ok()) {
             Some(mut runner) => run_now(&mut *runner, &mut jobs, self.inline.max_rows, stats),
             None => jobs.drain(..).for_each(|j| self.batcher.enqueue(j)),
@@ -170,7 +206,7 @@ impl<R: Runner> Drop for Leader<'_, R> {
     fn drop(&mut self) {
         // Cancelled while yielding: the others' requests go to the model threads.
         if !self.done {
-            self.inline.take().into_iter().for_each(|j| self.batcher.enqueue(j));
+            self.inline.take(true).into_iter().for_each(|j| self.batcher.enqueue(j));
         }
     }
 }
@@ -316,6 +352,51 @@ mod tests {
         // After a lead that found company, leads yield to collect again.
         s.inline.last_collected.store(2, Ordering::Relaxed);
         assert!(s.inline.run_alone(t(7.0), &[], 1, None, &s.stats).is_err());
+    }
+
+    /// One lone lead through `run_alone`, as the engine makes it; whether it
+    /// was refused there to probe for company (it then runs through `run`).
+    async fn probed(s: &Setup) -> bool {
+        let t = vec![NamedTensor { name: "x".into(), shape: vec![1, 2], data: TensorData::F32(vec![1.0; 2]) }];
+        if s.inline.run_alone(t, &[], 1, None, &s.stats).is_ok() {
+            return false;
+        }
+        together(s, 1).await;
+        true
+    }
+
+    /// The leads, out of `n` lone ones, that probed for company.
+    async fn probes(s: &Setup, n: usize) -> Vec<usize> {
+        let mut at = Vec::new();
+        for lead in 0..n {
+            if probed(s).await {
+                at.push(lead);
+            }
+        }
+        at
+    }
+
+    #[tokio::test]
+    async fn an_idle_model_probes_ever_less_often_and_company_brings_probes_back() {
+        let s = setup(64);
+        // Each probe that finds nobody doubles the gap to the next, up to 32 leads.
+        let at = probes(&s, 200).await;
+        let gaps: Vec<usize> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(at[0], 0, "the first lead probes");
+        assert_eq!(gaps, [17, 33, 33, 33, 33, 33]);
+
+        // A probe that finds company: the next lead waits for it again, and
+        // once it stops coming the probes are eight leads apart at first.
+        while !probed_with_company(&s).await {}
+        let at = probes(&s, 40).await;
+        assert_eq!(at, [0, 9, 26], "after company: waits once, probes 8 leads later, then 16");
+    }
+
+    /// Two requests at once: whether the lead probed and found the other.
+    async fn probed_with_company(s: &Setup) -> bool {
+        let before = s.calls.lock().unwrap().len();
+        together(s, 2).await;
+        s.calls.lock().unwrap()[before..].iter().any(|c| c.1 == 2)
     }
 
     #[tokio::test]
