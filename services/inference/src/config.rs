@@ -96,9 +96,9 @@ pub struct Config {
     pub inline_below_us: u64,
     /// Let ONNX Runtime's pool threads spin a while before they sleep (only a
     /// session with more than one intra-op thread has a pool). Spinning
-    /// serves a lone caller faster (the medium MLP 4-29 %), but spinning
-    /// threads compete with other work: 4-18 % of throughput at 64 callers,
-    /// 17-54 % with another process busy on the same cores; turn it off under
+    /// serves a lone caller faster (the medium MLP 3-29 %), but spinning
+    /// threads compete with other work: 4-19 % of throughput at 64 callers,
+    /// 12-54 % with another process busy on the same cores; turn it off under
     /// a CPU quota or on shared cores (BENCHMARKS.md, threads). Unset: on
     /// while the process serves no more models than it has cores, off beyond,
     /// where the models' pools would spin against each other.
