@@ -387,7 +387,14 @@ mod tests {
 
         // A probe that finds company: the next lead waits for it again, and
         // once it stops coming the probes are eight leads apart at first.
-        while !probed_with_company(&s).await {}
+        let mut found = false;
+        for _ in 0..PROBE_MOST {
+            if probed_with_company(&s).await {
+                found = true;
+                break;
+            }
+        }
+        assert!(found, "no probe within {PROBE_MOST} leads of two requests found the other");
         let at = probes(&s, 40).await;
         assert_eq!(at, [0, 9, 26], "after company: waits once, probes 8 leads later, then 16");
     }
