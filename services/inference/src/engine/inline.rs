@@ -262,9 +262,13 @@ mod tests {
         Setup { inline, batcher, stats, calls }
     }
 
+    /// One request's input: a row of two `x`.
+    fn row(x: f32) -> Vec<NamedTensor> {
+        vec![NamedTensor { name: "x".into(), shape: vec![1, 2], data: TensorData::F32(vec![x; 2]) }]
+    }
+
     fn job(x: f32) -> (Job, Outputs) {
-        let t = NamedTensor { name: "x".into(), shape: vec![1, 2], data: TensorData::F32(vec![x; 2]) };
-        Job::new(vec![t], vec![], None)
+        Job::new(row(x), vec![], None)
     }
 
     async fn value(rx: Outputs) -> TensorData {
@@ -327,38 +331,36 @@ mod tests {
     #[tokio::test]
     async fn an_idle_models_lone_request_runs_alone_and_company_turns_it_back() {
         let s = setup(64);
-        let t = |x: f32| vec![NamedTensor { name: "x".into(), shape: vec![1, 2], data: TensorData::F32(vec![x; 2]) }];
         // The first lead probes for company: that one goes through `run`.
-        assert!(s.inline.run_alone(t(1.0), &[], 1, None, &s.stats).is_err());
+        assert!(s.inline.run_alone(row(1.0), &[], 1, None, &s.stats).is_err());
         together(&s, 1).await;
-        let out = s.inline.run_alone(t(3.0), &[], 1, None, &s.stats).expect("runs alone").unwrap();
+        let out = s.inline.run_alone(row(3.0), &[], 1, None, &s.stats).expect("runs alone").unwrap();
         assert_eq!(out[0].data, TensorData::F32(vec![6.0; 2]));
         assert_eq!(s.calls.lock().unwrap().last(), Some(&("inline", 1)));
         assert_eq!(s.stats.requests.load(Ordering::Relaxed), 2);
 
         // A past deadline fails the request without running it.
         let past = Instant::now() - Duration::from_millis(1);
-        let late = s.inline.run_alone(t(4.0), &[], 1, Some(past), &s.stats).expect("handled alone");
+        let late = s.inline.run_alone(row(4.0), &[], 1, Some(past), &s.stats).expect("handled alone");
         assert!(matches!(late, Err(ServeError::DeadlineExceeded(_))), "{late:?}");
         assert_eq!(s.calls.lock().unwrap().len(), 2, "a late request ran");
 
         // A request waiting for a leader, or busy sessions: back to `run`.
         s.inline.lock().jobs.push(job(5.0).0);
-        assert!(s.inline.run_alone(t(5.0), &[], 1, None, &s.stats).is_err());
+        assert!(s.inline.run_alone(row(5.0), &[], 1, None, &s.stats).is_err());
         s.inline.lock().jobs.clear();
         let busy = s.inline.runners()[0].lock().unwrap();
-        assert!(s.inline.run_alone(t(6.0), &[], 1, None, &s.stats).is_err());
+        assert!(s.inline.run_alone(row(6.0), &[], 1, None, &s.stats).is_err());
         drop(busy);
         // After a lead that found company, leads yield to collect again.
         s.inline.last_collected.store(2, Ordering::Relaxed);
-        assert!(s.inline.run_alone(t(7.0), &[], 1, None, &s.stats).is_err());
+        assert!(s.inline.run_alone(row(7.0), &[], 1, None, &s.stats).is_err());
     }
 
     /// One lone lead through `run_alone`, as the engine makes it; whether it
     /// was refused there to probe for company (it then runs through `run`).
     async fn probed(s: &Setup) -> bool {
-        let t = vec![NamedTensor { name: "x".into(), shape: vec![1, 2], data: TensorData::F32(vec![1.0; 2]) }];
-        if s.inline.run_alone(t, &[], 1, None, &s.stats).is_ok() {
+        if s.inline.run_alone(row(1.0), &[], 1, None, &s.stats).is_ok() {
             return false;
         }
         together(s, 1).await;
