@@ -305,31 +305,13 @@ impl Connector {
                 Client::Http { conn: RawHttp { stream, requests, next: i, buf: Vec::with_capacity(4096) } }
             }
             Target::Grpc => {
-                let requests = s.models().into_iter().map(|model| pb::PredictRequest {
-                    model,
-                    inputs: vec![pb::Tensor {
-                        name: s.input.clone(),
-                        dtype: pb::DataType::Float32.into(),
-                        shape: shape.clone(),
-                        float_data: data.clone(),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                });
+                let requests =
+                    s.models().into_iter().map(|model| predict_request(model, &s.input, shape.clone(), data.clone()));
                 Client::Grpc(GrpcCall::new(self.channel(i), &self.host, GrpcCall::PREDICT, requests, i)?)
             }
             Target::Oip => {
-                let requests = s.models().into_iter().map(|model_name| oip::ModelInferRequest {
-                    model_name,
-                    inputs: vec![oip::model_infer_request::InferInputTensor {
-                        name: s.input.clone(),
-                        datatype: "FP32".into(),
-                        shape: shape.clone(),
-                        ..Default::default()
-                    }],
-                    raw_input_contents: vec![data.iter().flat_map(|v| v.to_le_bytes()).collect()],
-                    ..Default::default()
-                });
+                let requests =
+                    s.models().into_iter().map(|model| model_infer_request(model, &s.input, shape.clone(), &data));
                 Client::Grpc(GrpcCall::new(self.channel(i), &self.host, GrpcCall::MODEL_INFER, requests, i)?)
             }
             Target::InProcess => bail!("in-process runs have no client"),
@@ -666,6 +648,37 @@ async fn open_loop(clients: Vec<Client>, rate: f64, measure_from: Instant, end: 
         let _ = t.await;
     }
     (std::mem::take(&mut *tally.lock().await), completed.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// The `Predict` request the gRPC target sends: one float input.
+pub fn predict_request(model: String, input: &str, shape: Vec<i64>, data: Vec<f32>) -> pb::PredictRequest {
+    pb::PredictRequest {
+        model,
+        inputs: vec![pb::Tensor {
+            name: input.to_owned(),
+            dtype: pb::DataType::Float32.into(),
+            shape,
+            float_data: data,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The OIP `ModelInfer` request the `oip` target sends: one FP32 input as
+/// raw little-endian bytes, as Triton's clients send it.
+pub fn model_infer_request(model: String, input: &str, shape: Vec<i64>, data: &[f32]) -> oip::ModelInferRequest {
+    oip::ModelInferRequest {
+        model_name: model,
+        inputs: vec![oip::model_infer_request::InferInputTensor {
+            name: input.to_owned(),
+            datatype: "FP32".into(),
+            shape,
+            ..Default::default()
+        }],
+        raw_input_contents: vec![data.iter().flat_map(|v| v.to_le_bytes()).collect()],
+        ..Default::default()
+    }
 }
 
 /// tokio's timer resolution, plus scheduling jitter.

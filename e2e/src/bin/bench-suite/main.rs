@@ -549,7 +549,7 @@ async fn main() -> anyhow::Result<()> {
 
     if h2load_section {
         suite.started("h2load");
-        h2load::section(&mut suite, [&tiny, &medium], &mlflow.url, &registry.url).await?;
+        h2load::section(&mut suite, [&tiny, &medium], best_medium.1, &mlflow.url, &registry.url).await?;
     }
 
     if counted {
