@@ -354,8 +354,14 @@ pub(crate) async fn section(
     if !batched.ceiling.is_empty() {
         suite.table(
             &format!(
-                "Batched, one core each: {} OIP ModelInfer, {BATCH} rows a request, c={BATCH_C}, Ferry on core 1 and each generator on core 0, against the model in a loop in process on core 1 (1 session × 1 thread, batch {}, the better of {ceiling_batch} and {FERRY_MAX_BATCH_ROWS} there) just before and after Ferry; {rounds} interleaved rounds of {secs} s",
-                medium.name, batched.batch
+                "Batched, one core each: {} OIP ModelInfer, {BATCH} rows a request, c={BATCH_C}, Ferry on core 1 and each generator on core 0, against the model in a loop in process on core 1 (1 session × 1 thread, batch {}{}) just before and after Ferry; {rounds} interleaved rounds of {secs} s",
+                medium.name,
+                batched.batch,
+                if ceiling_batch == FERRY_MAX_BATCH_ROWS {
+                    String::new()
+                } else {
+                    format!(", the better of {ceiling_batch} and {FERRY_MAX_BATCH_ROWS} there")
+                }
             ),
             "| generator | in-process rows/s | Ferry rows/s | Ferry ÷ in-process by round | median |",
         );
