@@ -9,6 +9,7 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
+    time::Duration,
 };
 
 use axum::serve::ListenerExt;
@@ -19,11 +20,17 @@ const REPLY: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncont
 
 /// Starts the server on a free loopback port; it lives as long as the process.
 pub fn spawn() -> std::io::Result<SocketAddr> {
+    spawn_answering_after(Duration::ZERO)
+}
+
+/// The same server, waiting `delay` before each answer (a model that takes
+/// that long, for tests of how the generator counts).
+pub fn spawn_answering_after(delay: Duration) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     std::thread::Builder::new().name("floor-accept".into()).spawn(move || {
         for stream in listener.incoming().flatten() {
-            let _ = std::thread::Builder::new().name("floor-conn".into()).spawn(move || serve(stream));
+            let _ = std::thread::Builder::new().name("floor-conn".into()).spawn(move || serve(stream, delay));
         }
     })?;
     Ok(addr)
@@ -121,13 +128,16 @@ impl pb::inference_server::Inference for Nothing {
     }
 }
 
-fn serve(mut stream: TcpStream) -> std::io::Result<()> {
+fn serve(mut stream: TcpStream, delay: Duration) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
     loop {
         // Answer each complete request (head and the body it announces) in the buffer.
         while let Some(len) = request_len(&buf) {
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
             stream.write_all(REPLY)?;
             buf.drain(..len);
         }
