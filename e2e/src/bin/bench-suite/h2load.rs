@@ -118,6 +118,12 @@ fn pinned(program: &str, core: Option<usize>) -> Command {
     }
 }
 
+/// The generators in the order `round` runs them: which goes first
+/// alternates, so that drift within a round hits both alike.
+fn in_turn(round: usize) -> [&'static str; 2] {
+    if round.is_multiple_of(2) { ["h2load", "ferry-load"] } else { ["ferry-load", "h2load"] }
+}
+
 /// One ferry-load run as its own process on `core` (the section's other
 /// runs are threads of this one, which cannot be pinned apart from it):
 /// `target` is `grpc` (`Predict`, one row) or `oip` (`ModelInfer`, `batch`
@@ -206,9 +212,7 @@ pub(crate) async fn section(
             {
                 let c = SHARED_C;
                 let connections = suite.scenario(Target::Grpc, &floor, m, 1, c).connections;
-                // Alternate which generator goes first, so drift within a round hits both alike.
-                let generators = if round % 2 == 0 { ["h2load", "ferry-load"] } else { ["ferry-load", "h2load"] };
-                for generator in generators {
+                for generator in in_turn(round) {
                     let run = |url: &str| -> anyhow::Result<f64> {
                         if generator == "h2load" {
                             h2load(url, PREDICT, &bodies[mi], c, connections, secs, None)
@@ -245,8 +249,7 @@ pub(crate) async fn section(
             for (mi, m) in models.iter().enumerate() {
                 for c in [1usize, 64] {
                     let connections = suite.scenario(Target::Grpc, &inf.grpc, m, 1, c).connections;
-                    let generators = if round % 2 == 0 { ["h2load", "ferry-load"] } else { ["ferry-load", "h2load"] };
-                    for generator in generators {
+                    for generator in in_turn(round) {
                         let rps = if generator == "h2load" {
                             h2load(&inf.grpc, PREDICT, &bodies[mi], c, connections, secs, Some(0))?
                         } else {
@@ -263,7 +266,7 @@ pub(crate) async fn section(
             };
             if round == 0 {
                 // On one core the best batch may be another than on two: the
-                // larger of the two-core best and the most Ferry stacks.
+                // better there of the two-core best and the most Ferry stacks.
                 let mut best = (0.0, ceiling_batch);
                 let mut batches = vec![ceiling_batch, FERRY_MAX_BATCH_ROWS];
                 batches.dedup();
@@ -278,8 +281,7 @@ pub(crate) async fn section(
             batched.ceiling.push(ceiling(batched.batch)?);
             let connections = suite.scenario(Target::Oip, &inf.grpc, medium, BATCH, BATCH_C).connections;
             let rows = BATCH as f64;
-            let generators = if round % 2 == 0 { ["h2load", "ferry-load"] } else { ["ferry-load", "h2load"] };
-            for generator in generators {
+            for generator in in_turn(round) {
                 if generator == "h2load" {
                     let rps = h2load(&inf.grpc, MODEL_INFER, &batched_body, BATCH_C, connections, secs, Some(0))?;
                     batched.h2load.push(rps * rows);
