@@ -15,11 +15,11 @@ const ROW: [f32; 4] = [5.9, 3.0, 5.1, 1.8];
 async fn rest_api_matches_its_openapi_document() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
-    // JSON logs with the per-request spans and the HTTP layer at debug: the
+    // JSON logs with the per-request spans and their answers at debug: the
     // request-id and no-payload checks below read them.
     let logging = [
         ("FERRY_LOG_JSON", "true".to_owned()),
-        ("FERRY_LOG", "info,ferry::request=debug,ferry_inference=debug,tower_http=debug".into()),
+        ("FERRY_LOG", "info,ferry::request=debug,ferry_inference=debug".into()),
     ];
     // The MLflow and registry processes live as long as their bindings.
     let IrisStack { inference, model, mlflow: _mlflow, registry: _registry } = serve_iris(d, &logging).await?;

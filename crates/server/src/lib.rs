@@ -108,18 +108,11 @@ where
     S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
 {
-    let trace = tower_http::trace::TraceLayer::new_for_http()
-        // Expected 503s (readiness while loading, draining) are not errors; metrics count failures.
-        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
-        .make_span_with(move |req: &http::Request<_>| {
-            ferry_telemetry::server_span(plane, "http", req.uri().path(), req.headers())
-        });
     // Layers go around the router, not on it: `Router::layer` wraps every
     // route, and the wrapped route is cloned, boxed, for each request.
     let app = tower::ServiceBuilder::new()
-        .map_response(|r: http::Response<_>| r.map(axum::body::Body::new))
         .layer(ferry_telemetry::RequestIdLayer)
-        .layer(trace)
+        .layer(ferry_telemetry::SpanLayer::new(plane))
         .service(app);
     axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(app))
         .with_graceful_shutdown(stop.fired())
