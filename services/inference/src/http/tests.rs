@@ -216,6 +216,31 @@ async fn a_body_over_the_limit_is_413() {
     }
 }
 
+/// `POST /predict` is routed apart from the rest (`Routes`): both ways ask for a key.
+#[tokio::test]
+async fn with_keys_every_route_but_the_open_ones_asks_for_one() {
+    let m = testing::models();
+    let keys = crate::keys::ApiKeys::parse("bff=0123456789abcdef").unwrap();
+    let app = super::with_keys(super::router(Arc::clone(&m), None, LIMIT), keys);
+    let call = |req: Request<Body>| {
+        let app = app.clone();
+        async move { app.oneshot(req).await.unwrap().status() }
+    };
+    let keyed = |mut req: Request<Body>, key: &str| {
+        req.headers_mut().insert(header::AUTHORIZATION, format!("Bearer {key}").parse().unwrap());
+        req
+    };
+    for (uri, body) in [("/predict", row()), ("/v2/models/double/infer", oip(&[1, 4])), ("/v1/predict", v1("3"))] {
+        assert_eq!(call(post(uri, &body)).await, StatusCode::UNAUTHORIZED, "{uri} without a key");
+        assert_eq!(call(keyed(post(uri, &body), "not-the-key-at-all")).await, StatusCode::UNAUTHORIZED, "{uri}");
+        assert_eq!(call(keyed(post(uri, &body), "0123456789abcdef")).await, StatusCode::OK, "{uri} with the key");
+    }
+    assert_eq!(call(get("/v1/models")).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(call(get("/predict")).await, StatusCode::UNAUTHORIZED, "another method is the router's, keys first");
+    assert_eq!(call(keyed(get("/predict"), "0123456789abcdef")).await, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(call(get("/healthz")).await, StatusCode::OK, "probes stay open");
+}
+
 #[tokio::test]
 async fn browsers_get_cors_and_other_callers_do_not() {
     let m = testing::models();
