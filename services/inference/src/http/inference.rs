@@ -3,7 +3,7 @@
 //! `POST /v1/predict` (the protobuf JSON mapping of `Predict`) and
 //! `GET /v1/models`.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, future::Future};
 
 use axum::{
     Json,
@@ -13,6 +13,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use ferry_proto::inference::v1 as pb;
 
@@ -23,7 +24,7 @@ use crate::{
         pb::{dtype_to_pb, from_pb},
     },
     error::ServeError,
-    serving::{Method, PredictInput},
+    serving::{Lease, Method, PredictInput},
     tensor::{DType, NamedTensor, TensorData},
 };
 
@@ -73,9 +74,39 @@ impl PredictQuery {
 }
 
 /// `POST /predict {"data":[...]}` → `{"modelVersion","prediction"}`: one row of
-/// numbers into the model's single input, one output back (flattened).
-#[tracing::instrument(target = "ferry::request", level = "debug", name = "http.predict", skip_all, fields(model))]
-pub(super) async fn predict(State(st): State<AppState>, call: Call) -> Result<Response, ApiError> {
+/// numbers into the model's single input, one output back (flattened). The
+/// request is taken apart and its model leased before the future is made, so
+/// that the future keeps the model call's state alone: the server moves it
+/// whole a few times a request, and it was 2.3 KB with the request in it.
+pub(super) fn predict(st: &AppState, call: Call) -> impl Future<Output = Response> + Send + use<> {
+    let span = tracing::debug_span!(target: "ferry::request", "http.predict", model = tracing::field::Empty);
+    let ready = span.in_scope(|| lease_row(st, call));
+    async move {
+        let (lease, input, output) = match ready {
+            Ok(ready) => ready,
+            Err(e) => return e.into_response(),
+        };
+        let variant = lease.variant().map(|v| v.to_string());
+        let p = match lease.run(vec![input], vec![output], None).await {
+            Ok(p) => p,
+            // A failure names its variant too: a challenger's errors are told from the champion's.
+            Err(e) => return super::with_variant(ApiError(e).into_response(), variant.as_deref()),
+        };
+        let prediction = p.outputs.into_iter().next().map_or(TensorData::F32(Vec::new()), |t| t.data);
+        let variant = p.variant.as_deref();
+        match codec::row::reply(&p.version, variant, &prediction) {
+            Ok(json) => super::with_variant(
+                ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response(),
+                variant,
+            ),
+            Err(e) => ApiError(ServeError::Internal(format!("writing the reply: {e}"))).into_response(),
+        }
+    }
+    .instrument(span)
+}
+
+/// The lease of the model `/predict` asks for, the row as its input, and the output to return.
+fn lease_row(st: &AppState, call: Call) -> Result<(Lease, NamedTensor, String), ApiError> {
     let Call { headers, uri, body } = call;
     let bad = |m: String| ApiError(ServeError::InvalidArgument(m));
     let q = PredictQuery::parse(uri.query()).map_err(bad)?;
@@ -112,19 +143,8 @@ pub(super) async fn predict(State(st): State<AppState>, call: Call) -> Result<Re
         .or_else(|| st.rest_output.clone().filter(|o| sig.outputs.iter().any(|s| &s.name == o)))
         .or_else(|| sig.outputs.iter().find(|s| s.dtype == DType::F32).map(|s| s.name.clone()))
         .unwrap_or_else(|| sig.outputs[0].name.clone());
-    let input_name = input.name.clone();
-    let variant = lease.variant().map(|v| v.to_string());
-    let p = match lease.run(vec![NamedTensor { name: input_name, shape, data }], vec![output], None).await {
-        Ok(p) => p,
-        // A failure names its variant too: a challenger's errors are told from the champion's.
-        Err(e) => return Ok(super::with_variant(ApiError(e).into_response(), variant.as_deref())),
-    };
-    let prediction = p.outputs.into_iter().next().map_or(TensorData::F32(Vec::new()), |t| t.data);
-    let variant = p.variant.as_deref();
-    let json = codec::row::reply(&p.version, variant, &prediction)
-        .map_err(|e| ApiError(ServeError::Internal(format!("writing the reply: {e}"))))?;
-    let resp = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response();
-    Ok(super::with_variant(resp, variant))
+    let input = NamedTensor { name: input.name.clone(), shape, data };
+    Ok((lease, input, output))
 }
 
 /// An int64 in the protobuf JSON mapping: a string, or (leniently) a number.

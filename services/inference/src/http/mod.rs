@@ -29,7 +29,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use futures::future::Either;
 use serde_json::{Value, json};
 
 pub(crate) use self::error::ApiError;
@@ -107,7 +106,7 @@ impl FromRequest<AppState> for Call {
 pub(crate) fn router(models: Arc<Models>, rest_output: Option<String>, max_request_bytes: usize) -> Routes {
     let st = AppState { models, rest_output, max_request_bytes };
     let router = Router::new()
-        .route("/predict", post(inference::predict))
+        .route("/predict", post(|State(st): State<AppState>, call: Call| inference::predict(&st, call)))
         .route("/v1/predict", post(inference::predict_json))
         .route("/invocations", post(mlflow::invocations))
         .route("/openapi.json", get(openapi))
@@ -152,7 +151,7 @@ type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>
 impl tower::Service<Request> for Routes {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<Answer, <Router as tower::Service<Request>>::Future>;
+    type Future = Answer;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -160,18 +159,19 @@ impl tower::Service<Request> for Routes {
 
     fn call(&mut self, req: Request) -> Self::Future {
         if req.method() != axum::http::Method::POST || req.uri().path() != "/predict" {
-            return Either::Right(self.router.call(req));
+            // Boxed: the router's future is 320 bytes, each layer's future holds it, and they are moved.
+            return Box::pin(self.router.call(req));
         }
         if let Some(refused) = self.keys.as_ref().and_then(|k| refusal(k, &req)) {
-            return Either::Left(Box::pin(std::future::ready(Ok(ApiError(refused).into_response()))));
+            return Box::pin(std::future::ready(Ok(ApiError(refused).into_response())));
         }
         let st = self.st.clone();
-        Either::Left(Box::pin(async move {
+        Box::pin(async move {
             Ok(match Call::from_request(req, &st).await {
-                Ok(call) => inference::predict(State(st), call).await.into_response(),
+                Ok(call) => inference::predict(&st, call).await,
                 Err(rejected) => rejected,
             })
-        }))
+        })
     }
 }
 
