@@ -106,6 +106,8 @@ impl FromRequest<AppState> for Call {
 pub(crate) fn router(models: Arc<Models>, rest_output: Option<String>, max_request_bytes: usize) -> Routes {
     let st = AppState { models, rest_output, max_request_bytes };
     let router = Router::new()
+        // `Routes` answers `POST /predict` itself; the route stays here so that
+        // other methods get 405 with `allow: POST`, after the key check.
         .route("/predict", post(|State(st): State<AppState>, call: Call| inference::predict(&st, call)))
         .route("/v1/predict", post(inference::predict_json))
         .route("/invocations", post(mlflow::invocations))
@@ -118,7 +120,7 @@ pub(crate) fn router(models: Arc<Models>, rest_output: Option<String>, max_reque
         .route("/readyz", get(ready))
         .merge(oip::routes())
         .with_state(st.clone());
-    Routes { st, keys: None, router }
+    Routes { st: Arc::new(st), keys: None, router }
 }
 
 /// The routes behind the API-key check (`keys.rs`): every route but the open
@@ -140,7 +142,8 @@ pub(crate) fn with_keys(routes: Routes, keys: ApiKeys) -> Routes {
 /// with another method included, goes through the router.
 #[derive(Clone)]
 pub(crate) struct Routes {
-    st: AppState,
+    /// Shared, so that a request clones a pointer, not the state's strings.
+    st: Arc<AppState>,
     /// Set when callers must present a key.
     keys: Option<ApiKeys>,
     router: Router,
@@ -165,7 +168,7 @@ impl tower::Service<Request> for Routes {
         if let Some(refused) = self.keys.as_ref().and_then(|k| refusal(k, &req)) {
             return Box::pin(std::future::ready(Ok(ApiError(refused).into_response())));
         }
-        let st = self.st.clone();
+        let st = Arc::clone(&self.st);
         Box::pin(async move {
             Ok(match Call::from_request(req, &st).await {
                 Ok(call) => inference::predict(&st, call).await,
