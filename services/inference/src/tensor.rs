@@ -223,13 +223,14 @@ pub fn validate(sig: &Signature, inputs: &[NamedTensor], outputs: &[String]) -> 
                 t.data.len()
             )));
         }
+        // A JSON number beyond float32's range arrives here as infinity: say so.
         let non_finite = match &t.data {
-            TensorData::F32(v) => any_non_finite(v, f32::is_finite),
-            TensorData::F64(v) => any_non_finite(v, f64::is_finite),
-            TensorData::I32(_) | TensorData::I64(_) | TensorData::Bool(_) | TensorData::Str(_) => false,
+            TensorData::F32(v) => any_non_finite(v, f32::is_finite).then_some(" (float32 holds up to ±3.4e38)"),
+            TensorData::F64(v) => any_non_finite(v, f64::is_finite).then_some(""),
+            TensorData::I32(_) | TensorData::I64(_) | TensorData::Bool(_) | TensorData::Str(_) => None,
         };
-        if non_finite {
-            return Err(bad(format!("input {:?}: NaN and infinite values are not accepted", t.name)));
+        if let Some(range) = non_finite {
+            return Err(bad(format!("input {:?}: NaN and infinite values are not accepted{range}", t.name)));
         }
     }
     if let Some(missing) = sig.inputs.iter().find(|s| !inputs.iter().any(|t| t.name == s.name)) {

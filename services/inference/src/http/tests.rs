@@ -111,6 +111,15 @@ async fn input_that_does_not_fit_the_signature_is_400_naming_the_problem() {
         (post("/predict", &json!({"data": [1, 2, 3]})), "4"),
         (post("/predict", &json!({"rows": [1]})), "data"),
         (post("/predict", &json!({"data": []})), "at least one"),
+        // Finite in JSON, infinite as float32: the answer says why.
+        (post("/predict", &json!({"data": [1e39, 1, 2, 3]})), "float32 holds up to"),
+        (
+            post(
+                "/v2/models/double/infer",
+                &json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, -1e39, 4]}]}),
+            ),
+            "float32 holds up to",
+        ),
         (post("/predict?model=double&model=double", &row()), "more than once"),
         (post("/v2/models/double/infer", &oip(&[1, 3])), "x"),
         (
